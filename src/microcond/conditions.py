@@ -1,0 +1,227 @@
+"""SDXL micro-conditioning: the condition record, its ids and their Fourier embedding.
+
+Conventions, fixed once for the whole project (SDXL paper section 2.2, sgm
+``GeneralConditioner``): sizes are ``(height, width)`` and crops are ``(top, left)``, in
+pixels. The six ids are ordered ``original_h, original_w, crop_top, crop_left, target_h,
+target_w``; each becomes 256 Fourier features (cos block first) and the blocks are
+concatenated in that order.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+SIGNALS = ("original_size", "crop_top_left", "target_size")
+FOURIER_DIM = 256
+
+
+def _check_pair(field: str, value: object, *, positive: bool) -> tuple[int, int]:
+    """Validate one (a, b) pair of integer pixels; return it as a tuple of ints."""
+    kind = "(height, width)" if field != "crop_top_left" else "(top, left)"
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+        raise ValueError(f"MicroCond.{field} must be a pair {kind} of integers, got {value!r}")
+    pair = []
+    for v in value:
+        integral = hasattr(v, "__index__") and not isinstance(v, bool)
+        if not integral and isinstance(v, float) and v.is_integer():
+            integral = True
+        if not integral:
+            raise ValueError(
+                f"MicroCond.{field} must hold integer pixels {kind}, got {value!r} ({type(v).__name__})"
+            )
+        pair.append(int(v))
+    low = 1 if positive else 0
+    if pair[0] < low or pair[1] < low:
+        need = "positive" if positive else "non-negative"
+        raise ValueError(f"MicroCond.{field} must be {need} {kind}, got {value!r}")
+    return pair[0], pair[1]
+
+
+def resized_size(original_size: tuple[int, int], target_size: tuple[int, int]) -> tuple[int, int]:
+    """Size (h, w) of the original scaled so that it covers the target (paper Algorithm 1).
+
+    The image is scaled by ``max(target_h / h, target_w / w)``, so one side equals the target
+    side and the other is at least as long; a square target makes this "short side = s".
+    """
+    (h, w), (th, tw) = original_size, target_size
+    scale = max(th / h, tw / w)
+    return max(th, round(h * scale)), max(tw, round(w * scale))
+
+
+@dataclass(frozen=True)
+class MicroCond:
+    """How one training image was made: SDXL's c_size, c_crop and c_ar (paper section 2.2).
+
+    Attributes:
+        original_size: ``(height, width)`` of the image before any rescaling, in pixels, after
+            EXIF orientation. For pre-resized shards this is the size recorded in the metadata.
+        crop_top_left: ``(top, left)``: pixels cut from the top and from the left of the RESIZED
+            image (the original scaled to cover ``target_size``) when it was cropped.
+        target_size: ``(height, width)`` the model was trained at (the bucket's size).
+
+    Integers only; sizes positive, offsets non-negative; anything else raises ``ValueError``
+    naming the field. The record does not require the crop to lie inside the resized image,
+    because inference deliberately asks for crops no training image had (paper Fig. 4); the
+    data pipeline checks that with :meth:`check_crop_inside`.
+    """
+
+    original_size: tuple[int, int]
+    crop_top_left: tuple[int, int]
+    target_size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        original = _check_pair("original_size", self.original_size, positive=True)
+        crop = _check_pair("crop_top_left", self.crop_top_left, positive=False)
+        target = _check_pair("target_size", self.target_size, positive=True)
+        object.__setattr__(self, "original_size", original)
+        object.__setattr__(self, "crop_top_left", crop)
+        object.__setattr__(self, "target_size", target)
+
+    @property
+    def ids(self) -> tuple[int, int, int, int, int, int]:
+        """The six ids in SDXL order: original h, w; crop top, left; target h, w."""
+        return (*self.original_size, *self.crop_top_left, *self.target_size)
+
+    def check_crop_inside(self) -> None:
+        """Raise ``ValueError`` unless the target-sized crop lies inside the resized original."""
+        rh, rw = resized_size(self.original_size, self.target_size)
+        top, left = self.crop_top_left
+        th, tw = self.target_size
+        if top + th > rh or left + tw > rw:
+            raise ValueError(
+                f"MicroCond.crop_top_left {self.crop_top_left} puts a {th}x{tw} crop outside the "
+                f"resized image {rh}x{rw} (original {self.original_size[0]}x{self.original_size[1]})"
+            )
+
+
+def time_ids(conds: Sequence[MicroCond], device: torch.device | str | None = None) -> torch.Tensor:
+    """(B, 6) int64 ids in SDXL order. Integer dtype, so no bf16/fp16 rounding can reach them."""
+    if len(conds) == 0:
+        raise ValueError("time_ids needs at least one MicroCond, got an empty sequence")
+    return torch.tensor([c.ids for c in conds], dtype=torch.int64, device=device)
+
+
+def fourier_features(x: torch.Tensor, dim: int = FOURIER_DIM) -> torch.Tensor:
+    """SDXL's F(x): ``[cos(x * f), sin(x * f)]``, ``f_i = 10000^(-i / (dim/2))``, in float32.
+
+    Matches sgm ``timestep_embedding`` and diffusers ``get_timestep_embedding(x, dim,
+    flip_sin_to_cos=True, downscale_freq_shift=0)``. ``x`` holds raw pixel counts of any
+    shape; the result has shape ``(*x.shape, dim)``. The argument is computed in float32 even
+    under autocast or when ``x`` is bf16/fp16 (an integer id is exact in float32 up to 2^24).
+    """
+    if dim % 2:
+        raise ValueError(f"fourier_features needs an even dim, got {dim}")
+    half = dim // 2
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        freqs = torch.exp(
+            -math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=x.device) / half
+        )  # (half,)
+        args = x.to(torch.float32)[..., None] * freqs  # (*x.shape, half)
+        return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (*x.shape, dim)
+
+
+class MicroCondEmbedder(nn.Module):
+    """Ids -> concatenated Fourier features, with sgm's per-signal conditioning dropout.
+
+    A signal is a group of ids embedded together: ``original_size`` (2 ids),
+    ``crop_top_left`` (2), ``target_size`` (2), or a named extra scalar (1 id each; the SDXL
+    refiner's ``aesthetic_score`` is one). Ids are laid out signal after signal in the order
+    given, each id as one ``dim`` block, so the default is SDXL's (B, 1536) vector.
+
+    Dropout follows sgm ``GeneralConditioner`` (``ucg_rate``): in training mode each signal of
+    each sample is independently replaced by a ZERO embedding with probability ``dropout``.
+    The all-zero embedding is the "null" condition for classifier-free guidance; pass ``drop``
+    to choose it explicitly at inference. The module has no parameters.
+    """
+
+    def __init__(
+        self,
+        signals: Sequence[str] = SIGNALS,
+        extra: Sequence[str] = (),
+        dim: int = FOURIER_DIM,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        unknown = [s for s in signals if s not in SIGNALS]
+        if unknown:
+            raise ValueError(f"unknown micro-condition signal(s) {unknown}; expected a subset of {SIGNALS}")
+        if len(set(signals)) != len(signals) or len(set(extra)) != len(extra):
+            raise ValueError(f"signals must not repeat, got signals={list(signals)} extra={list(extra)}")
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"dropout must be a probability in [0, 1], got {dropout}")
+        self.signals = tuple(signals)
+        self.extra = tuple(extra)
+        self.dim = dim
+        self.dropout = float(dropout)
+        self.signal_names = self.signals + self.extra
+        self.signal_widths = tuple(2 for _ in self.signals) + tuple(1 for _ in self.extra)
+        # Index of each id's signal: (n_ids,), used to broadcast a per-signal mask to ids.
+        owner = [i for i, width in enumerate(self.signal_widths) for _ in range(width)]
+        self.register_buffer("_id_owner", torch.tensor(owner, dtype=torch.long), persistent=False)
+
+    @property
+    def n_ids(self) -> int:
+        return len(self._id_owner)
+
+    @property
+    def out_dim(self) -> int:
+        return self.n_ids * self.dim
+
+    def ids(self, conds: Sequence[MicroCond], extra: dict[str, Sequence[float]] | None = None) -> torch.Tensor:
+        """(B, n_ids) float32 ids for this embedder's signals, from records and extra scalars."""
+        full = time_ids(conds).to(torch.float32)  # (B, 6)
+        columns = {"original_size": full[:, 0:2], "crop_top_left": full[:, 2:4], "target_size": full[:, 4:6]}
+        parts = [columns[s] for s in self.signals]
+        extra = extra or {}
+        missing = [name for name in self.extra if name not in extra]
+        if missing:
+            raise ValueError(f"extra condition(s) {missing} need values, got only {sorted(extra)}")
+        for name in self.extra:
+            values = torch.as_tensor(extra[name], dtype=torch.float32).reshape(-1, 1)
+            if len(values) != len(conds):
+                raise ValueError(f"extra condition {name!r} has {len(values)} values for {len(conds)} samples")
+            parts.append(values)
+        return torch.cat(parts, dim=1)
+
+    def sample_drop(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, n_signals) bool mask of dropped signals, each True with probability ``dropout``."""
+        device = self._id_owner.device
+        u = torch.rand(batch, len(self.signal_names), generator=generator, device=device)
+        return u < self.dropout
+
+    def null_drop(self, batch: int) -> torch.Tensor:
+        """(B, n_signals) mask that drops every signal: the unconditional (null) condition."""
+        return torch.ones(batch, len(self.signal_names), dtype=torch.bool, device=self._id_owner.device)
+
+    def forward(
+        self,
+        ids: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Embed (B, n_ids) ids to (B, n_ids * dim) float32.
+
+        Args:
+            drop: (B, n_signals) bool, True where a signal is replaced by zeros. When omitted,
+                a mask is drawn with ``generator`` in training mode and nothing is dropped in
+                eval mode.
+        """
+        if ids.ndim != 2 or ids.shape[1] != self.n_ids:
+            raise ValueError(f"expected ids of shape (B, {self.n_ids}) for signals {self.signal_names}, got {tuple(ids.shape)}")
+        if ids.is_floating_point() and ids.dtype != torch.float32 and ids.dtype != torch.float64:
+            # A bf16/fp16 id has already been rounded (1023 -> 1024): refuse instead of hiding it.
+            raise ValueError(f"ids must be int64 or float32 so they stay exact, got {ids.dtype}")
+        emb = fourier_features(ids, self.dim)  # (B, n_ids, dim)
+        if drop is None and self.training and self.dropout > 0:
+            drop = self.sample_drop(ids.shape[0], generator)
+        if drop is not None:
+            if drop.shape != (ids.shape[0], len(self.signal_names)):
+                raise ValueError(f"drop mask must be (B, {len(self.signal_names)}), got {tuple(drop.shape)}")
+            keep = ~drop.to(torch.bool)[:, self._id_owner]  # (B, n_ids)
+            emb = emb * keep[..., None]
+        return emb.flatten(1)  # (B, n_ids * dim)

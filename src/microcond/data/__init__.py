@@ -1,0 +1,1 @@
+"""Data stages: scan, report, buckets, crop, loader (see DESIGN.md). No model imports here."""

@@ -174,9 +174,7 @@ class MicroCondEmbedder(nn.Module):
 
     def ids(self, conds: Sequence[MicroCond], extra: dict[str, Sequence[float]] | None = None) -> torch.Tensor:
         """(B, n_ids) float32 ids for this embedder's signals, from records and extra scalars."""
-        full = time_ids(conds).to(torch.float32)  # (B, 6)
-        columns = {"original_size": full[:, 0:2], "crop_top_left": full[:, 2:4], "target_size": full[:, 4:6]}
-        parts = [columns[s] for s in self.signals]
+        parts = [self.select(time_ids(conds)).to(torch.float32)]  # (B, 2 * n_signals)
         extra = extra or {}
         missing = [name for name in self.extra if name not in extra]
         if missing:
@@ -187,6 +185,12 @@ class MicroCondEmbedder(nn.Module):
                 raise ValueError(f"extra condition {name!r} has {len(values)} values for {len(conds)} samples")
             parts.append(values)
         return torch.cat(parts, dim=1)
+
+    def select(self, full_ids: torch.Tensor) -> torch.Tensor:
+        """(B, 6) SDXL ids -> (B, 2 * len(signals)) ids of this embedder's signals, in its order."""
+        start = {"original_size": 0, "crop_top_left": 2, "target_size": 4}
+        columns = [start[s] + k for s in self.signals for k in (0, 1)]
+        return full_ids[:, columns]
 
     def sample_drop(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, n_signals) bool mask of dropped signals, each True with probability ``dropout``."""

@@ -57,3 +57,87 @@ def check_embedder_matches(unet: UNet2DConditionModel, embedder: MicroCondEmbedd
             f"{embedder.dim} ({', '.join(embedder.signal_names)}) = {pooled_dim + embedder.out_dim}. "
             "Match the conditions to the checkpoint (SDXL base: 6 ids, refiner: 5)."
         )
+
+
+# Presets: (block_out_channels, layers_per_block, attention) for pixel-space models; the tiny one
+# is the 1.0 M-parameter UNet measured in reference/cpu-measurements.md.
+PIXEL_PRESETS = {
+    "tiny": ((32, 64, 64), 1, False),
+    "small": ((64, 128, 128), 1, False),
+}
+POOLED_DIM = 64  # width of the pooled slot (class vector) for pixel-space presets; SDXL: 1280
+
+
+def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretrained: str = "") -> MicroCondUNet:
+    """A ``text_time`` UNet for a preset; ``sdxl`` loads one from a local folder (never downloads)."""
+    if preset == "sdxl":
+        from pathlib import Path
+
+        folder = Path(pretrained)
+        if (folder / "unet" / "config.json").exists():
+            folder = folder / "unet"
+        if not (folder / "config.json").exists():
+            raise ValueError(f"--pretrained {pretrained!r} holds no UNet (expected config.json there or in unet/)")
+        unet = MicroCondUNet.from_pretrained(folder, local_files_only=True)
+        pooled = unet.add_embedding.linear_1.in_features - unet.config.addition_time_embed_dim * embedder.n_ids
+        check_embedder_matches(unet, embedder, pooled)
+        return unet
+    if preset not in PIXEL_PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PIXEL_PRESETS) + ['sdxl']}")
+    channels, layers, attention = PIXEL_PRESETS[preset]
+    down = ("CrossAttnDownBlock2D" if attention else "DownBlock2D",) + ("DownBlock2D",) * (len(channels) - 1)
+    up = ("UpBlock2D",) * (len(channels) - 1) + ("CrossAttnUpBlock2D" if attention else "UpBlock2D",)
+    return MicroCondUNet(
+        sample_size=resolution,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=channels,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=layers,
+        norm_num_groups=32,
+        cross_attention_dim=POOLED_DIM,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=embedder.dim,
+        projection_class_embeddings_input_dim=POOLED_DIM + max(embedder.out_dim, 0),
+    )
+
+
+class Denoiser(torch.nn.Module):
+    """UNet + micro-condition embedder + class vectors: ``(x, t, ids, drop, labels) -> model output``.
+
+    The class (or nothing) goes into SDXL's pooled-text slot as a learned vector; label -1 and
+    dropped labels use a learned null vector. With no micro-signals the UNet's ``text_time``
+    branch sees only the pooled slot. Cross-attention context is a single zero token, since the
+    pixel presets have no text.
+    """
+
+    def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int) -> None:
+        super().__init__()
+        self.unet = unet
+        self.embedder = embedder
+        self.num_classes = num_classes
+        self.pooled_dim = unet.add_embedding.linear_1.in_features - embedder.out_dim
+        context_dim = unet.config.cross_attention_dim
+        self.context_dim = context_dim if isinstance(context_dim, int) else context_dim[0]
+        # Row num_classes is the null class (unconditional); 0 classes = always null.
+        self.class_embedding = torch.nn.Embedding(num_classes + 1, self.pooled_dim)
+        torch.nn.init.normal_(self.class_embedding.weight, std=0.02)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        ids: torch.Tensor,
+        drop: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        batch = x.shape[0]
+        if labels is None:
+            labels = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+        rows = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)  # (B,)
+        pooled = self.class_embedding(rows)  # (B, pooled_dim)
+        micro = self.embedder(ids, drop) if self.embedder.n_ids else pooled.new_zeros(batch, 0)  # (B, n_ids*256)
+        context = x.new_zeros(batch, 1, self.context_dim)  # (B, 1, context_dim)
+        kwargs = {"text_embeds": pooled, "micro_embeds": micro}
+        return self.unet(x, t, context, added_cond_kwargs=kwargs).sample

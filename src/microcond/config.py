@@ -1,0 +1,179 @@
+"""Run configuration: one frozen dataclass, named presets, TOML files and CLI flags.
+
+Resolution order: preset defaults, then the TOML file, then command-line flags. Every field
+has exactly one flag (``batch_size`` -> ``--batch-size``). The resolved config is saved with
+every run and checkpoint; resuming with different values for fields that change results is
+refused, naming the fields.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from microcond.conditions import SIGNALS
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run. Sizes are pixels; probabilities in [0, 1]."""
+
+    # Model
+    preset: str = "tiny"  # tiny | small | sdxl
+    pretrained: str = ""  # sdxl: local folder holding an SDXL checkpoint's unet/ (or the unet folder itself)
+    resolution: int = 32  # training size of square buckets; the model's sample size
+    num_classes: int = 0  # 0 = unconditional; otherwise a learned vector per class in the pooled slot
+    signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
+    # Objective
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
+    offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
+    cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
+    class_dropout: float = 0.1  # label dropout to the null class, for classifier-free guidance
+    # Data
+    data: str = ""  # folder of images (with its scan index) or WebDataset shards
+    buckets: str = ""  # bucket set spec (see microcond.data.buckets.parse_buckets); "" = square:RESOLUTION
+    crop_mode: str = "random"  # random (paper Algorithm 1) | center
+    flip_probability: float = 0.0
+    min_original_edge: int = 0  # discard images whose original short edge is smaller (paper's "512-only")
+    workers: int = 0  # DataLoader worker processes per rank
+    # Optimisation
+    steps: int = 3000
+    batch_size: int = 32  # per optimizer step, over all ranks and accumulation rounds
+    grad_accumulation: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    precision: str = "auto"  # auto (bf16 where the hardware has fast bf16) | bf16 | fp32
+    seed: int = 0
+    # Bookkeeping (may change between resumes)
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    sample_every: int = 1000  # 0 disables periodic sample grids
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}"),
+            (self.resolution > 0 and self.resolution % 8 == 0, "resolution", "a positive multiple of 8"),
+            (self.num_classes >= 0, "num_classes", ">= 0"),
+            (all(s in SIGNALS for s in self.signals) and len(set(self.signals)) == len(self.signals), "signals", f"distinct names from {SIGNALS}"),
+            (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "epsilon or v_prediction"),
+            (self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "beta_schedule", "linear, scaled_linear or squaredcos_cap_v2"),
+            (self.crop_mode in ("random", "center"), "crop_mode", "random or center"),
+            (self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32"),
+            (self.steps > 0 and self.batch_size > 0 and self.grad_accumulation > 0, "steps/batch_size/grad_accumulation", "positive"),
+            (self.batch_size % self.grad_accumulation == 0, "batch_size", f"a multiple of grad_accumulation={self.grad_accumulation}"),
+            (self.keep_checkpoints >= 1 and self.checkpoint_every > 0, "keep_checkpoints/checkpoint_every", "positive"),
+            (self.min_original_edge >= 0 and self.workers >= 0, "min_original_edge/workers", ">= 0"),
+            (self.preset != "sdxl" or bool(self.pretrained), "pretrained", "a local folder for preset sdxl"),
+        ]
+        for name in ("cond_dropout", "class_dropout", "flip_probability", "ema_decay", "offset_noise"):
+            checks.append((0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]"))
+        for ok, name, expected in checks:
+            if not ok:
+                shown = {n: getattr(self, n) for n in name.split("/")}
+                raise ValueError(f"config {name} must be {expected}, got {shown if '/' in name else shown[name]!r} (flag --{name.split('/')[0].replace('_', '-')})")
+
+    @property
+    def bucket_spec(self) -> str:
+        return self.buckets or f"square:{self.resolution}"
+
+
+# Named presets: overrides of the defaults above (DiT's DiT_models, nanoGPT's GPTConfig).
+PRESETS: dict[str, dict] = {
+    "tiny": dict(resolution=32, batch_size=32, lr=1e-3),
+    "small": dict(resolution=64, batch_size=32, lr=5e-4),
+    "sdxl": dict(resolution=1024, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
+}
+
+# Fields that do not change what a run computes, so a resumed run may change them.
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers"})
+
+
+def _field_type(f: dataclasses.Field) -> type:
+    return typing.get_type_hints(TrainConfig)[f.name]
+
+
+def _coerce(name: str, value, kind) -> object:
+    """Convert a TOML/JSON value to the field's type, with a clear error."""
+    origin = typing.get_origin(kind)
+    try:
+        if origin is tuple:
+            inner = typing.get_args(kind)[0]
+            if isinstance(value, str):
+                value = [v for v in value.replace(",", " ").split() if v]
+            return tuple(inner(v) for v in value)
+        if kind is bool:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise TypeError
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config field {name!r} expects {getattr(kind, '__name__', kind)}, got {value!r}") from None
+
+
+def resolve(preset: str | None = None, toml_path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Build the config: preset, then the TOML file (flat keys), then explicit overrides."""
+    values: dict = {}
+    if toml_path:
+        try:
+            with open(toml_path, "rb") as fh:
+                values.update(tomllib.load(fh))
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"config file {toml_path} is not valid TOML: {err}") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    chosen = values.pop("preset", None) or preset or "tiny"
+    if chosen not in PRESETS:
+        raise ValueError(f"unknown preset {chosen!r}; choose one of {sorted(PRESETS)}")
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config field(s) {unknown}; known fields: {', '.join(sorted(known))}")
+    merged = {**PRESETS[chosen], **values, "preset": chosen}
+    return TrainConfig(**{k: _coerce(k, v, _field_type(known[k])) for k, v in merged.items()})
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_dict(values: dict) -> TrainConfig:
+    known = {f.name: f for f in fields(TrainConfig)}
+    return TrainConfig(**{k: _coerce(k, v, _field_type(known[k])) for k, v in values.items() if k in known})
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def differing_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """Fields whose values differ and that change what a run computes."""
+    a, b = dataclasses.asdict(old), dataclasses.asdict(new)
+    return [k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field, defaulting to None so that only flags given on the command line override."""
+    for f in fields(TrainConfig):
+        kind = _field_type(f)
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, nargs="*", default=None, metavar=f.name.upper(), help=f"default {default!r}")
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=f"default {default!r}")
+
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}

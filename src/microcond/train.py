@@ -1,0 +1,277 @@
+"""The training loop: one function, read top to bottom (NVlabs/edm2 ``training_loop.py``).
+
+status -> resume -> data -> step -> EMA -> log -> checkpoint. Resume is running the same
+command again. Every random choice of a step (noise, timesteps, condition and label dropout)
+comes from a generator seeded by (seed, step) and is drawn for the whole optimizer batch, each
+accumulation round and rank taking its rows, so one process with batch 2b, two processes with b
+each, and two accumulation rounds of b compute the same update (up to float summation order),
+and a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+import torch
+from diffusers import DDPMScheduler
+from tqdm import tqdm
+
+from microcond import config as config_mod
+from microcond.checkpoint import (
+    atomic_write_text,
+    list_checkpoints,
+    load_checkpoint,
+    optimizer_from_tensors,
+    optimizer_to_tensors,
+    remove_partial,
+    save_checkpoint,
+)
+from microcond.conditions import MicroCondEmbedder
+from microcond.config import TrainConfig
+from microcond.model import Denoiser, build_unet
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+class BatchSource(Protocol):
+    """What the loop needs from the data: batches (see microcond.data.loader) and a position."""
+
+    def __iter__(self) -> Iterator[dict]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def ensure_allocator_env(argv: list[str]) -> None:
+    """Re-execute with glibc's allocator told to keep large buffers (15-60% faster on CPU).
+
+    glibc unmaps large activation buffers after every step and faults them back in on the
+    next (reference/cpu-measurements.md). Set MICROCOND_NO_REEXEC=1 to opt out.
+    """
+    if os.environ.get("MICROCOND_NO_REEXEC") or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+        return
+    os.environ.update(ALLOCATOR_ENV)
+    os.execv(sys.executable, [sys.executable, "-m", "microcond.cli", *argv])
+
+
+def choose_precision(setting: str, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the hardware runs it fast (AVX-512 BF16 / AMX on CPU), else fp32 (None)."""
+    if setting == "fp32":
+        return None
+    if setting == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    fast = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    return torch.bfloat16 if fast else None
+
+
+def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
+    """The generator of one optimizer step: a pure function of (seed, step)."""
+    state = np.random.SeedSequence([seed, step]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def make_scheduler(cfg: TrainConfig) -> DDPMScheduler:
+    """Discrete 1000-step DDPM (SDXL section 2.5) as diffusers defines it."""
+    if cfg.beta_schedule == "scaled_linear":  # SDXL's betas
+        return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=cfg.prediction_type, clip_sample=False)
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=False)
+
+
+def build_denoiser(cfg: TrainConfig) -> Denoiser:
+    embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
+    unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)
+    return Denoiser(unet, embedder, cfg.num_classes)
+
+
+def distributed() -> tuple[int, int, torch.device]:
+    """(rank, world size, device); joins the torchrun process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def diffusion_loss(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler,
+    batch: dict,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+    rows: slice,
+    step_batch: int,
+    embedder: MicroCondEmbedder,
+) -> torch.Tensor:
+    """Noise the batch at random timesteps and return the mean squared error of the prediction."""
+    device = batch["pixels"].device
+    x0 = batch["pixels"].float() / 127.5 - 1.0  # (b, 3, H, W) in [-1, 1]
+    b, c, h, w = x0.shape
+    # Drawn for the whole optimizer batch, then this round's and rank's rows.
+    noise = torch.randn(step_batch, c, h, w, generator=generator, device=device)[rows]  # (b, 3, H, W)
+    if cfg.offset_noise:
+        noise = noise + cfg.offset_noise * torch.randn(step_batch, c, 1, 1, generator=generator, device=device)[rows]
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (step_batch,), generator=generator, device=device)[rows]
+    drop = (torch.rand(step_batch, len(embedder.signal_names), generator=generator, device=device) < cfg.cond_dropout)[rows]
+    labels = batch["labels"] if cfg.num_classes else torch.full((b,), -1, dtype=torch.long, device=device)
+    label_drop = (torch.rand(step_batch, generator=generator, device=device) < cfg.class_dropout)[rows]
+    labels = torch.where(label_drop, torch.full_like(labels, -1), labels)
+    xt = scheduler.add_noise(x0, noise, t)
+    target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    ids = embedder.select(batch["ids"])  # (b, 2 * n_signals)
+    pred = model(xt, t, ids, drop, labels)
+    return torch.nn.functional.mse_loss(pred.float(), target)
+
+
+def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None, progress: bool = True) -> dict:
+    """Train (or resume) the run in ``run_dir``; returns the final metrics row."""
+    run_dir = Path(run_dir)
+    rank, world, device = distributed()
+    per_rank, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
+    if rest or per_rank == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of world size {world} x grad_accumulation {cfg.grad_accumulation}")
+
+    # Status: an existing run must have been started with the same config.
+    ckpt_root = run_dir / "checkpoints"
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial(ckpt_root)
+        config_path = run_dir / "config.json"
+        if config_path.exists():
+            old = config_mod.from_dict(json.loads(config_path.read_text()))
+            changed = config_mod.differing_fields(old, cfg)
+            if changed:
+                details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                raise ValueError(f"{run_dir} was trained with a different config ({details}); use a new --out or the same settings")
+        atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
+    torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
+    model = build_denoiser(cfg).to(device)
+    embedder = model.embedder
+    scheduler = make_scheduler(cfg)
+    if rank == 0:
+        atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
+    ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    if data is None:
+        from microcond.data.loader import open_training_data
+
+        data = open_training_data(cfg, run_dir, rank=rank, world_size=world, batch_size=per_rank)
+
+    # Resume from the newest complete checkpoint.
+    start = 0
+    checkpoints = list_checkpoints(ckpt_root)
+    if checkpoints:
+        tensors, state = load_checkpoint(checkpoints[-1])
+        model.load_state_dict(tensors["model"])
+        ema = {k: v.to(device) for k, v in tensors["ema"].items()}
+        optimizer_from_tensors(optimizer, tensors["optimizer"], state["param_groups"])
+        data.load_state_dict(state["data"])
+        start = state["step"]
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    autocast = choose_precision(cfg.precision, device)
+    batches = iter(data)
+    metrics_path = run_dir / "metrics.jsonl"
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step", dynamic_ncols=True)
+    row: dict = {}
+    window_t, window_images, losses = time.perf_counter(), 0, []
+    for step in range(start, cfg.steps):
+        # Step: accumulate gradients over rounds, clip, update with warm-up.
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+        optimizer.zero_grad(set_to_none=True)
+        step_loss = 0.0
+        for round_ in range(cfg.grad_accumulation):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            if batch["pixels"].shape[0] != per_rank:
+                raise RuntimeError(f"data yielded a batch of {batch['pixels'].shape[0]}, expected {per_rank}")
+            # The step's randomness covers all cfg.batch_size rows; this round and rank take theirs.
+            generator = step_generator(cfg.seed, step, device)
+            first = (round_ * world + rank) * per_rank
+            rows = slice(first, first + per_rank)
+            sync = round_ == cfg.grad_accumulation - 1 or world == 1
+            context = ddp.no_sync() if not sync else contextlib.nullcontext()
+            with context, torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = diffusion_loss(ddp, scheduler, batch, cfg, generator, rows, cfg.batch_size, embedder)
+                (loss / cfg.grad_accumulation).backward()
+            step_loss += loss.item() / cfg.grad_accumulation
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        optimizer.step()
+
+        # EMA with the usual warm-up of the decay, in float32.
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            current = model.state_dict()
+            for k, v in ema.items():
+                v.lerp_(current[k].float(), 1 - decay)
+
+        # Log.
+        losses.append(step_loss)
+        window_images += cfg.batch_size
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            elapsed = time.perf_counter() - window_t
+            row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9)}
+            if rank == 0:
+                with open(metrics_path, "a") as fh:
+                    fh.write(json.dumps(row) + "\n")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+            window_t, window_images, losses = time.perf_counter(), 0, []
+        bar.update(1)
+
+        # Checkpoint (rank 0 writes; every rank holds identical weights).
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            if rank == 0:
+                opt_tensors, groups = optimizer_to_tensors(optimizer)
+                tensors = {"model": model.state_dict(), "ema": ema, "optimizer": opt_tensors}
+                save_checkpoint(ckpt_root, done, tensors, {"param_groups": groups, "data": data.state_dict(), "config": config_mod.to_dict(cfg)}, cfg.keep_checkpoints)
+                plot_loss(metrics_path, run_dir / "loss.png")
+            if world > 1:
+                torch.distributed.barrier()
+        if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device)
+    bar.close()
+    return row
+
+
+def plot_loss(metrics_path: Path, out: Path) -> None:
+    """Loss against images seen, from metrics.jsonl."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] if metrics_path.exists() else []
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
+    ax.plot([r["images_seen"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.set_xlabel("images seen")
+    ax.set_ylabel("training loss (MSE)")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{metrics_path.parent.name}: loss at step {rows[-1]['step']}")
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg: TrainConfig, path: Path, device: torch.device) -> None:
+    """A small grid from the EMA weights with the default inference conditions."""
+    from microcond.sample import periodic_grid
+
+    periodic_grid(model, ema, dict(scheduler.config), cfg, path, device)

@@ -1,0 +1,576 @@
+"""Batches of one aspect bucket, split across DDP ranks and DataLoader workers, resumable.
+
+The stream is a list of GLOBAL batches of ``batch_size * world_size`` images, all from one
+bucket (the bucket is the ``target_size``); rank ``r`` takes rows ``[r*b:(r+1)*b]`` of each,
+so one process with batch ``2b`` sees exactly what two ranks with ``b`` see. A rank's
+DataLoader workers take every ``num_workers``-th global batch; PyTorch reads workers
+round-robin (``batch_size=None``), so the order does not depend on the number of workers.
+
+Epoch ``e`` of a bucket: the images left over from epoch ``e-1`` first (a bucket rarely holds a
+multiple of the global batch), then the bucket's other images shuffled by ``(seed, e)``; full
+global batches are cut from that order and the remainder carries over. So no image is dropped
+and none appears twice in one epoch. Every random choice (shuffle, crop offset, flip) derives
+from ``(seed, epoch, sample index)`` through numpy's SeedSequence and Philox, never from worker
+identity or global state: results are the same for any number of workers and resume exactly.
+
+Resume: the position is the number of global batches delivered. It is counted where batches are
+consumed, by the iterable that :func:`make_loader` returns::
+
+    loader = make_loader(dataset, num_workers=2)
+    loader.load_state_dict(checkpoint["loader"])    # optional: continue at the same sample
+    for batch in loader: ...                          # {"pixels", "ids", "labels", "index"}
+    checkpoint["loader"] = loader.state_dict()        # counts every batch handed out so far
+
+Small targets: :class:`PixelCache` decodes each image once into resized uint8 pixels (the
+original scaled to cover its bucket, ``microcond.conditions.resized_size``) in a memory-mapped
+file, and the crops come from it with the same :func:`~microcond.data.crop.crop` call as the
+decoding path, so both give identical pixels and MicroConds for a seed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from microcond.conditions import MicroCond, resized_size, time_ids
+from microcond.data.buckets import Bucket, assign_bucket
+from microcond.data.crop import CROP_MODES, crop, load_resized
+
+# Stream tags of the SeedSequence, so shuffles and crops never share random numbers.
+SHUFFLE_STREAM = 0
+CROP_STREAM = 1
+
+
+def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
+    """The generator for one sample's crop and flip in one epoch (independent of workers)."""
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, CROP_STREAM, epoch, index])))
+
+
+@dataclass
+class ImageSource:
+    """The usable images of a data set, one row each; ``index`` in a batch is the row.
+
+    Attributes:
+        names: a printable name per row (a file path, or ``shard.tar:key``).
+        original_sizes: (N, 2) int64, ``(height, width)`` after EXIF orientation.
+        labels: (N,) int64 class ids, -1 where the source has no label.
+        stamps: (N, 2) int64 ``(bytes, mtime_ns)`` of the file holding each row (cache key).
+        locations: per row ``(file, offset, length)``; ``offset < 0`` means the whole file.
+        size_from_metadata: (N,) bool, True where ``original_sizes`` comes from metadata and the
+            stored pixels were resized before (img2dataset shards); else the decoded pixels must
+            have exactly that size.
+        skipped: ``(name, reason)`` of every image left out (unusable in the index, or failing
+            to decode later).
+        dropped_small: images left out by ``min_original_edge`` (the paper's "512-only" baseline).
+    """
+
+    names: list[str]
+    original_sizes: np.ndarray
+    labels: np.ndarray
+    stamps: np.ndarray
+    locations: list[tuple[str, int, int]]
+    size_from_metadata: np.ndarray
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    dropped_small: int = 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        index_path: str | Path | None = None,
+        labels: str | None = "metadata.jsonl",
+        min_original_edge: int = 0,
+        cache_dir: str | Path | None = None,
+    ) -> "ImageSource":
+        """The images of a folder, from its scan index (scanned into ``cache_dir`` if not given).
+
+        Args:
+            index_path: an index written by ``microcond scan``; when omitted the folder is scanned
+                incrementally into ``cache_dir`` (never into the data folder).
+            labels: a JSON-lines file in the folder with ``"file"`` (relative to the folder) and
+                ``"label"`` (int) per image; None, or a missing file, gives label -1.
+            min_original_edge: leave out images whose short original edge is below this.
+        """
+        folder = Path(path).resolve()
+        if not folder.is_dir():
+            raise ValueError(f"expected an image folder, got {str(path)!r} (not a directory); pass the folder that holds the images")
+        if index_path is None:
+            if cache_dir is None:
+                raise ValueError(
+                    f"no index for {folder}: pass index_path (from `microcond scan`) or a cache_dir to write one in"
+                )
+            index_path = Path(cache_dir) / f"index-{_short_hash(str(folder))}.parquet"
+            from microcond.data import scan
+
+            scan.scan_folder(folder, index_path)
+        from microcond.data import scan
+
+        rows = scan.read_index(index_path)
+        label_of = _read_labels(folder / labels) if labels else {}
+        return cls.from_rows(rows, folder, label_of, min_original_edge)
+
+    @classmethod
+    def from_rows(
+        cls, rows: dict[str, Sequence[Any]], folder: Path | None, label_of: dict[str, int], min_original_edge: int = 0
+    ) -> "ImageSource":
+        """Build from index columns (path, height, width, bytes, mtime, status, reason)."""
+        if isinstance(min_original_edge, bool) or not isinstance(min_original_edge, int) or min_original_edge < 0:
+            raise ValueError(f"min_original_edge must be a non-negative integer of pixels, got {min_original_edge!r}")
+        names, sizes, labels, stamps, skipped, dropped = [], [], [], [], [], 0
+        for path, h, w, nbytes, mtime, status, reason in zip(
+            rows["path"], rows["height"], rows["width"], rows["bytes"], rows["mtime"], rows["status"], rows["reason"]
+        ):
+            if status != "ok":
+                skipped.append((str(path), f"{status}: {reason}"))
+                continue
+            if min(h, w) < min_original_edge:
+                dropped += 1
+                continue
+            names.append(str(path))
+            sizes.append((int(h), int(w)))
+            rel = Path(path).relative_to(folder).as_posix() if folder is not None else str(path)
+            labels.append(int(label_of.get(rel, -1)))
+            stamps.append((int(nbytes), _mtime_ns(mtime)))
+        n = len(names)
+        return cls(
+            names=names,
+            original_sizes=np.asarray(sizes, dtype=np.int64).reshape(n, 2),
+            labels=np.asarray(labels, dtype=np.int64).reshape(n),
+            stamps=np.asarray(stamps, dtype=np.int64).reshape(n, 2),
+            locations=[(name, -1, -1) for name in names],
+            size_from_metadata=np.zeros(n, dtype=bool),
+            skipped=skipped,
+            dropped_small=dropped,
+        )
+
+    @classmethod
+    def from_shards(cls, shards: Sequence[str | Path], min_original_edge: int = 0) -> "ImageSource":
+        """The images of local WebDataset tar shards, read by offset (see :mod:`microcond.data.shards`)."""
+        from microcond.data.shards import index_shards
+
+        return index_shards(shards, min_original_edge=min_original_edge)
+
+    def open(self, i: int) -> str | bytes:
+        """What :func:`microcond.data.crop.load_resized` reads for row ``i``: a path, or bytes of a tar member."""
+        file, offset, length = self.locations[i]
+        if offset < 0:
+            return file
+        with open(file, "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
+    def load(self, i: int, target_size: Bucket, *, background: tuple[int, int, int], fast: bool) -> np.ndarray:
+        """Row ``i`` decoded and resized to cover ``target_size``: (h, w, 3) uint8, checked.
+
+        Raises ``ValueError`` when the pixels do not match the recorded original size (the file
+        changed since it was indexed), so that a stale record never reaches a MicroCond.
+        """
+        original = tuple(int(v) for v in self.original_sizes[i])
+        given = original if self.size_from_metadata[i] else None
+        resized, decoded = load_resized(self.open(i), target_size, original_size=given, background=background, fast=fast)
+        if tuple(decoded) != original:
+            raise ValueError(f"decoded size {tuple(decoded)} differs from the indexed {original}; rescan the folder")
+        return resized  # (H, W, 3) with (H, W) == resized_size(original, target_size)
+
+    def summary(self) -> dict[str, Any]:
+        """Counts for a report: usable, skipped (with reasons listed separately), dropped as small."""
+        return {"images": len(self), "skipped": len(self.skipped), "dropped_small": self.dropped_small,
+                "labelled": int((self.labels >= 0).sum())}
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _mtime_ns(mtime: Any) -> int:
+    """Index mtimes may be float seconds, int nanoseconds or a timestamp; one integer for the key."""
+    if hasattr(mtime, "timestamp"):
+        return int(round(mtime.timestamp() * 1e9))
+    if isinstance(mtime, float):
+        return int(round(mtime * 1e9))
+    return int(mtime)
+
+
+def _read_labels(path: Path) -> dict[str, int]:
+    """``{"file": label}`` from a metadata.jsonl (demo data format); empty if the file is absent."""
+    if not path.is_file():
+        return {}
+    labels = {}
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                labels[Path(record["file"]).as_posix()] = int(record["label"])
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"{path}:{number}: expected a JSON object with 'file' and integer 'label', got {line.strip()[:80]!r} ({err})") from None
+    return labels
+
+
+# Bump when the cached content changes meaning (it is part of the key).
+CACHE_VERSION = 1
+
+
+def bucket_targets(source: ImageSource, buckets: Sequence[Bucket]) -> list[Bucket]:
+    """Each row's target size: its bucket, assigned once from the original size."""
+    return [assign_bucket(int(h), int(w), buckets) for h, w in source.original_sizes]
+
+
+def cache_key(source: ImageSource, buckets: Sequence[Bucket], background: Sequence[int], fast: bool) -> str:
+    """Hash of everything that changes the cached pixels: buckets, resize path, background, files."""
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "buckets": [list(b) for b in buckets],
+                                        "background": list(background), "fast": fast,
+                                        "resize": f"{load_resized.__module__}.{load_resized.__qualname__}"}).encode())
+    for name, (nbytes, mtime), (h, w), meta in zip(source.names, source.stamps.tolist(), source.original_sizes.tolist(),
+                                                     source.size_from_metadata.tolist()):
+        digest.update(f"{name}\0{nbytes}\0{mtime}\0{h}\0{w}\0{int(meta)}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+_BUILD_SOURCE: ImageSource | None = None  # set in each cache-building process by _init_build
+
+
+def _init_build(source: ImageSource) -> None:
+    global _BUILD_SOURCE
+    _BUILD_SOURCE = source
+
+
+def _load_row(job: tuple[int, Bucket, tuple[int, int, int], bool]) -> tuple[int, np.ndarray | None, str]:
+    i, target, background, fast = job
+    assert _BUILD_SOURCE is not None
+    try:
+        return i, _BUILD_SOURCE.load(i, target, background=background, fast=fast), ""
+    except (OSError, ValueError) as err:  # a bad file becomes a listed failure, never a crash
+        return i, None, str(err) or type(err).__name__
+
+
+class PixelCache:
+    """Every image resized to cover its bucket, uint8, in one memory-mapped ``pixels.npy``.
+
+    Layout of ``cache_dir/pixels-<key>/``: ``pixels.npy`` (flat uint8, all images back to back),
+    ``offsets.npy`` (N+1,) int64 and ``shapes.npy`` (N, 2) int64 index it, ``meta.json`` holds the
+    key, the buckets and the failed rows. Worker processes map the same file: the pixels live
+    once in the page cache, not once per worker.
+    """
+
+    def __init__(self, folder: str | Path, in_memory: bool = False) -> None:
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "meta.json").read_text())
+        self.key, self.buckets = meta["key"], tuple(tuple(b) for b in meta["buckets"])
+        self.failures: list[tuple[int, str, str]] = [tuple(f) for f in meta["failures"]]  # (row, name, reason)
+        self.offsets = np.load(self.folder / "offsets.npy")
+        self.shapes = np.load(self.folder / "shapes.npy")
+        self.in_memory = in_memory
+        self._pixels: np.ndarray | None = None
+
+    @classmethod
+    def build(cls, source: ImageSource, buckets: Sequence[Bucket], cache_dir: str | Path, *,
+              background: tuple[int, int, int] = (255, 255, 255), fast: bool = True, processes: int = 2,
+              in_memory: bool = False, progress: bool = True) -> "PixelCache":
+        """Decode every image once (``processes`` in parallel), or reuse the cache with the same key."""
+        import multiprocessing
+        import os
+        import shutil
+
+        from tqdm import tqdm
+
+        buckets = tuple(tuple(b) for b in buckets)
+        key = cache_key(source, buckets, background, fast)
+        folder = Path(cache_dir) / f"pixels-{key}"
+        if (folder / "meta.json").is_file():
+            return cls(folder, in_memory)
+        targets = bucket_targets(source, buckets)
+        shapes = np.array([resized_size(tuple(s), t) for s, t in zip(source.original_sizes.tolist(), targets)],
+                          dtype=np.int64).reshape(len(source), 2)
+        offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)]).astype(np.int64)
+        tmp = Path(cache_dir) / f".pixels-{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        pixels = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(int(offsets[-1]),))
+        jobs = [(i, t, tuple(background), fast) for i, t in enumerate(targets)]
+        failures = []
+        bar = tqdm(total=len(jobs), desc="pixel cache", unit="img", disable=not progress, file=sys.stderr)
+        with multiprocessing.get_context("fork").Pool(max(1, processes), _init_build, (source,)) as pool:
+            for i, array, reason in pool.imap_unordered(_load_row, jobs, chunksize=16):
+                if array is None:
+                    failures.append((i, source.names[i], reason))
+                else:
+                    pixels[offsets[i]:offsets[i + 1]] = array.reshape(-1)
+                bar.update()
+        bar.close()
+        pixels.flush()
+        del pixels
+        np.save(tmp / "offsets.npy", offsets)
+        np.save(tmp / "shapes.npy", shapes)
+        meta = {"key": key, "buckets": [list(b) for b in buckets], "images": len(source),
+                "failures": sorted(failures)}
+        (tmp / "meta.json").write_text(json.dumps(meta))
+        os.replace(tmp, folder)  # atomic: a half-written cache is never found under its key
+        return cls(folder, in_memory)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_pixels": None}  # workers map the file themselves
+
+    @property
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = np.load(self.folder / "pixels.npy", mmap_mode=None if self.in_memory else "r")
+        return self._pixels
+
+    def get(self, i: int) -> np.ndarray:
+        """Row ``i``'s resized pixels, (h, w, 3) uint8 (a read-only view of the map)."""
+        h, w = self.shapes[i]
+        return self.pixels[self.offsets[i]:self.offsets[i + 1]].reshape(int(h), int(w), 3)
+
+    def failed_rows(self) -> list[int]:
+        return [row for row, _, _ in self.failures]
+
+    def sizes(self) -> dict[str, int]:
+        """Bytes on disk, pixel bytes (mapped: page cache shared by workers, or heap if in_memory), index bytes."""
+        disk = sum(p.stat().st_size for p in self.folder.iterdir())
+        return {"disk_bytes": disk, "pixel_bytes": int(self.offsets[-1]), "in_memory": self.in_memory,
+                "index_bytes": int(self.offsets.nbytes + self.shapes.nbytes)}
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where the stream stands: ``batch`` global batches of ``epoch`` done, ``carry`` at its start."""
+
+    epoch: int = 0
+    batch: int = 0
+    carry: tuple[tuple[int, ...], ...] = ()
+    delivered: int = 0
+
+
+class BucketBatches(IterableDataset):
+    """Global batches of one bucket each; this rank's slice of every ``num_workers``-th one.
+
+    Args:
+        buckets: target sizes; each image is assigned once with ``assign_bucket(h, w, buckets)``.
+        batch_size: images per rank; the global batch is ``batch_size * world_size``.
+        rank, world_size: DDP position; None reads ``torch.distributed`` (0 and 1 without it).
+        crop_mode: "random" (paper Algorithm 1) or "center".
+        flip_probability: chance of a horizontal flip per sample.
+        cache: resized pixels to crop from (:class:`PixelCache`, same source and buckets); None
+            decodes every image in the loop.
+        epochs: stop after this epoch count, counted from epoch 0 (a resumed run stops at the
+            same place); None runs forever.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        buckets: Sequence[Bucket],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        crop_mode: str = "random",
+        flip_probability: float = 0.0,
+        cache: Any = None,
+        epochs: int | None = None,
+        background: tuple[int, int, int] = (255, 255, 255),
+        fast: bool = True,
+    ) -> None:
+        if rank is None or world_size is None:
+            dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+            rank = torch.distributed.get_rank() if dist else 0 if rank is None else rank
+            world_size = torch.distributed.get_world_size() if dist else 1 if world_size is None else world_size
+        if not (isinstance(batch_size, int) and batch_size >= 1):
+            raise ValueError(f"batch_size must be a positive integer (images per rank), got {batch_size!r}")
+        if not (0 <= rank < world_size):
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+        if crop_mode not in CROP_MODES:
+            raise ValueError(f"crop_mode must be one of {CROP_MODES}, got {crop_mode!r}")
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must lie in [0, 1], got {flip_probability}")
+        self.source, self.buckets = source, tuple(tuple(b) for b in buckets)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.global_batch = batch_size * world_size
+        self.seed, self.crop_mode, self.flip_probability = int(seed), crop_mode, float(flip_probability)
+        self.cache, self.epochs, self.background, self.fast = cache, epochs, tuple(background), fast
+        if cache is not None and (cache.buckets != self.buckets or len(cache) != len(source)):
+            raise ValueError(f"pixel cache was built for {len(cache)} images and buckets {cache.buckets}; "
+                             f"this loader has {len(source)} images and buckets {self.buckets}: rebuild the cache")
+        self.bucket_of = np.array([self.buckets.index(assign_bucket(int(h), int(w), self.buckets))
+                                   for h, w in source.original_sizes], dtype=np.int64).reshape(len(source))
+        failed = set(cache.failed_rows()) if cache is not None else set()
+        rows = np.array([i for i in range(len(source)) if i not in failed], dtype=np.int64)
+        self.members = [rows[self.bucket_of[rows] == b] for b in range(len(self.buckets))]
+        self.starved = [(self.buckets[b], len(m)) for b, m in enumerate(self.members) if 0 < len(m) < self.global_batch]
+        if all(len(m) < self.global_batch for m in self.members):
+            raise ValueError(f"no bucket holds a full global batch of {self.global_batch} images "
+                             f"(bucket sizes {[len(m) for m in self.members]}); lower batch_size or use fewer buckets")
+        self.position = Position(carry=tuple(() for _ in self.buckets))
+        self.skipped: list[tuple[str, str]] = []  # decode failures seen in this process
+        self._plans: dict[int, tuple[list[tuple[int, np.ndarray]], tuple]] = {}
+
+    # -- the plan: which images form which global batch, per epoch (indices only, cheap)
+
+    def plan(self, epoch: int, carry: tuple[tuple[int, ...], ...]) -> tuple[list[tuple[int, np.ndarray]], tuple]:
+        """Global batches ``(bucket, rows)`` of one epoch, in order, and the carry to the next."""
+        key = (epoch, carry)
+        if epoch in self._plans and self._plans[epoch][0] == key:
+            return self._plans[epoch][1]
+        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([self.seed, SHUFFLE_STREAM, epoch])))
+        batches, next_carry = [], []
+        for b, members in enumerate(self.members):
+            first = np.asarray(carry[b], dtype=np.int64)
+            rest = members[~np.isin(members, first)]
+            order = np.concatenate([first, rest[rng.permutation(len(rest))]])
+            full = len(order) // self.global_batch
+            batches += [(b, order[k * self.global_batch:(k + 1) * self.global_batch]) for k in range(full)]
+            next_carry.append(tuple(int(i) for i in order[full * self.global_batch:]))
+        batches = [batches[k] for k in rng.permutation(len(batches))]
+        self._plans = {epoch: (key, (batches, tuple(next_carry)))}
+        return batches, tuple(next_carry)
+
+    def advance(self, position: Position, count: int) -> Position:
+        """The position after ``count`` more global batches."""
+        epoch, batch, carry = position.epoch, position.batch + count, position.carry
+        while True:
+            batches, next_carry = self.plan(epoch, carry)
+            if batch < len(batches):
+                return Position(epoch, batch, carry, position.delivered + count)
+            epoch, batch, carry = epoch + 1, batch - len(batches), next_carry
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, start, carry = self.position.epoch, self.position.batch, self.position.carry
+        step = 0  # global batches since the start position; worker w takes step % workers == w
+        while self.epochs is None or epoch < self.epochs:
+            batches, next_carry = self.plan(epoch, carry)
+            for k in range(start, len(batches)):
+                if step % workers == worker:
+                    yield self.make_batch(epoch, *batches[k])
+                step += 1
+            epoch, start, carry = epoch + 1, 0, next_carry
+
+    # -- one batch: this rank's slice, cropped
+
+    def make_batch(self, epoch: int, bucket: int, rows: np.ndarray) -> dict[str, torch.Tensor]:
+        """This rank's slice of one global batch as the training loop's dict."""
+        target = self.buckets[bucket]
+        mine = [int(i) for i in rows[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]]
+        pixels, conds, used = [], [], []
+        for i in mine:
+            try:
+                image, cond = self.sample(epoch, i, target)
+            except (OSError, ValueError) as err:  # a file that broke after indexing: skip and list it
+                self._skip(i, err)
+                continue
+            pixels.append(image)
+            conds.append(cond)
+            used.append(i)
+        if not used:
+            raise ValueError(f"every image of a batch failed to decode (rows {mine}); see the skipped list and rescan")
+        return collate(pixels, conds, self.source.labels[used].tolist(), used, size=len(mine))
+
+    def sample(self, epoch: int, i: int, target: Bucket) -> tuple[np.ndarray, MicroCond]:
+        """Sample ``i`` cropped to ``target``: (th, tw, 3) uint8 and its MicroCond."""
+        rng = sample_rng(self.seed, epoch, i)
+        flip = bool(rng.random() < self.flip_probability)  # drawn first, whatever the path
+        if self.cache is not None:
+            resized = self.cache.get(i)
+        else:
+            resized = self.source.load(i, target, background=self.background, fast=self.fast)
+        original = tuple(int(v) for v in self.source.original_sizes[i])
+        return crop(resized, original, target, rng, mode=self.crop_mode, flip=flip)
+
+    def _skip(self, i: int, err: Exception) -> None:
+        self.skipped.append((self.source.names[i], str(err)))
+        print(f"microcond loader: skipped {self.source.names[i]}: {err}", file=sys.stderr)
+
+    # -- resume
+
+    def state_dict(self, position: Position | None = None) -> dict[str, Any]:
+        """The start position, or ``position`` (:func:`make_loader` passes what was consumed)."""
+        p = self.position if position is None else position
+        return {"epoch": p.epoch, "batch": p.batch, "carry": [list(c) for c in p.carry], "delivered": p.delivered,
+                "seed": self.seed, "global_batch": self.global_batch, "images": len(self.source),
+                "buckets": [list(b) for b in self.buckets]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at a saved position; refuses a state saved for another data set or batch."""
+        mine = self.state_dict()
+        for name in ("seed", "global_batch", "images", "buckets"):
+            if state[name] != mine[name]:
+                raise ValueError(f"loader state was saved with {name}={state[name]!r}, this loader has "
+                                 f"{mine[name]!r}: resume with the same data, buckets, batch size and seed")
+        self.position = Position(int(state["epoch"]), int(state["batch"]),
+                                 tuple(tuple(int(i) for i in c) for c in state["carry"]), int(state["delivered"]))
+
+    def summary(self) -> dict[str, Any]:
+        """Images per bucket, and buckets too small for one global batch (their images wait)."""
+        counts = {f"{h}x{w}": len(m) for (h, w), m in zip(self.buckets, self.members) if len(m)}
+        return {**self.source.summary(), "per_bucket": counts,
+                "cache_failed": len(self.source) - sum(len(m) for m in self.members),
+                "starved_buckets": [f"{h}x{w} ({n} images)" for (h, w), n in self.starved]}
+
+
+def collate(pixels: list[np.ndarray], conds: list[MicroCond], labels: list[int], index: list[int],
+            size: int | None = None) -> dict[str, torch.Tensor]:
+    """The batch dict; samples lost to decode errors are replaced by repeats to keep ``size`` rows."""
+    count = len(pixels)
+    keep = [k % count for k in range(size or count)]
+    return {
+        "pixels": torch.from_numpy(np.stack([pixels[k] for k in keep])).permute(0, 3, 1, 2).contiguous(),  # (B, 3, H, W) uint8
+        "ids": time_ids([conds[k] for k in keep]),  # (B, 6) int64, SDXL order
+        "labels": torch.tensor([labels[k] for k in keep], dtype=torch.int64),  # (B,)
+        "index": torch.tensor([index[k] for k in keep], dtype=torch.int64),  # (B,)
+    }
+
+
+class ResumableLoader:
+    """Iterates a :class:`BucketBatches` through a DataLoader and counts consumed batches."""
+
+    def __init__(self, dataset: BucketBatches, num_workers: int = 0, prefetch_factor: int = 2) -> None:
+        if not (isinstance(num_workers, int) and num_workers >= 0):
+            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
+        self.consumed = 0  # global batches handed out since dataset.position
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        self.dataset.position, self.consumed = self.dataset.advance(self.dataset.position, self.consumed), 0
+        if self.num_workers == 0:
+            batches: Any = iter(self.dataset)
+        else:
+            batches = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
+                                 prefetch_factor=self.prefetch_factor, in_order=True)
+        for batch in batches:
+            self.consumed += 1  # counted before the consumer sees it: a checkpoint taken then includes it
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after every batch handed out so far; save it with the checkpoint."""
+        return self.dataset.state_dict(self.dataset.advance(self.dataset.position, self.consumed))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at a saved position (before iterating)."""
+        self.dataset.load_state_dict(state)
+        self.consumed = 0
+
+
+def make_loader(dataset: BucketBatches, num_workers: int = 0) -> ResumableLoader:
+    """The iterable a training loop uses: batches in a worker-independent order, resumable."""
+    return ResumableLoader(dataset, num_workers=num_workers)

@@ -1,0 +1,441 @@
+"""Demo data: real emoji images with web-like sizes and shapes, built offline from Debian packages.
+
+Source: the colour bitmaps of the Noto Color Emoji font (``fonts-noto-color-emoji``; Pillow
+renders them only at size 109, with ``embedded_color=True``, and lays out multi-codepoint
+sequences with raqm) and the labels of ``emoji-test.txt`` (``unicode-data``). Only
+fully-qualified emoji outside the "Component" group are used; skin-tone variants and glyphs whose
+pixels repeat another's (a few flags, one family) are dropped, leaving about 1,860 distinct images.
+
+Each sample mimics web data as the SDXL paper's Fig. 2 describes it: one emoji, whole, near the
+centre with jitter, filling 55-80 % of the short side of a canvas of aspect 1:2 to 2:1 (a share
+square) on a background from ``PALETTE``; the canvas is then downscaled (area averaging, so no
+ringing reaches the margin) to an "original size" whose short edge is log-normal, tuned so that
+``share_below`` of the training images are smaller than ``train_size``. The glyph is never
+upscaled: an original cannot be larger than the canvas at the font's native resolution, so draws
+above it are capped there and the tail stops at about 130-230 px on the short edge (up to about
+twice that on the long edge). The evaluation split uses other emoji (about 15 % of each group,
+chosen by a seeded hash) at full resolution, saved as PNG; training images are PNG or JPEG.
+
+Every random choice derives from ``(seed, split, sample index)``, so the bytes do not depend on
+``jobs``. Layout: ``DIR/{train,eval}/<index>.{png,jpg}``, ``DIR/{train,eval}/metadata.jsonl``,
+``DIR/classes.json`` and ``DIR/demo-data.json`` (parameters and size summary).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from statistics import NormalDist
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, features
+from tqdm import tqdm
+
+FONT_PATHS = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",)
+EMOJI_TEST_PATHS = ("/usr/share/unicode/emoji/emoji-test.txt",)
+FONT_STRIKES = (109, 160, 136, 128, 96, 72, 64)  # bitmap fonts load only at their strike sizes
+SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
+# Backgrounds chosen for contrast with emoji: the share of opaque Noto emoji pixels within 20
+# levels (max over RGB) of each colour is 0.1-0.7 %; light grey and white reach 8-9 %.
+PALETTE = (
+    (222, 212, 246),  # lavender
+    (200, 236, 214),  # mint
+    (170, 205, 235),  # sky blue
+    (225, 170, 185),  # rose
+    (120, 140, 170),  # steel
+    (40, 110, 120),  # teal
+)
+SPLITS = ("train", "eval")
+MIN_MARGIN_PX = 1.5  # least margin in SAVED pixels: area averaging smears the object by up to 1 px
+
+
+@dataclass(frozen=True)
+class Emoji:
+    """One emoji of ``emoji-test.txt``: its text, name and labels."""
+
+    text: str
+    name: str
+    group: str
+    subgroup: str
+    codepoints: str  # e.g. "1F468 200D 1F469", as in emoji-test.txt
+
+
+@dataclass(frozen=True)
+class DemoDataConfig:
+    """Parameters of the demo data set (CLI flags of ``microcond demo-data``)."""
+
+    out: str
+    seed: int = 0
+    n_train: int = 6000
+    n_eval: int = 1000
+    train_size: int = 32
+    share_below: float = 0.40  # share of training originals with a short edge below train_size
+    size_sigma: float = 0.9  # log-normal sigma of the original short edge
+    min_size: int = 8  # smallest original short edge
+    square_share: float = 0.25
+    fill: tuple[float, float] = (0.55, 0.80)  # object extent / canvas short side
+    margin: float = 0.08  # least free border, as a share of the canvas short side
+    jitter: float = 0.15  # largest shift of the object from the centre, share of the side
+    jpeg_share: float = 0.5
+    jpeg_quality: tuple[int, int] = (75, 95)
+    eval_share: float = 0.15  # share of distinct emoji, per group, held out for evaluation
+    jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
+    font: str | None = None
+    emoji_test: str | None = None
+    preview: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_train", "n_eval", "train_size", "min_size", "jobs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not 0.0 < self.share_below < 1.0:
+            raise ValueError(f"share_below must lie strictly between 0 and 1, got {self.share_below}")
+        if not 0.0 < self.eval_share < 1.0:
+            raise ValueError(f"eval_share must lie strictly between 0 and 1, got {self.eval_share}")
+
+
+def _existing(given: str | None, defaults: tuple[str, ...], what: str, fix: str) -> Path:
+    candidates = (given,) if given else defaults
+    for c in candidates:
+        if Path(c).is_file():
+            return Path(c)
+    raise ValueError(f"{what} not found (looked at {', '.join(candidates)}): {fix}")
+
+
+def find_font(path: str | None = None) -> Path:
+    """The colour emoji font to render from, or a ``ValueError`` saying how to get one."""
+    return _existing(
+        path, FONT_PATHS, "colour emoji font",
+        "install it with `sudo apt-get install fonts-noto-color-emoji` (or bash scripts/setup.sh), "
+        "or pass --font PATH to another colour emoji font",
+    )
+
+
+def find_emoji_test(path: str | None = None) -> Path:
+    """The ``emoji-test.txt`` label file, or a ``ValueError`` saying how to get one."""
+    return _existing(
+        path, EMOJI_TEST_PATHS, "emoji-test.txt",
+        "install it with `sudo apt-get install unicode-data` (or bash scripts/setup.sh), "
+        "or pass --emoji-test PATH",
+    )
+
+
+_LINE = re.compile(r"^([0-9A-F ]+);\s*([a-z-]+)\s*#\s*\S+\s+E\d+\.\d+\s+(.+)$")
+
+
+def load_catalogue(path: str | Path) -> list[Emoji]:
+    """Fully-qualified emoji of ``emoji-test.txt`` without skin tones and the Component group."""
+    group = subgroup = ""
+    emoji = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if line.startswith("# group:"):
+            group = line.split(":", 1)[1].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.split(":", 1)[1].strip()
+        elif (m := _LINE.match(line)) and m.group(2) == "fully-qualified" and group != "Component":
+            points = [int(c, 16) for c in m.group(1).split()]
+            if SKIN_TONES.isdisjoint(points):
+                text = "".join(map(chr, points))
+                emoji.append(Emoji(text, m.group(3).strip(), group, subgroup, m.group(1).strip()))
+    if len({e.group for e in emoji}) < 2:
+        raise ValueError(f"{path} holds no emoji groups; expected Unicode's emoji-test.txt format")
+    return emoji
+
+
+@functools.lru_cache(maxsize=4)
+def load_font(path: str) -> ImageFont.FreeTypeFont:
+    """The font at its first loadable bitmap strike size, laid out with raqm."""
+    if not features.check("raqm"):
+        raise ValueError("Pillow's raqm layout is unavailable: install it with "
+                         "`sudo apt-get install libraqm0 libfribidi0` (or bash scripts/setup.sh)")
+    for size in FONT_STRIKES:
+        try:
+            return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.RAQM)
+        except OSError:
+            continue
+    raise ValueError(f"cannot load {path} at any of the sizes {FONT_STRIKES}: pass --font PATH to a colour emoji font")
+
+
+@functools.lru_cache(maxsize=128)  # per process at most 128 glyphs of 136x128 RGBA: about 9 MB
+def render_glyph(font_path: str, text: str) -> Image.Image | None:
+    """The emoji tightly cropped to its alpha, RGBA; None if the font has no single glyph for it."""
+    font = load_font(font_path)
+    single = font.getlength("\U0001F600")
+    if font.getlength(text) > 1.5 * single:  # raqm fell back to one glyph per codepoint
+        return None
+    size = math.ceil(single) + 40
+    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    ImageDraw.Draw(canvas).text((20, 10), text, font=font, embedded_color=True)
+    box = canvas.getchannel("A").getbbox()
+    return canvas.crop(box) if box else None
+
+
+def check_colour_font(font_path: str) -> None:
+    """Raise ``ValueError`` unless the font draws a colour 'grinning face'."""
+    glyph = render_glyph(font_path, "\U0001F600")
+    rgb = np.asarray(glyph.convert("RGB"), dtype=np.int16) if glyph else None
+    if rgb is None or np.abs(rgb - rgb[..., :1]).max() < 32:
+        raise ValueError(f"{font_path} draws no colour emoji: pass --font PATH to a colour emoji "
+                         "font, or install one with `sudo apt-get install fonts-noto-color-emoji`")
+
+
+def _glyph_digest(task: tuple[str, str]) -> str | None:
+    glyph = render_glyph(*task)
+    return hashlib.sha1(glyph.tobytes() + str(glyph.size).encode()).hexdigest() if glyph else None
+
+
+def _seeded_key(seed: int, name: str) -> str:
+    return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
+
+
+def split_emoji(emoji: list[Emoji], seed: int, eval_share: float) -> tuple[list[Emoji], list[Emoji]]:
+    """Train and eval emoji: per group, the ``eval_share`` with the smallest seeded hash go to eval."""
+    train, held_out = [], []
+    for group in sorted({e.group for e in emoji}):
+        members = sorted((e for e in emoji if e.group == group), key=lambda e: _seeded_key(seed, e.name))
+        n_eval = min(len(members) - 1, max(1, round(eval_share * len(members))))
+        held_out += members[:n_eval]
+        train += members[n_eval:]
+    return train, held_out
+
+
+def original_short_edge(rng: np.random.Generator, cfg: DemoDataConfig) -> float:
+    """Draw a short edge from the log-normal with P(round(edge) < train_size) = share_below."""
+    z = NormalDist().inv_cdf(cfg.share_below)
+    median = (cfg.train_size - 0.5) * math.exp(-cfg.size_sigma * z)
+    return float(math.exp(rng.normal(math.log(median), cfg.size_sigma)))
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every random choice of one sample; sizes (h, w), positions (top, left)."""
+
+    canvas_size: tuple[int, int]
+    object_top_left: tuple[int, int]
+    background: tuple[int, int, int]
+    original_size: tuple[int, int]
+    format: str
+    quality: int | None
+
+
+def _place(rng: np.random.Generator, side: int, extent: int, margin: float, jitter: float) -> int:
+    """Offset of the object along one axis: centred, jittered, at least ``margin`` from both ends."""
+    low, high = math.ceil(margin), math.floor(side - extent - margin)
+    if high <= low:
+        return (side - extent) // 2
+    reach = min((high - low) / 2, jitter * side)
+    shift = float(np.clip(rng.normal(0.0, 0.5), -1.0, 1.0))  # photographers centre their subject
+    return int(round((low + high) / 2 + reach * shift))
+
+
+def plan_sample(rng: np.random.Generator, glyph_size: tuple[int, int], cfg: DemoDataConfig,
+                full_resolution: bool) -> Plan:
+    """Draw canvas shape, object position, background, original size and file format."""
+    gh, gw = glyph_size
+    extent = max(gh, gw)
+    fill = rng.uniform(*cfg.fill)
+    aspect = 1.0 if rng.random() < cfg.square_share else math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+    edge = original_short_edge(rng, cfg)
+    background = PALETTE[int(rng.integers(len(PALETTE)))]
+    jpeg = rng.random() < cfg.jpeg_share
+    quality = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    short = max(extent, round(extent / fill))
+    out_short = short if full_resolution else int(min(short, max(cfg.min_size, round(edge))))  # never upscale
+    # The margin must also leave whole background pixels after downscaling: a small original gets
+    # a lower fill, i.e. a larger canvas around the same glyph.
+    margin = max(cfg.margin, MIN_MARGIN_PX / out_short)
+    short = max(short, math.ceil(extent / (1 - 2 * margin)))
+    h, w = (short, round(short * aspect)) if aspect >= 1 else (round(short / aspect), short)
+    top = _place(rng, h, gh, margin * short, cfg.jitter)
+    left = _place(rng, w, gw, margin * short, cfg.jitter)
+    if full_resolution:
+        return Plan((h, w), (top, left), background, (h, w), "PNG", None)
+    scale = out_short / short
+    original = (out_short, max(1, round(w * scale))) if h == short else (max(1, round(h * scale)), out_short)
+    return Plan((h, w), (top, left), background, original, "JPEG" if jpeg else "PNG", quality if jpeg else None)
+
+
+def render_sample(glyph: Image.Image, plan: Plan) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The RGB image of a plan and the object's box (top, left, bottom, right) in its pixels."""
+    (h, w), (top, left) = plan.canvas_size, plan.object_top_left
+    image = Image.new("RGB", (w, h), plan.background)
+    image.paste(glyph.convert("RGB"), (left, top), glyph.getchannel("A"))
+    alpha = Image.new("L", (w, h), 0)
+    alpha.paste(glyph.getchannel("A"), (left, top))
+    if plan.original_size != plan.canvas_size:
+        size = plan.original_size[::-1]  # PIL wants (w, h)
+        # Area averaging has no negative lobes, so nothing but the object leaves the box.
+        image = image.resize(size, Image.Resampling.BOX)
+        alpha = alpha.resize(size, Image.Resampling.BOX)
+    x0, y0, x1, y1 = alpha.getbbox()
+    return image, (y0, x0, y1, x1)
+
+
+def _build_sample(task: tuple) -> dict:
+    split, index, emoji, label, font_path, split_dir, cfg = task
+    rng = np.random.default_rng([cfg.seed, SPLITS.index(split), index])
+    glyph = render_glyph(font_path, emoji.text)
+    plan = plan_sample(rng, (glyph.height, glyph.width), cfg, full_resolution=split == "eval")
+    image, box = render_sample(glyph, plan)
+    name = f"{index:06d}." + ("jpg" if plan.format == "JPEG" else "png")
+    buffer = io.BytesIO()
+    image.save(buffer, plan.format, **({"quality": plan.quality} if plan.quality else {}))
+    Path(split_dir, name).write_bytes(buffer.getvalue())
+    return {
+        "file": name, "name": emoji.name, "group": emoji.group, "subgroup": emoji.subgroup,
+        "label": label, "codepoints": emoji.codepoints, "background": list(plan.background),
+        "box": list(box), "original_size": list(plan.original_size), "format": plan.format,
+        "jpeg_quality": plan.quality, "canvas_size": list(plan.canvas_size),
+    }
+
+
+def _spread(emoji: list[Emoji], n: int, seed: int) -> list[Emoji]:
+    """n picks cycling evenly over a seeded order; equal picks are adjacent, for the glyph cache."""
+    order = sorted(emoji, key=lambda e: _seeded_key(seed, "order:" + e.name))
+    return [order[i * len(order) // n] for i in range(n)]
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        if not (out / "demo-data.json").is_file():
+            raise ValueError(f"output folder {out} is not empty and holds no demo-data.json: "
+                             "pass --out with a new or empty folder")
+        for split in SPLITS:  # a previous build: replace it
+            shutil.rmtree(out / split, ignore_errors=True)
+        for name in ("classes.json", "preview.png"):
+            (out / name).unlink(missing_ok=True)
+    for split in SPLITS:
+        (out / split).mkdir(parents=True, exist_ok=True)
+
+
+def summarize(records: list[dict], train_size: int) -> dict:
+    """Counts, formats and the distribution of the original short edge of one split."""
+    short = np.array([min(r["original_size"]) for r in records])
+    formats: dict[str, int] = {}
+    for r in records:
+        formats[r["format"]] = formats.get(r["format"], 0) + 1
+    groups: dict[str, int] = {}
+    for r in records:
+        groups[r["group"]] = groups.get(r["group"], 0) + 1
+    return {
+        "images": len(records),
+        "distinct_emoji": len({r["name"] for r in records}),
+        "share_short_edge_below_train_size": round(float((short < train_size).mean()), 4),
+        "short_edge_percentiles": {str(p): float(np.percentile(short, p)) for p in (0, 10, 25, 50, 75, 90, 100)},
+        "formats": dict(sorted(formats.items())),
+        "groups": dict(sorted(groups.items())),
+    }
+
+
+def write_preview(split_dir: Path, records: list[dict], path: Path, n: int = 64, width: int = 1400) -> None:
+    """A contact sheet of ``n`` evenly spaced samples at their own sizes on a neutral grey."""
+    picks = [records[i * len(records) // n] for i in range(min(n, len(records)))]
+    images = [Image.open(split_dir / r["file"]).convert("RGB") for r in picks]
+    gap, x, y, row_h, places = 8, 8, 8, 0, []
+    for im in images:
+        if x + im.width + gap > width and x > gap:
+            x, y, row_h = gap, y + row_h + gap, 0
+        places.append((x, y))
+        x, row_h = x + im.width + gap, max(row_h, im.height)
+    sheet = Image.new("RGB", (width, y + row_h + gap), (128, 128, 128))
+    for im, place in zip(images, places):
+        sheet.paste(im, place)
+    sheet.save(path)
+
+
+def _tasks(split: str, emoji: list[Emoji], n: int, classes: list[str], font: str, out: Path,
+           cfg: DemoDataConfig) -> Iterator[tuple]:
+    for index, e in enumerate(_spread(emoji, n, cfg.seed)):
+        yield split, index, e, classes.index(e.group), font, str(out / split), cfg
+
+
+def build_demo_data(cfg: DemoDataConfig, progress: bool = True) -> dict:
+    """Build the demo data set into ``cfg.out``; return what ``demo-data.json`` holds."""
+    start = time.perf_counter()
+    font = str(find_font(cfg.font))
+    catalogue = load_catalogue(find_emoji_test(cfg.emoji_test))
+    check_colour_font(font)
+    out = Path(cfg.out)
+    _prepare_out(out)
+    (out / "demo-data.json").write_text(json.dumps({"status": "building", "config": asdict(cfg)}) + "\n")
+    with Pool(cfg.jobs) if cfg.jobs > 1 else _InProcess() as pool:
+        digests = pool.map(_glyph_digest, [(font, e.text) for e in catalogue], chunksize=64)
+        skipped, first, distinct = [], {}, []
+        for e, digest in zip(catalogue, digests):
+            if digest is None:
+                skipped.append({"name": e.name, "reason": "the font has no single glyph for it"})
+            elif digest in first:
+                skipped.append({"name": e.name, "reason": f"same pixels as {first[digest]!r}"})
+            else:
+                first[digest] = e.name
+                distinct.append(e)
+        classes = sorted({e.group for e in distinct})
+        train, held_out = split_emoji(distinct, cfg.seed, cfg.eval_share)
+        summary: dict = {}
+        bar = tqdm(total=cfg.n_train + cfg.n_eval, desc="demo-data", unit="img", disable=not progress)
+        for split, emoji, n in (("train", train, cfg.n_train), ("eval", held_out, cfg.n_eval)):
+            records = []
+            with open(out / split / "metadata.jsonl", "w", encoding="utf-8") as meta:
+                for record in pool.imap(_build_sample, _tasks(split, emoji, n, classes, font, out, cfg), chunksize=16):
+                    meta.write(json.dumps(record, ensure_ascii=False) + "\n")
+                    records.append(record)
+                    bar.update()
+            summary[split] = summarize(records, cfg.train_size)
+            if split == "train" and cfg.preview:
+                write_preview(out / split, records, out / "preview.png")
+        bar.close()
+    (out / "classes.json").write_text(json.dumps(classes, indent=1) + "\n")
+    result = {"config": asdict(cfg), "font": font, "classes": classes, "distinct_emoji": len(distinct),
+              "train_emoji": len(train), "eval_emoji": len(held_out), "skipped_emoji": skipped, "summary": summary}
+    (out / "demo-data.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    return result | {"seconds": round(time.perf_counter() - start, 1)}  # not in the file: bytes stay seeded
+
+
+def describe(result: dict) -> str:
+    """What ``microcond demo-data`` prints: where the data is, counts, sizes and formats."""
+    cfg, out = result["config"], Path(result["config"]["out"])
+    lines = [f"demo data in {out} ({result.get('seconds', '?')} s)"]
+    for split in SPLITS:
+        s = result["summary"][split]
+        p = s["short_edge_percentiles"]
+        formats = ", ".join(f"{k} {v}" for k, v in s["formats"].items())
+        lines.append(
+            f"  {split + ':':6} {s['images']} images of {s['distinct_emoji']} emoji; "
+            f"{100 * s['share_short_edge_below_train_size']:.1f}% with a short edge below {cfg['train_size']} px; "
+            f"short edge p10/p50/p90/max {p['10']:.0f}/{p['50']:.0f}/{p['90']:.0f}/{p['100']:.0f} px; {formats}"
+        )
+    lines.append(f"  labels: {len(result['classes'])} groups, in {out / 'classes.json'}; "
+                 f"metadata in {out / 'train' / 'metadata.jsonl'} and {out / 'eval' / 'metadata.jsonl'}")
+    if result["skipped_emoji"]:
+        lines.append(f"  skipped {len(result['skipped_emoji'])} emoji (repeated pixels or no glyph), "
+                     f"listed in {out / 'demo-data.json'}")
+    if cfg["preview"]:
+        lines.append(f"  contact sheet: {out / 'preview.png'}")
+    return "\n".join(lines)
+
+
+class _InProcess:
+    """The two Pool methods used above, run in this process (jobs=1)."""
+
+    def __enter__(self) -> _InProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def map(self, fn, items, chunksize: int = 1) -> list:  # noqa: ARG002 - Pool's signature
+        return [fn(i) for i in items]
+
+    def imap(self, fn, items, chunksize: int = 1) -> Iterator:  # noqa: ARG002
+        return map(fn, items)

@@ -1,0 +1,90 @@
+"""WebDataset shards: folder -> shards -> loader round trip, metadata original size, streaming split."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from microcond.data.loader import BucketBatches, make_loader
+from microcond.data.shards import SHARD_STRIDE, ShardStream, index_shards, write_shards
+from test_loader import BUCKETS, EVEN, make_source
+
+
+@pytest.fixture(scope="module")
+def folder_and_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shards")
+    source = make_source(root / "data", EVEN)
+    shards = write_shards(source, root / "out", max_count=5, progress=False)
+    return source, shards
+
+
+def test_round_trip_keeps_images_original_sizes_and_labels(folder_and_shards):
+    source, shards = folder_and_shards
+    assert len(shards) == 4 and all(p.is_file() for p in shards)
+    back = index_shards(shards)
+    assert len(back) == len(source) and back.skipped == []
+    order = [int(name.rsplit(":", 1)[1]) for name in back.names]  # keys are the folder rows
+    assert order == list(range(len(source)))
+    assert np.array_equal(back.original_sizes, source.original_sizes)
+    assert np.array_equal(back.labels, source.labels)
+    assert back.size_from_metadata.all()
+    for i in (0, 1, 7):  # same bytes -> same resized pixels
+        assert np.array_equal(back.load(i, (32, 32), background=(255, 255, 255), fast=True),
+                              source.load(i, (32, 32), background=(255, 255, 255), fast=True))
+    a = list(make_loader(BucketBatches(source, BUCKETS, 2, seed=4, epochs=1, flip_probability=0.5)))
+    b = list(make_loader(BucketBatches(back, BUCKETS, 2, seed=4, epochs=1, flip_probability=0.5)))
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+
+
+def tar_with(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def png(h: int, w: int) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_pre_resized_pixels_keep_the_original_size_from_json(tmp_path):
+    # img2dataset-style: pixels resized to 40x60, JSON holds the true 400x600; one sample has no JSON.
+    shard = tar_with(tmp_path / "a.tar", {
+        "k1.jpg": png(40, 60), "k1.json": json.dumps({"original_height": 400, "original_width": 600}).encode(),
+        "k2.png": png(48, 32), "k3.json": b"{}",
+    })
+    source = index_shards([shard])
+    assert source.original_sizes.tolist() == [[400, 600], [48, 32]]
+    assert source.size_from_metadata.tolist() == [True, False]
+    assert [reason for _, reason in source.skipped] == ["no image member (found ['json'])"]
+    stream = ShardStream([shard], ((32, 48), (48, 32)), 1, epochs=1)
+    ids = sorted(batch["ids"][0].tolist() for batch in stream)
+    assert ids == [[48, 32, 0, 0, 48, 32], [400, 600, 0, 0, 32, 48]]  # original size, crop, bucket
+
+
+def test_stream_splits_shards_over_two_ranks_and_two_workers_without_overlap(folder_and_shards):
+    source, shards = folder_and_shards
+    seen = []
+    for rank in (0, 1):
+        stream = ShardStream(shards, ((32, 32),), 1, rank=rank, world_size=2, seed=2, epochs=1)
+        for batch in torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2):
+            seen += batch["index"].tolist()
+    rows = sorted(index // SHARD_STRIDE * 5 + index % SHARD_STRIDE for index in seen)  # 5 samples per shard
+    assert rows == list(range(len(source)))
+
+
+def test_write_refuses_a_folder_with_shards(folder_and_shards, tmp_path):
+    source, shards = folder_and_shards
+    with pytest.raises(ValueError, match="already holds"):
+        write_shards(source, shards[0].parent, progress=False)

@@ -13,6 +13,8 @@ import sys
 import textwrap
 
 EPILOG_INDENT = "  "
+# Commands that train: run as a script, they re-execute once with glibc's allocator settings.
+REEXEC_COMMANDS = {"train", "demo", "experiment"}
 
 
 def _examples(*lines: str) -> str:
@@ -50,6 +52,117 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------- demo-data
+
+
+def _add_demo_data(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(
+        sub,
+        "demo-data",
+        "Build the demo image set: emoji from the installed Noto Color Emoji font on canvases of "
+        "web-like shapes and sizes, with labels and object boxes (train and held-out eval splits).",
+        [
+            "microcond demo-data --out data/demo",
+            "microcond demo-data --out data/small --n-train 600 --n-eval 100 --seed 1",
+            "microcond demo-data --out data/demo64 --train-size 64 --font /path/to/ColorEmoji.ttf",
+        ],
+    )
+    p.add_argument("--out", required=True, help="folder to create (a previous demo-data build there is replaced)")
+    p.add_argument("--n-train", type=int, default=6000, help="training images (default 6000)")
+    p.add_argument("--n-eval", type=int, default=1000, help="evaluation images, other emoji, full resolution (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice; same seed, same bytes (default 0)")
+    p.add_argument("--train-size", type=int, default=32,
+                   help="training size in px; about 40%% of originals get a shorter edge (default 32)")
+    p.add_argument("--font", help="colour emoji font (default: the Debian fonts-noto-color-emoji path)")
+    p.add_argument("--emoji-test", help="Unicode emoji-test.txt with the labels (default: the Debian unicode-data path)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    p.add_argument("--no-preview", action="store_true", help="do not write DIR/preview.png, the contact sheet")
+    p.set_defaults(run=_run_demo_data)
+
+
+def _run_demo_data(args: argparse.Namespace) -> int:
+    from microcond.demodata import DemoDataConfig, build_demo_data, describe
+
+    cfg = DemoDataConfig(
+        out=args.out, seed=args.seed, n_train=args.n_train, n_eval=args.n_eval, train_size=args.train_size,
+        jobs=args.jobs, font=args.font, emoji_test=args.emoji_test, preview=not args.no_preview,
+    )
+    print(describe(build_demo_data(cfg)))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- train
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from microcond import config as config_mod
+
+    p = _subparser(
+        sub,
+        "train",
+        "Train (or resume) a denoiser with micro-conditioning. Running the same command again resumes.",
+        [
+            "microcond train --preset tiny --data demo-data/train --out runs/tiny",
+            "microcond train run.toml --out runs/a --steps 5000",
+            "microcond train --preset tiny --data DIR --signals original_size --out runs/size-only",
+            "torchrun --nproc_per_node=2 -m microcond.cli train --preset tiny --data DIR --out runs/ddp",
+            "microcond train --preset sdxl --pretrained /models/sdxl-base --data DIR --out runs/ft --dry-run",
+        ],
+    )
+    p.add_argument("config", nargs="?", help="TOML file of config fields (flat keys); flags override it")
+    p.add_argument("--out", help="run folder: config, checkpoints, metrics, loss curve, sample grids")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    group = p.add_argument_group("config fields (each overrides the preset and the TOML file)")
+    config_mod.add_flags(group)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from microcond import config as config_mod
+
+    cfg = config_mod.resolve(toml_path=args.config, overrides=config_mod.flag_overrides(args))
+    if args.dry_run:
+        print(json.dumps(config_mod.to_dict(cfg), indent=2))
+        return 0
+    if not args.out:
+        raise ValueError("train needs --out RUN_FOLDER (or --dry-run to only print the config)")
+    if not cfg.data:
+        raise ValueError("train needs --data: a folder of images or WebDataset shards")
+    from microcond.train import train
+
+    row = train(cfg, args.out, progress=not args.no_progress)
+    if row:
+        print(f"trained to step {row['step']} ({row['images_seen']} images), loss {row['loss']:.4f}; run in {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(
+        sub,
+        "export",
+        "Write a run's EMA UNet as a diffusers UNet2DConditionModel folder (SDXL parameter names).",
+        ["microcond export runs/tiny --diffusers exported/tiny-unet", "microcond export runs/ft --diffusers out/unet --no-ema"],
+    )
+    p.add_argument("run_dir", metavar="RUN", help="a run folder written by `microcond train`")
+    p.add_argument("--diffusers", required=True, metavar="DIR", help="output folder (save_pretrained layout)")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from microcond.runs import export_diffusers
+
+    out = export_diffusers(args.run_dir, args.diffusers, ema=not args.no_ema)
+    print(f"wrote {out} (load with UNet2DConditionModel.from_pretrained)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -70,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"microcond {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
+    _add_train(sub)
+    _add_export(sub)
+    _add_demo_data(sub)
     return parser
 
 
@@ -77,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``microcond`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if argv is None and args.command in REEXEC_COMMANDS and not getattr(args, "dry_run", False):
+        from microcond.train import ensure_allocator_env
+
+        ensure_allocator_env(sys.argv[1:])
     try:
         return args.run(args)
     except (ValueError, OSError) as err:

@@ -98,7 +98,8 @@ class DemoDataConfig:
     def __post_init__(self) -> None:
         for name in ("n_train", "n_eval", "train_size", "min_size", "jobs"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}: change {flag}")
         if not 0.0 < self.share_below < 1.0:
             raise ValueError(f"share_below must lie strictly between 0 and 1, got {self.share_below}")
         if not 0.0 < self.eval_share < 1.0:

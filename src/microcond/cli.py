@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_allocator_env(sys.argv[1:])
     try:
         return args.run(args)
+    except BrokenPipeError:  # output piped into `head` and closed early
+        return 0
     except (ValueError, OSError) as err:
         # A user mistake: one line, what was expected and found, non-zero exit.
         if os.environ.get("MICROCOND_DEBUG"):

@@ -1,0 +1,62 @@
+"""Reading a finished (or running) training run back: the model for sampling, and export.
+
+A run directory holds ``config.json``, ``scheduler_config.json``, ``metrics.jsonl``,
+``loss.png``, ``samples/`` and ``checkpoints/step-*/`` (see :mod:`microcond.checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from diffusers import UNet2DConditionModel
+from safetensors.torch import save_file
+
+from microcond import config as config_mod
+from microcond.checkpoint import list_checkpoints, load_checkpoint
+from microcond.config import TrainConfig
+from microcond.model import Denoiser
+
+
+def _checkpoint_dir(run_dir: Path) -> Path:
+    if not (run_dir / "config.json").exists():
+        raise ValueError(f"{run_dir} is not a training run (no config.json); pass the --out folder of `microcond train`")
+    found = list_checkpoints(run_dir / "checkpoints")
+    if not found:
+        raise ValueError(f"{run_dir} has no complete checkpoint yet; train longer than checkpoint_every steps")
+    return found[-1]
+
+
+def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[Denoiser, TrainConfig, dict, int]:
+    """(denoiser in eval mode, config, scheduler config, step) from the newest checkpoint."""
+    from microcond.train import build_denoiser
+
+    run_dir = Path(run_dir)
+    path = _checkpoint_dir(run_dir)
+    cfg = config_mod.from_dict(json.loads((run_dir / "config.json").read_text()))
+    scheduler_config = json.loads((run_dir / "scheduler_config.json").read_text())
+    tensors, state = load_checkpoint(path)
+    model = build_denoiser(cfg)
+    weights = tensors["model"]
+    if ema:
+        weights = {**weights, **{k: v.to(weights[k].dtype) for k, v in tensors["ema"].items()}}
+    model.load_state_dict(weights)
+    return model.to(device).eval(), cfg, scheduler_config, state["step"]
+
+
+def export_diffusers(run_dir: str | Path, out_dir: str | Path, ema: bool = True) -> Path:
+    """Write the (EMA) UNet as a plain diffusers ``UNet2DConditionModel`` folder, SDXL names kept.
+
+    Beside it: ``class_embedding.safetensors`` (the pooled-slot vectors, row ``num_classes`` is
+    the null class) and ``microcond.json`` (signals, classes, scheduler, training step).
+    """
+    model, cfg, scheduler_config, step = load_run(run_dir, ema=ema)
+    out_dir = Path(out_dir)
+    plain = UNet2DConditionModel.from_config(model.unet.config)
+    plain.load_state_dict(model.unet.state_dict())
+    plain.save_pretrained(out_dir, safe_serialization=True)
+    save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))
+    meta = {"signals": list(cfg.signals), "num_classes": cfg.num_classes, "resolution": cfg.resolution, "step": step, "ema": ema, "scheduler": scheduler_config}
+    (out_dir / "microcond.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir

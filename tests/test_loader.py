@@ -20,7 +20,7 @@ def write_images(folder: Path, sizes: list[tuple[int, int]]) -> dict[str, list]:
     """Tiny images (h, w) alternating PNG / JPEG, and index columns like the scan's."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    rows: dict[str, list] = {k: [] for k in ("path", "height", "width", "bytes", "mtime", "status", "reason")}
+    rows: dict[str, list] = {k: [] for k in ("path", "height", "width", "bytes", "mtime_ns", "status", "reason")}
     labels = []
     for k, (h, w) in enumerate(sizes):
         path = folder / (f"img{k:03d}.png" if k % 2 else f"img{k:03d}.jpg")

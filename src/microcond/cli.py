@@ -163,6 +163,44 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- shard
+
+
+def _add_shard(sub: argparse._SubParsersAction) -> None:
+    p = _subparser(
+        sub,
+        "shard",
+        "Write WebDataset tar shards from an image folder: each sample is the image file's bytes plus "
+        "JSON with original_height, original_width (after EXIF orientation) and label.",
+        [
+            "microcond shard data/demo/train --out shards/train",
+            "microcond shard photos --index photos.parquet --out shards/photos --max-count 5000",
+            "microcond shard photos --out shards/big --min-original-edge 512",
+        ],
+    )
+    p.add_argument("folder", metavar="DIR", help="image folder (labels from DIR/metadata.jsonl when present)")
+    p.add_argument("--index", help="index from `microcond scan` (default: scan DIR into the cache folder)")
+    p.add_argument("--out", required=True, metavar="SHARDDIR", help="empty or new folder for shard-NNNNNN.tar")
+    p.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--min-original-edge", type=int, default=0, help="leave out images with a shorter original edge (default 0)")
+    p.add_argument("--cache", help="folder for the scan index when --index is not given (default $MICROCOND_CACHE)")
+    p.set_defaults(run=_run_shard)
+
+
+def _run_shard(args: argparse.Namespace) -> int:
+    from microcond.data.loader import ImageSource, default_cache_dir
+    from microcond.data.shards import write_shards
+
+    source = ImageSource.from_folder(args.folder, args.index, min_original_edge=args.min_original_edge,
+                                     cache_dir=args.cache or default_cache_dir())
+    shards = write_shards(source, args.out, max_count=args.max_count)
+    print(f"wrote {len(source)} images into {len(shards)} shards in {args.out}; "
+          f"{len(source.skipped)} skipped, {source.dropped_small} below --min-original-edge")
+    for name, reason in source.skipped:
+        print(f"skipped {name}: {reason}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- main
 
 
@@ -186,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_export(sub)
     _add_demo_data(sub)
+    _add_shard(sub)
     return parser
 
 

@@ -123,12 +123,12 @@ class ImageSource:
     def from_rows(
         cls, rows: dict[str, Sequence[Any]], folder: Path | None, label_of: dict[str, int], min_original_edge: int = 0
     ) -> "ImageSource":
-        """Build from index columns (path, height, width, bytes, mtime, status, reason)."""
+        """Build from index columns (path, height, width, bytes, mtime_ns, status, reason), paths absolute."""
         if isinstance(min_original_edge, bool) or not isinstance(min_original_edge, int) or min_original_edge < 0:
             raise ValueError(f"min_original_edge must be a non-negative integer of pixels, got {min_original_edge!r}")
         names, sizes, labels, stamps, skipped, dropped = [], [], [], [], [], 0
         for path, h, w, nbytes, mtime, status, reason in zip(
-            rows["path"], rows["height"], rows["width"], rows["bytes"], rows["mtime"], rows["status"], rows["reason"]
+            rows["path"], rows["height"], rows["width"], rows["bytes"], rows["mtime_ns"], rows["status"], rows["reason"]
         ):
             if status != "ok":
                 skipped.append((str(path), f"{status}: {reason}"))
@@ -140,7 +140,7 @@ class ImageSource:
             sizes.append((int(h), int(w)))
             rel = Path(path).relative_to(folder).as_posix() if folder is not None else str(path)
             labels.append(int(label_of.get(rel, -1)))
-            stamps.append((int(nbytes), _mtime_ns(mtime)))
+            stamps.append((int(nbytes), int(mtime)))
         n = len(names)
         return cls(
             names=names,
@@ -192,15 +192,6 @@ def _short_hash(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _mtime_ns(mtime: Any) -> int:
-    """Index mtimes may be float seconds, int nanoseconds or a timestamp; one integer for the key."""
-    if hasattr(mtime, "timestamp"):
-        return int(round(mtime.timestamp() * 1e9))
-    if isinstance(mtime, float):
-        return int(round(mtime * 1e9))
-    return int(mtime)
 
 
 def _read_labels(path: Path) -> dict[str, int]:
@@ -320,7 +311,12 @@ class PixelCache:
         meta = {"key": key, "buckets": [list(b) for b in buckets], "images": len(source),
                 "failures": sorted(failures)}
         (tmp / "meta.json").write_text(json.dumps(meta))
-        os.replace(tmp, folder)  # atomic: a half-written cache is never found under its key
+        try:
+            os.replace(tmp, folder)  # atomic: a half-written cache is never found under its key
+        except OSError:
+            if not (folder / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp)  # another process finished the same cache first
         return cls(folder, in_memory)
 
     def __len__(self) -> int:
@@ -574,3 +570,64 @@ class ResumableLoader:
 def make_loader(dataset: BucketBatches, num_workers: int = 0) -> ResumableLoader:
     """The iterable a training loop uses: batches in a worker-independent order, resumable."""
     return ResumableLoader(dataset, num_workers=num_workers)
+
+
+# Decode once into the pixel cache when every bucket is at most this many pixels (64x64 caches
+# about 4-5 KB per 4:3 image; at SDXL sizes decoding in the loop is the only option anyway).
+CACHE_MAX_AREA = 128 * 128
+
+
+def default_cache_dir() -> Path:
+    """Where scan indexes and pixel caches go: $MICROCOND_CACHE, else $XDG_CACHE_HOME/microcond."""
+    import os
+
+    root = os.environ.get("MICROCOND_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "microcond"
+    return Path(root)
+
+
+def open_source(data: str | Path, *, min_original_edge: int = 0, cache_dir: str | Path | None = None) -> ImageSource:
+    """A folder of images (index from ``microcond scan`` beside it as ``index.parquet``, else scanned
+    into the cache), a ``.tar`` shard, or a folder of ``*.tar`` shards."""
+    path = Path(data)
+    if path.is_file() and path.suffix == ".tar":
+        return ImageSource.from_shards([path], min_original_edge)
+    if path.is_dir() and any(path.glob("*.tar")):
+        return ImageSource.from_shards(sorted(path.glob("*.tar")), min_original_edge)
+    if not path.is_dir():
+        raise ValueError(f"data must be an image folder, a .tar shard or a folder of .tar shards; got {str(data)!r}")
+    index = path / "index.parquet"
+    return ImageSource.from_folder(path, index if index.is_file() else None, min_original_edge=min_original_edge,
+                                   cache_dir=cache_dir or default_cache_dir())
+
+
+def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: int, batch_size: int) -> ResumableLoader:
+    """The training loop's data from a ``TrainConfig``: source, buckets, pixel cache, loader.
+
+    Rank 0 scans and builds the cache first while the other ranks wait, then they reuse it. The
+    summary (counts per bucket, skipped files with reasons) goes to ``run_dir/data.json``.
+    """
+    from microcond.data.buckets import parse_buckets
+
+    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
+    cache = None
+    for turn in (0, 1):  # rank 0 alone, then everyone else (who then only read what it wrote)
+        if (rank == 0) == (turn == 0):
+            source = open_source(cfg.data, min_original_edge=cfg.min_original_edge)
+            if max(h * w for h, w in buckets) <= CACHE_MAX_AREA:
+                cache = PixelCache.build(source, buckets, default_cache_dir(), progress=rank == 0)
+        if dist:
+            torch.distributed.barrier()
+    dataset = BucketBatches(source, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                            crop_mode=cfg.crop_mode, flip_probability=cfg.flip_probability, cache=cache)
+    if rank == 0:
+        summary = {**dataset.summary(), "cache": cache.sizes() if cache is not None else None,
+                   "skipped_files": source.skipped + ([(name, reason) for _, name, reason in cache.failures] if cache else [])}
+        Path(run_dir).mkdir(parents=True, exist_ok=True)
+        (Path(run_dir) / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"data: {summary['images']} images in {len(summary['per_bucket'])} buckets, {summary['skipped']} skipped, "
+              f"{summary['dropped_small']} below min_original_edge" + (f", pixel cache {cache.sizes()['disk_bytes'] / 2**20:.1f} MiB "
+              f"on disk (memory-mapped)" if cache else ""), file=sys.stderr)
+        for bucket in summary["starved_buckets"]:
+            print(f"data: bucket {bucket} holds fewer images than one global batch: they wait, unused", file=sys.stderr)
+    return make_loader(dataset, num_workers=cfg.workers)

@@ -105,49 +105,6 @@ def distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
-def cache_dir() -> Path:
-    """Where scan indexes and pixel caches of training data live: $MICROCOND_CACHE or ~/.cache/microcond."""
-    return Path(os.environ.get("MICROCOND_CACHE") or Path.home() / ".cache" / "microcond")
-
-
-# Pixel caches pay off when decoding dominates: small targets (reference/cpu-measurements.md).
-PIXEL_CACHE_MAX_SIDE = 256
-
-
-def open_training_data(cfg: TrainConfig, rank: int, world: int, per_rank: int, progress: bool = True) -> BatchSource:
-    """The resumable bucketed loader over ``cfg.data`` (an image folder or .tar shards)."""
-    from microcond.data.buckets import parse_buckets
-    from microcond.data.loader import BucketBatches, ImageSource, PixelCache, make_loader
-
-    buckets = parse_buckets(cfg.bucket_spec)
-    path = Path(cfg.data)
-    shards = sorted(path.glob("*.tar")) if path.is_dir() else [path] if path.suffix == ".tar" else []
-    cache = cache_dir()
-    # Rank 0 scans and fills the pixel cache first; the others then find both ready.
-    for turn in ("first", "rest"):
-        if (turn == "first") == (rank == 0):
-            if shards:
-                source = ImageSource.from_shards(shards, min_original_edge=cfg.min_original_edge)
-            else:
-                source = ImageSource.from_folder(path, cache_dir=cache, min_original_edge=cfg.min_original_edge)
-            pixels = None
-            if max(max(b) for b in buckets) <= PIXEL_CACHE_MAX_SIDE:
-                pixels = PixelCache.build(source, buckets, cache, progress=progress)
-        if world > 1:
-            torch.distributed.barrier()
-    if rank == 0:
-        summary = source.summary()
-        line = f"data: {summary['images']} images from {cfg.data}"
-        if summary["skipped"] or summary["dropped_small"]:
-            line += f"; skipped {summary['skipped']} unusable, dropped {summary['dropped_small']} below min_original_edge={cfg.min_original_edge}"
-        if pixels is not None:
-            sizes = pixels.sizes()
-            line += f"; pixel cache {sizes.get('disk_bytes', 0) / 2**20:.1f} MiB in {pixels.folder}"
-        print(line, file=sys.stderr)
-    dataset = BucketBatches(source, buckets, per_rank, seed=cfg.seed, rank=rank, world_size=world, crop_mode=cfg.crop_mode, flip_probability=cfg.flip_probability, cache=pixels)
-    return make_loader(dataset, cfg.workers)
-
-
 def diffusion_loss(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
@@ -209,7 +166,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
     if data is None:
-        data = open_training_data(cfg, rank, world, per_rank, progress=progress and rank == 0)
+        from microcond.data.loader import open_training_data
+
+        data = open_training_data(cfg, run_dir, rank=rank, world_size=world, batch_size=per_rank)
 
     # Resume from the newest complete checkpoint.
     start = 0

@@ -1,0 +1,208 @@
+"""Report: the paper's Fig. 2 for your own data, from a scan index.
+
+SDXL (section 2.2, Fig. 2) shows how much of a training set a minimum-size filter throws away
+(39% of their data below 256 px). :func:`write_report` answers the same for the usable rows of a
+``microcond scan`` index, sizes ``(height, width)`` after EXIF orientation:
+
+* ``sizes.png``: 2-D histogram of heights x widths, log axes and log colour;
+* ``min_edge.png`` and a table: share of images and of pixels a filter "shorter edge < N px"
+  discards, for N in :data:`MIN_EDGES`;
+* ``aspect.png`` and a table: the aspect-ratio (width / height) distribution;
+* ``buckets.png`` and a table: how a bucket set (``microcond.data.buckets``) would be filled, and
+  how many images would be upscaled into their bucket (original smaller than the bucket).
+
+Everything goes to ``DIR/report.md``; the tables are also returned as text. Numpy and matplotlib
+only: no torch.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from microcond.data.buckets import assign_bucket, parse_buckets
+from microcond.data.scan import read_index
+
+MIN_EDGES = (64, 128, 256, 512, 1024)  # the filter thresholds of the table, in pixels
+PAPER_CUT = 256  # paper Fig. 2: discarding images below 256 px would drop 39% of SDXL's data
+# Aspect classes (width / height), edges between them; names say what the shapes look like.
+ASPECT_EDGES = (1 / 4, 1 / 2, 3 / 4, 4 / 3, 2, 4)
+ASPECT_NAMES = ("taller than 1:4", "1:4 - 1:2", "1:2 - 3:4", "3:4 - 4:3 (near square)", "4:3 - 2:1", "2:1 - 4:1",
+                "wider than 4:1")  # fmt: skip
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table, readable as plain text too (columns padded)."""
+    cells = [list(map(str, header))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    # First column (names) left-aligned, the numbers right-aligned.
+    line = lambda row: "| " + " | ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + " |"  # noqa: E731
+    return "\n".join([line(cells[0]), "| " + " | ".join("-" * w for w in widths) + " |"] + [line(r) for r in cells[1:]])
+
+
+def _pct(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
+
+
+def min_edge_discards(heights: np.ndarray, widths: np.ndarray, edges: Sequence[int] = MIN_EDGES) -> list[tuple[int, int, float, float]]:
+    """Per threshold N: (N, images discarded, share of images, share of pixels) for "shorter edge < N"."""
+    short = np.minimum(heights, widths)
+    pixels = heights.astype(np.float64) * widths
+    total = pixels.sum()
+    out = []
+    for edge in edges:
+        gone = short < edge
+        out.append((edge, int(gone.sum()), float(gone.mean()) if len(short) else 0.0,
+                    float(pixels[gone].sum() / total) if total else 0.0))
+    return out
+
+
+def bucket_fill(heights: np.ndarray, widths: np.ndarray, buckets: Sequence[tuple[int, int]]) -> dict[tuple[int, int], tuple[int, int]]:
+    """Per bucket (h, w): (images assigned, of which upscaled: original shorter than the bucket on a side)."""
+    fill: dict[tuple[int, int], list[int]] = {tuple(b): [0, 0] for b in buckets}
+    if len(heights):
+        sizes, counts = np.unique(np.stack([heights, widths], axis=1), axis=0, return_counts=True)
+        for (h, w), n in zip(sizes.tolist(), counts.tolist()):  # one assignment per distinct size
+            bucket = assign_bucket(h, w, buckets)
+            fill[bucket][0] += n
+            fill[bucket][1] += n if (h < bucket[0] or w < bucket[1]) else 0
+    return {b: (n, up) for b, (n, up) in fill.items()}
+
+
+def _figure(width: float = 7.0, height: float = 5.0) -> Any:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=110, layout="constrained")
+
+
+def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
+    from matplotlib.colors import LogNorm
+
+    lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
+    hi = int(max(heights.max(), widths.max()) * 1.1) + 1
+    edges = np.geomspace(lo, hi, 61)
+    counts, _, _ = np.histogram2d(widths, heights, bins=[edges, edges])
+    fig = _figure(6.6, 5.4)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(edges, edges, np.ma.masked_equal(counts.T, 0), norm=LogNorm(), cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="images per bin (log scale)")
+    ax.set(xscale="log", yscale="log", xlabel="original width (px, log scale)", ylabel="original height (px, log scale)",
+           title=f"Original sizes of {len(heights):,} usable images")
+    gone = float((np.minimum(heights, widths) < cut).mean())
+    if lo < cut < hi:
+        ax.axvline(cut, color="tab:red", ls="--", lw=1)
+        ax.axhline(cut, color="tab:red", ls="--", lw=1)
+        ax.text(0.02, 0.02, f"shorter edge < {cut} px (left of / below the dashed lines):\n{100 * gone:.1f}% of images "
+                "a min-size filter would discard", transform=ax.transAxes, fontsize=8, color="tab:red",
+                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls=":")
+    ax.grid(True, which="major", alpha=0.3)
+    fig.savefig(path)
+
+
+def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
+    short = np.minimum(heights, widths)
+    grid = np.unique(np.geomspace(8, max(2048, short.max() * 1.2), 300).astype(int))
+    rows = min_edge_discards(heights, widths, grid)
+    fig = _figure(6.6, 4.2)
+    ax = fig.add_subplot()
+    ax.plot(grid, [100 * r[2] for r in rows], label="images", color="tab:blue")
+    ax.plot(grid, [100 * r[3] for r in rows], label="pixels", color="tab:orange")
+    for edge, _, img, pix in min_edge_discards(heights, widths):
+        ax.plot([edge], [100 * img], "o", color="tab:blue", ms=4)
+        ax.annotate(f"{100 * img:.0f}%", (edge, 100 * img), textcoords="offset points", xytext=(-4, 6), fontsize=8,
+                    ha="right", color="tab:blue")
+    ax.set(xscale="log", ylim=(-2, 102), xlabel="minimum shorter edge kept (px, log scale)",
+           ylabel="discarded (%)", title="What a filter \"shorter edge < N px\" would discard")
+    ax.set_xticks(MIN_EDGES, [str(e) for e in MIN_EDGES])
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.savefig(path)
+
+
+def _plot_aspect(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
+    log_ratio = np.clip(np.log2(widths / heights), -3, 3)
+    fig = _figure(6.6, 4.0)
+    ax = fig.add_subplot()
+    ax.hist(log_ratio, bins=np.linspace(-3, 3, 73), weights=np.full(len(log_ratio), 100 / len(log_ratio)), color="tab:blue")
+    ticks = {"1:8": 1 / 8, "1:4": 1 / 4, "1:2": 1 / 2, "3:4": 3 / 4, "1:1": 1, "4:3": 4 / 3, "2:1": 2, "4:1": 4, "8:1": 8}
+    ax.set_xticks(np.log2(list(ticks.values())), list(ticks))
+    ax.set(xlabel="aspect ratio width:height (log scale; left: portrait, right: landscape; ends include beyond)",
+           ylabel="images (%)", title="Aspect ratios")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path)
+
+
+def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec: str) -> None:
+    names = [f"{h}x{w}" for h, w in fill]
+    total = np.array([n for n, _ in fill.values()])
+    upscaled = np.array([u for _, u in fill.values()])
+    fig = _figure(max(6.6, 0.2 * len(fill) + 2), 4.4)
+    ax = fig.add_subplot()
+    x = np.arange(len(fill))
+    ax.bar(x, total - upscaled, color="tab:blue", label="original covers the bucket (downscaled)")
+    ax.bar(x, upscaled, bottom=total - upscaled, color="tab:orange", label="original smaller than the bucket (upscaled)")
+    ax.set_xticks(x, names, rotation=90, fontsize=7)
+    ax.set(xlabel="bucket height x width (px), portrait to landscape", ylabel="images",
+           title=f"Bucket fill ({spec}: {len(fill)} buckets)")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.savefig(path)
+
+
+def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: str = "sdxl") -> str:
+    """Write ``report.md`` and the PNGs into ``out_dir``; return the report as text."""
+    bucket_set = parse_buckets(buckets)
+    import pyarrow.compute as pc
+
+    table = read_index(index, columns=["height", "width", "status"])
+    status = collections.Counter({v["values"]: v["counts"] for v in pc.value_counts(table["status"]).to_pylist()})
+    usable = table.filter(pc.equal(table["status"], "ok"))
+    heights = usable["height"].to_numpy().astype(np.int64)  # (N,)
+    widths = usable["width"].to_numpy().astype(np.int64)  # (N,)
+    ok = range(len(usable))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    found = sum(status.values())
+    problems = ", ".join(f"{n} {s}" for s, n in status.most_common() if s != "ok") or "none"
+    parts = [f"# Data report: {index}", "",
+             f"{found} files in the index: {len(ok)} usable, {found - len(ok)} unusable ({problems}). "
+             "Sizes are (height, width) in pixels after EXIF orientation; shares below are of the usable images."]
+    if not ok:
+        parts += ["", "No usable images: nothing to plot. Check the scan's problem list (`microcond scan --list-problems`)."]
+        text = "\n".join(parts) + "\n"
+        (out / "report.md").write_text(text)
+        return text + f"\nwrote {out / 'report.md'}"
+    short = np.minimum(heights, widths)
+    q = np.percentile(short, [5, 25, 50, 75, 95]).round().astype(int)
+    parts += ["", "## Sizes", "", "![sizes](sizes.png)", "",
+              _table(["", "height", "width", "shorter edge"],
+                     [[name, int(f(heights)), int(f(widths)), int(f(short))] for name, f in
+                      (("min", np.min), ("median", np.median), ("max", np.max))]),
+              "", f"Shorter edge percentiles 5/25/50/75/95: {' / '.join(map(str, q))} px."]
+    table = [[f"< {e} px", n, _pct(img, 1), _pct(pix, 1)] for e, n, img, pix in min_edge_discards(heights, widths)]
+    parts += ["", "## What a minimum-size filter would discard (paper Fig. 2)", "", "![min edge](min_edge.png)", "",
+              _table(["shorter edge", "images discarded", "share of images", "share of pixels"], table), "",
+              "Micro-conditioning on the original size keeps all of them (paper section 2.2)."]
+    classes = np.searchsorted(np.array(ASPECT_EDGES), widths / heights, side="right")
+    counts = np.bincount(classes, minlength=len(ASPECT_NAMES))
+    parts += ["", "## Aspect ratios (width : height)", "", "![aspect](aspect.png)", "",
+              _table(["aspect", "images", "share"], [[n, int(c), _pct(c, len(ok))] for n, c in zip(ASPECT_NAMES, counts)])]
+    fill = bucket_fill(heights, widths, bucket_set)
+    used = [(b, n, up) for b, (n, up) in fill.items() if n]
+    parts += ["", f"## Bucket fill ({buckets}: {len(bucket_set)} buckets, {len(used)} used)", "", "![buckets](buckets.png)", "",
+              "Each image goes to the bucket of nearest aspect ratio; \"upscaled\" images are smaller than their bucket "
+              "on a side, the case size conditioning was made for.", "",
+              _table(["bucket (h x w)", "aspect w:h", "images", "share", "upscaled"],
+                     [[f"{h}x{w}", f"{w / h:.2f}", n, _pct(n, len(ok)), _pct(up, n)] for (h, w), n, up in used])]
+    _plot_sizes(out / "sizes.png", heights, widths, PAPER_CUT)
+    _plot_min_edge(out / "min_edge.png", heights, widths)
+    _plot_aspect(out / "aspect.png", heights, widths)
+    _plot_buckets(out / "buckets.png", fill, buckets)
+    text = "\n".join(parts) + "\n"
+    (out / "report.md").write_text(text)
+    return text + f"\nwrote {out / 'report.md'} and sizes.png, min_edge.png, aspect.png, buckets.png"

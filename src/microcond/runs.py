@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from microcond import config as config_mod
 from microcond.checkpoint import list_checkpoints, load_checkpoint
+from microcond.conditions import SIGNALS
 from microcond.config import TrainConfig
 from microcond.model import Denoiser
 
@@ -43,6 +44,23 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device =
         weights = {**weights, **{k: v.to(weights[k].dtype) for k, v in tensors["ema"].items()}}
     model.load_state_dict(weights)
     return model.to(device).eval(), cfg, scheduler_config, state["step"]
+
+
+def denoise_fn(model: Denoiser, precision: torch.dtype | None = None):
+    """``denoise(x, t, cond)`` for :mod:`microcond.sample` from a :class:`Denoiser`.
+
+    A ``Cond`` always carries SDXL's six ids and one drop flag per SDXL signal; the model takes
+    the ids and flags of the signals it was trained with.
+    """
+    columns = [SIGNALS.index(s) for s in model.embedder.signals]
+    device_type = next(model.parameters()).device.type
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
+        with torch.autocast(device_type, dtype=precision or torch.float32, enabled=precision is not None):
+            out = model(x, t, model.embedder.select(cond.ids), cond.drop[:, columns], cond.labels)
+        return out.float()
+
+    return denoise
 
 
 def export_diffusers(run_dir: str | Path, out_dir: str | Path, ema: bool = True) -> Path:

@@ -271,7 +271,19 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
 
 
 def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg: TrainConfig, path: Path, device: torch.device) -> None:
-    """A small grid from the EMA weights with the default inference conditions."""
-    from microcond.sample import periodic_grid
+    """16 samples from the EMA weights with SDXL's default inference conditions, one class per column."""
+    from microcond.conditions import MicroCond
+    from microcond.grid import save_grid
+    from microcond.runs import denoise_fn
+    from microcond.sample import make_cond, sample
 
-    periodic_grid(model, ema, dict(scheduler.config), cfg, path, device)
+    shadow = build_denoiser(cfg).to(device)
+    shadow.load_state_dict({**model.state_dict(), **{k: v.to(model.state_dict()[k].dtype) for k, v in ema.items()}})
+    shadow.eval()
+    n = 16
+    size = (cfg.resolution, cfg.resolution)
+    labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else [-1] * n
+    cond = make_cond(MicroCond(size, (0, 0), size), labels, n=n)
+    images = sample(denoise_fn(shadow, choose_precision(cfg.precision, device)), cond, shape=(3, *size), seeds=range(n), steps=25, scheduler_config=dict(scheduler.config), device=device, progress=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(images, path, nrow=8)

@@ -33,7 +33,9 @@ import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from collections import Counter
 from multiprocessing import Pool
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 from statistics import NormalDist
 from typing import Iterator
@@ -100,6 +102,9 @@ class DemoDataConfig:
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}: change {flag}")
+        if self.train_size <= self.min_size:
+            raise ValueError(f"train_size must exceed the smallest original ({self.min_size} px), "
+                             f"got {self.train_size}: change --train-size")
         if not 0.0 < self.share_below < 1.0:
             raise ValueError(f"share_below must lie strictly between 0 and 1, got {self.share_below}")
         if not 0.0 < self.eval_share < 1.0:
@@ -323,12 +328,7 @@ def _prepare_out(out: Path) -> None:
 def summarize(records: list[dict], train_size: int) -> dict:
     """Counts, formats and the distribution of the original short edge of one split."""
     short = np.array([min(r["original_size"]) for r in records])
-    formats: dict[str, int] = {}
-    for r in records:
-        formats[r["format"]] = formats.get(r["format"], 0) + 1
-    groups: dict[str, int] = {}
-    for r in records:
-        groups[r["group"]] = groups.get(r["group"], 0) + 1
+    formats, groups = Counter(r["format"] for r in records), Counter(r["group"] for r in records)
     return {
         "images": len(records),
         "distinct_emoji": len({r["name"] for r in records}),
@@ -370,7 +370,8 @@ def build_demo_data(cfg: DemoDataConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     _prepare_out(out)
     (out / "demo-data.json").write_text(json.dumps({"status": "building", "config": asdict(cfg)}) + "\n")
-    with Pool(cfg.jobs) if cfg.jobs > 1 else _InProcess() as pool:
+    # One thread runs jobs=1 in this process, with the same pool interface.
+    with Pool(cfg.jobs) if cfg.jobs > 1 else ThreadPool(1) as pool:
         digests = pool.map(_glyph_digest, [(font, e.text) for e in catalogue], chunksize=64)
         skipped, first, distinct = [], {}, []
         for e, digest in zip(catalogue, digests):
@@ -383,6 +384,9 @@ def build_demo_data(cfg: DemoDataConfig, progress: bool = True) -> dict:
                 distinct.append(e)
         classes = sorted({e.group for e in distinct})
         train, held_out = split_emoji(distinct, cfg.seed, cfg.eval_share)
+        if not train or not held_out:
+            raise ValueError(f"{font} draws only {len(distinct)} of the {len(catalogue)} emoji, too few to "
+                             "split: pass --font PATH to a colour emoji font with emoji sequences")
         summary: dict = {}
         bar = tqdm(total=cfg.n_train + cfg.n_eval, desc="demo-data", unit="img", disable=not progress)
         for split, emoji, n in (("train", train, cfg.n_train), ("eval", held_out, cfg.n_eval)):
@@ -423,20 +427,7 @@ def describe(result: dict) -> str:
                      f"listed in {out / 'demo-data.json'}")
     if cfg["preview"]:
         lines.append(f"  contact sheet: {out / 'preview.png'}")
+    lines.append(f"  size report: microcond scan {out / 'train'} --out {out / 'train-index.parquet'} && "
+                 f"microcond report {out / 'train-index.parquet'} --out {out / 'report'}")
     return "\n".join(lines)
 
-
-class _InProcess:
-    """The two Pool methods used above, run in this process (jobs=1)."""
-
-    def __enter__(self) -> _InProcess:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def map(self, fn, items, chunksize: int = 1) -> list:  # noqa: ARG002 - Pool's signature
-        return [fn(i) for i in items]
-
-    def imap(self, fn, items, chunksize: int = 1) -> Iterator:  # noqa: ARG002
-        return map(fn, items)

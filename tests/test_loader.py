@@ -206,3 +206,13 @@ def test_clear_errors_for_bad_settings(odd, tmp_path):
 def test_buckets_too_small_for_a_batch_are_reported(odd):
     dataset = BucketBatches(odd, BUCKETS, 3, world_size=2)  # global 6: 5 wide images wait forever
     assert dataset.summary()["starved_buckets"] == ["32x48 (5 images)"]
+
+
+def test_from_folder_scans_into_the_cache_dir_and_reads_labels(tmp_path):
+    rows = write_images(tmp_path / "data", [(40, 40), (40, 60), (60, 40), (50, 50)])
+    before = sorted(p.name for p in (tmp_path / "data").iterdir())
+    source = ImageSource.from_folder(tmp_path / "data", cache_dir=tmp_path / "cache", min_original_edge=45)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == before  # nothing written into the data
+    assert any((tmp_path / "cache").glob("index-*.parquet"))
+    assert sorted(source.names) == sorted(rows["path"][3:])  # only 50x50 has a short edge >= 45
+    assert source.dropped_small == 3 and source.labels.tolist() == [0] and source.original_sizes.tolist() == [[50, 50]]

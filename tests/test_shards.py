@@ -88,3 +88,17 @@ def test_write_refuses_a_folder_with_shards(folder_and_shards, tmp_path):
     source, shards = folder_and_shards
     with pytest.raises(ValueError, match="already holds"):
         write_shards(source, shards[0].parent, progress=False)
+
+
+def test_cli_shard_writes_shards_the_loader_reads(tmp_path, capsys):
+    from microcond.cli import main
+    from test_loader import write_images
+
+    rows = write_images(tmp_path / "data", [(40, 40), (40, 60), (60, 40)])
+    code = main(["shard", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--max-count", "2",
+                 "--cache", str(tmp_path / "cache")])
+    assert code == 0 and "wrote 3 images into 2 shards" in capsys.readouterr().out
+    back = index_shards(sorted((tmp_path / "out").glob("*.tar")))
+    assert sorted(back.original_sizes.tolist()) == sorted([h, w] for h, w in zip(rows["height"], rows["width"]))
+    assert sorted(back.labels.tolist()) == [0, 1, 2]
+    assert main(["shard", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == 2

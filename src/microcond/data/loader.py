@@ -30,6 +30,7 @@ decoding path, so both give identical pixels and MicroConds for a seed.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,21 +102,20 @@ class ImageSource:
                 ``"label"`` (int) per image; None, or a missing file, gives label -1.
             min_original_edge: leave out images whose short original edge is below this.
         """
-        folder = Path(path).resolve()
+        folder = Path(os.path.abspath(path))  # read_index's paths are absolute the same way
         if not folder.is_dir():
             raise ValueError(f"expected an image folder, got {str(path)!r} (not a directory); pass the folder that holds the images")
+        from microcond.data import scan
+
         if index_path is None:
             if cache_dir is None:
                 raise ValueError(
                     f"no index for {folder}: pass index_path (from `microcond scan`) or a cache_dir to write one in"
                 )
             index_path = Path(cache_dir) / f"index-{_short_hash(str(folder))}.parquet"
-            from microcond.data import scan
-
-            scan.scan_folder(folder, index_path)
-        from microcond.data import scan
-
-        rows = scan.read_index(index_path)
+            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            print(scan.scan([folder], index_path).line(), file=sys.stderr)  # incremental: unchanged files reused
+        rows = scan.read_index(index_path).to_pydict()
         label_of = _read_labels(folder / labels) if labels else {}
         return cls.from_rows(rows, folder, label_of, min_original_edge)
 
@@ -138,8 +138,8 @@ class ImageSource:
                 continue
             names.append(str(path))
             sizes.append((int(h), int(w)))
-            rel = Path(path).relative_to(folder).as_posix() if folder is not None else str(path)
-            labels.append(int(label_of.get(rel, -1)))
+            rel = os.path.relpath(path, folder) if folder is not None else str(path)
+            labels.append(int(label_of.get(Path(rel).as_posix(), -1)))
             stamps.append((int(nbytes), int(mtime)))
         n = len(names)
         return cls(
@@ -275,7 +275,6 @@ class PixelCache:
               in_memory: bool = False, progress: bool = True) -> "PixelCache":
         """Decode every image once (``processes`` in parallel), or reuse the cache with the same key."""
         import multiprocessing
-        import os
         import shutil
 
         from tqdm import tqdm
@@ -579,8 +578,6 @@ CACHE_MAX_AREA = 128 * 128
 
 def default_cache_dir() -> Path:
     """Where scan indexes and pixel caches go: $MICROCOND_CACHE, else $XDG_CACHE_HOME/microcond."""
-    import os
-
     root = os.environ.get("MICROCOND_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "microcond"
     return Path(root)
 

@@ -14,15 +14,19 @@ from microcond.conditions import MicroCond, resized_size
 from microcond.data.crop import crop, decode_crop, load_resized, open_image, oriented_size, to_rgb
 
 
-def photo_like(height: int, width: int, seed: int = 0) -> np.ndarray:
+def photo_like(height: int, width: int, seed: int = 0, blur: float = 0.0) -> np.ndarray:
     """uint8 (H, W, 3) with a natural image's 1/f amplitude spectrum: smooth shading plus
-    texture at every scale, correlated colour channels (pure noise would be unlike a photo)."""
+    texture at every scale, correlated colour channels (pure noise would be unlike a photo).
+
+    ``blur`` is the sigma in pixels of a Gaussian optical blur (a camera's MTF); 0 keeps
+    texture up to the pixel scale, the harder case for reduced-scale decoding.
+    """
     rng = np.random.default_rng(seed)
     fy = np.fft.fftfreq(height)[:, None]
     fx = np.fft.rfftfreq(width)[None, :]
-    freq = np.hypot(fy, fx)  # (H, W//2+1)
+    freq = np.hypot(fy, fx)  # (H, W//2+1), cycles per pixel
     freq[0, 0] = 1.0
-    amplitude = 1.0 / freq
+    amplitude = np.exp(-2 * (np.pi * blur * freq) ** 2) / freq
     amplitude[0, 0] = 0.0
     fields = []
     for _ in range(3):

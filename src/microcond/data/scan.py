@@ -68,6 +68,7 @@ TAIL = 4096
 _HEAD = 16384
 _CHUNK = 512  # files per task sent to a worker
 _ROW_GROUP = 65536
+_START_METHOD: str | None = None  # worker start method; None: fork unless pyarrow is already loaded
 _SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transpose/rotate 90: (h, w) -> (w, h)
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # Pillow Image.getexif
 _XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -342,7 +343,8 @@ def _pillow(path: str, max_pixels: int) -> Probe:
         except (SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, OSError) as err:
             status = "truncated" if "truncated" in str(err) else "bad_header"
             return Probe(h, w, fmt, status, f"Pillow cannot read the EXIF block: {err}")
-    if orientation in _SWAP_ORIENTATIONS:
+    # Pillow's TIFF plugin reports the oriented size already (and transposes on load).
+    if orientation in _SWAP_ORIENTATIONS and fmt != "TIFF":
         h, w = w, h
     return Probe(h, w, fmt, "ok", None)
 
@@ -585,7 +587,8 @@ class _Pool:
 
         self.workers, self.max_pixels = workers, max_pixels
         # fork starts in milliseconds, but is unsafe once native threads run (pyarrow's pool).
-        self.context = multiprocessing.get_context("fork" if "pyarrow" not in sys.modules else "forkserver")
+        method = _START_METHOD or ("fork" if "pyarrow" not in sys.modules else "forkserver")
+        self.context = multiprocessing.get_context(method)
         self.executor = self._start() if workers > 1 else None
 
     def _start(self) -> ProcessPoolExecutor:

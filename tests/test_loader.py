@@ -155,6 +155,8 @@ def test_cached_and_decoded_paths_give_identical_pixels_and_conditions(odd, tmp_
         assert all(torch.equal(a[k], b[k]) for k in a)
     again = PixelCache.build(odd, BUCKETS, tmp_path, progress=False)  # same key: reused, not rebuilt
     assert again.folder == cache.folder and len(list(tmp_path.iterdir())) == 1
+    with pytest.raises(ValueError, match="pixel cache"):  # a cache of other settings is refused
+        BucketBatches(odd, BUCKETS, 2, cache=cache, background=(0, 0, 0))
 
 
 def test_cache_key_changes_with_what_changes_the_pixels(odd):

@@ -217,7 +217,9 @@ CACHE_VERSION = 1
 
 def bucket_targets(source: ImageSource, buckets: Sequence[Bucket]) -> list[Bucket]:
     """Each row's target size: its bucket, assigned once from the original size."""
-    return [assign_bucket(int(h), int(w), buckets) for h, w in source.original_sizes]
+    sizes, rows = np.unique(source.original_sizes.reshape(-1, 2), axis=0, return_inverse=True)  # few distinct sizes
+    targets = [assign_bucket(int(h), int(w), buckets) for h, w in sizes]
+    return [targets[k] for k in rows.reshape(-1)]
 
 
 def cache_key(source: ImageSource, buckets: Sequence[Bucket], background: Sequence[int], fast: bool) -> str:
@@ -381,7 +383,7 @@ class BucketBatches(IterableDataset):
         world_size: int | None = None,
         crop_mode: str = "random",
         flip_probability: float = 0.0,
-        cache: Any = None,
+        cache: "PixelCache | None" = None,
         epochs: int | None = None,
         background: tuple[int, int, int] = (255, 255, 255),
         fast: bool = True,
@@ -403,11 +405,12 @@ class BucketBatches(IterableDataset):
         self.global_batch = batch_size * world_size
         self.seed, self.crop_mode, self.flip_probability = int(seed), crop_mode, float(flip_probability)
         self.cache, self.epochs, self.background, self.fast = cache, epochs, tuple(background), fast
-        if cache is not None and (cache.buckets != self.buckets or len(cache) != len(source)):
-            raise ValueError(f"pixel cache was built for {len(cache)} images and buckets {cache.buckets}; "
-                             f"this loader has {len(source)} images and buckets {self.buckets}: rebuild the cache")
-        self.bucket_of = np.array([self.buckets.index(assign_bucket(int(h), int(w), self.buckets))
-                                   for h, w in source.original_sizes], dtype=np.int64).reshape(len(source))
+        if cache is not None and cache.key != cache_key(source, self.buckets, self.background, fast):
+            raise ValueError(f"pixel cache {cache.folder} was built for other images, buckets, background or resize "
+                             f"path than this loader's ({len(source)} images, buckets {self.buckets}); build it with "
+                             "PixelCache.build(source, buckets, cache_dir, background=..., fast=...)")
+        number = {b: k for k, b in enumerate(self.buckets)}
+        self.bucket_of = np.array([number[t] for t in bucket_targets(source, self.buckets)], dtype=np.int64).reshape(len(source))
         failed = set(cache.failed_rows()) if cache is not None else set()
         rows = np.array([i for i in range(len(source)) if i not in failed], dtype=np.int64)
         self.members = [rows[self.bucket_of[rows] == b] for b in range(len(self.buckets))]

@@ -92,6 +92,27 @@ def test_exif_rotated_jpeg_records_the_shape_it_returns(orientation):
     assert cond.original_size == upright.shape[:2] and out.shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("fmt, orientation", [("JPEG", 6), ("JPEG", 3), ("TIFF", 6), ("TIFF", 3), ("PNG", 8), ("WEBP", 5)])
+def test_recorded_size_agrees_with_the_scan(tmp_path, fmt, orientation):
+    """The scan's oriented (h, w), open_image, and load_resized's original size are one rule."""
+    from microcond.data.scan import probe_image
+
+    stored = photo_like(30, 52, seed=orientation)
+    path = tmp_path / f"a.{fmt.lower()}"
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(stored).save(path, fmt, exif=exif)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)))
+    probe = probe_image(path)
+    assert (probe.height, probe.width) == upright.shape[:2]
+    assert np.asarray(open_image(path)).shape == upright.shape
+    pixels, original = load_resized(path, (24, 24), fast=True)
+    assert original == upright.shape[:2]
+    assert pixels.shape == (*resized_size(original, (24, 24)), 3)
+    reference = np.asarray(Image.fromarray(upright).resize(pixels.shape[1::-1], Image.Resampling.LANCZOS))
+    assert psnr(pixels, reference) >= 40.0
+
+
 @pytest.mark.parametrize("target", [16, 24, 48, 96])
 def test_fast_path_matches_full_decode(target):
     """Draft (DCT scaling to >= 2x the output) + Lanczos vs full decode + Lanczos: >= 40 dB.

@@ -84,7 +84,13 @@ def _open(source: Source, max_pixels: int) -> Image.Image:
 
 
 def exif_orientation(image: Image.Image) -> int:
-    """The EXIF orientation (1-8) as Pillow reads it; 1 when absent or invalid."""
+    """The EXIF orientation (1-8) still to apply after loading, as Pillow reads it.
+
+    1 when absent or invalid, and for TIFF: Pillow's TIFF plugin already reports the upright
+    size and transposes on load (the scan's rule too).
+    """
+    if image.format == "TIFF":
+        return 1
     try:
         value = image.getexif().get(ExifTags.Base.Orientation, 1)
     except _DECODE_ERRORS:
@@ -93,7 +99,7 @@ def exif_orientation(image: Image.Image) -> int:
 
 
 def oriented_size(image: Image.Image) -> Size:
-    """``(height, width)`` of the image as displayed, after EXIF orientation."""
+    """``(height, width)`` of an opened (not yet loaded) image as displayed, after EXIF orientation."""
     width, height = image.size
     return (width, height) if exif_orientation(image) in (5, 6, 7, 8) else (height, width)
 
@@ -193,9 +199,10 @@ def load_resized(
         if swap:
             out_h, out_w = out_w, out_h  # the file's stored frame, before transpose
         box: tuple[float, float, float, float] = (0.0, 0.0, float(file_w), float(file_h))
-        if fast and image.format == "JPEG":
-            # DCT scaling by 1/2, 1/4 or 1/8 while keeping >= 2x the output: Lanczos then sees
-            # enough pixels that the result matches a full decode (>= 40 dB, tests/test_crop.py).
+        if fast:
+            # JPEG (and MPO): DCT scaling by 1/2, 1/4 or 1/8 while keeping >= 2x the output, so
+            # Lanczos sees enough pixels to match a full decode (>= 40 dB, tests/test_crop.py).
+            # Other formats' draft does nothing and returns None.
             drafted = image.draft(image.mode, (2 * out_w, 2 * out_h))
             if drafted is not None:
                 box = drafted[1]  # the original extent in decoded pixels (ceil sizes are padded)

@@ -19,7 +19,7 @@ from microcond.evaluate import (
     kernel_inception_distance,
     laplacian_variance,
     largest_component,
-    load_image_dir,
+    load_references,
     sharpness,
     sliced_wasserstein,
 )
@@ -157,13 +157,21 @@ def test_evaluate_report_and_image_folder(tmp_path, reference_set) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(((image.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)).save(folder / f"{i:04d}.png")
     (tmp_path / "refs" / "disc" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    Image.new("RGB", (16, 16)).save(tmp_path / "refs" / "square" / "small.png")
-    loaded, loaded_labels, classes, skipped = load_image_dir(tmp_path / "refs")
-    assert loaded.shape == (256, 3, SIZE, SIZE) and classes == ["disc", "square"]
+    refs_read = load_references(tmp_path / "refs", (SIZE, SIZE), progress=False)
+    loaded, loaded_labels = refs_read.images, refs_read.labels
+    assert loaded.shape == (256, 3, SIZE, SIZE) and refs_read.classes == ["disc", "square"]
     assert loaded_labels == labels.tolist()
-    assert sorted(p.rsplit("/", 1)[1] for p, _ in skipped) == ["broken.png", "small.png"]
+    assert sorted(p.rsplit("/", 1)[1] for p, _ in refs_read.skipped) == ["broken.png"]
+    # The demo data's layout: metadata.jsonl with labels; larger images are centre-cropped.
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (96, 64), (10, 20, 30)).save(flat / "a.png")
+    (flat / "metadata.jsonl").write_text('{"file": "a.png", "label": 3}\n{"file": "gone.png", "label": 1}\n')
+    demo_layout = load_references(flat, (SIZE, SIZE), progress=False)
+    assert demo_layout.images.shape == (1, 3, SIZE, SIZE) and demo_layout.labels == [3]
+    assert len(demo_layout.skipped) == 1 and "gone.png" in demo_layout.skipped[0][0]
     with pytest.raises(ValueError, match="folder of reference images"):
-        load_image_dir(tmp_path / "missing")
+        load_references(tmp_path / "missing", (SIZE, SIZE))
 
     samples, _ = scenes(32, seed=8)
     report = evaluate(samples, loaded, loaded_labels, cache_dir=cache, palette=PALETTE, recipe=FAST, progress=False)

@@ -14,13 +14,15 @@ Images are float tensors (N, 3, H, W) in [-1, 1], as :func:`microcond.sample.sam
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 from microcond.features import FeatureNet, FeatureRecipe, extract_features, feature_net
 
@@ -309,33 +311,55 @@ def format_report(report: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
-def load_image_dir(path: str | Path) -> tuple[torch.Tensor, list[int] | None, list[str], list[tuple[str, str]]]:
-    """Read a folder of same-sized RGB images as (N, 3, H, W) in [-1, 1].
+@dataclass
+class References:
+    """Real images for the metrics: (N, 3, H, W) in [-1, 1], labels when known, skipped files."""
 
-    One level of sub-folders is read as classes (sorted names -> 0, 1, ...); a flat folder has
-    no labels. Returns images, labels or None, class names, and (file, reason) for each skip.
+    images: torch.Tensor
+    labels: list[int] | None
+    classes: list[str]
+    skipped: list[tuple[str, str]]
+
+
+def _reference_files(root: Path) -> tuple[list[tuple[Path, int]], list[str] | None]:
+    """(file, label) pairs and class names from ``metadata.jsonl`` (the demo data's layout, with
+    ``classes.json`` beside or above it), else from class sub-folders, else a flat folder (-1)."""
+    meta = root / "metadata.jsonl"
+    if meta.exists():
+        records = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = next((p / "classes.json" for p in (root, root.parent) if (p / "classes.json").exists()), None)
+        classes = json.loads(names.read_text()) if names else None
+        return [(root / r["file"], int(r.get("label", -1))) for r in records], classes
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if folders:
+        return [(f, i) for i, c in enumerate(folders) for f in sorted((root / c).iterdir()) if f.is_file()], folders
+    return [(f, -1) for f in sorted(root.iterdir()) if f.is_file()], None
+
+
+def load_references(path: str | Path, target_size: tuple[int, int], progress: bool = True) -> References:
+    """Read real images as the samples are made: short side resized to cover ``target_size``,
+    centre crop (:func:`microcond.data.crop.decode_crop`). Unreadable files are skipped and listed.
+
+    Labels come from the demo data's ``metadata.jsonl`` or from one level of class sub-folders.
     """
+    from microcond.data.crop import decode_crop
+
     root = Path(path)
     if not root.is_dir():
         raise ValueError(f"expected a folder of reference images, got {str(root)!r} (--ref)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((root / c).iterdir())] if classes else [(f, -1) for f in sorted(root.iterdir())]
+    files, classes = _reference_files(root)
+    files = [(f, label) for f, label in files if f.suffix.lower() in IMAGE_SUFFIXES]
     pixels, labels, skipped = [], [], []
-    for file, label in files:
-        if file.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
+    for file, label in tqdm(files, desc="references", unit="img", disable=not progress, leave=False):
         try:
-            with Image.open(file) as im:
-                array = np.asarray(im.convert("RGB"))  # (H, W, 3) uint8
-        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-            skipped.append((str(file), f"unreadable: {err}"))
+            crop, _ = decode_crop(file, target_size, np.random.default_rng(0), mode="center")  # (h, w, 3) uint8
+        except (ValueError, OSError) as err:
+            skipped.append((str(file), str(err)))
             continue
-        if pixels and array.shape != pixels[0].shape:
-            skipped.append((str(file), f"size {array.shape[0]}x{array.shape[1]} differs from {pixels[0].shape[0]}x{pixels[0].shape[1]}"))
-            continue
-        pixels.append(array)
+        pixels.append(crop)
         labels.append(label)
     if not pixels:
         raise ValueError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r}; {len(skipped)} skipped")
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
-    return images, (labels if classes else None), classes, skipped
+    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, h, w)
+    known = all(label >= 0 for label in labels)
+    return References(images, labels if known else None, classes or [], skipped)

@@ -184,6 +184,19 @@ def test_png_with_alpha_through_the_full_path():
     assert (pixels == (0, 255, 0)).all()
 
 
+def test_tiny_and_extreme_images():
+    one_pixel = png_bytes(Image.new("RGB", (1, 1), (9, 8, 7)))
+    out, cond = decode_crop(one_pixel, (64, 48), np.random.default_rng(0))
+    assert out.shape == (64, 48, 3) and (out == (9, 8, 7)).all()
+    assert cond.original_size == (1, 1) and cond.target_size == (64, 48)
+    assert cond.crop_top_left[0] == 0 and 0 <= cond.crop_top_left[1] <= 16  # 1x1 covers 64x48 as 64x64
+    strip = png_bytes(Image.new("RGB", (3000, 1), (1, 2, 3)))
+    out, cond = decode_crop(strip, (16, 16), np.random.default_rng(0))
+    assert out.shape == (16, 16, 3) and cond.original_size == (1, 3000) and cond.crop_top_left[0] == 0
+    with pytest.raises(ValueError, match="max_pixels"):
+        load_resized(strip, (256, 256), max_pixels=10**6)  # a 256 x 768000 resize
+
+
 def test_bad_files_raise_one_clear_valueerror(tmp_path):
     good = jpeg_bytes(photo_like(64, 64))
     cases = {

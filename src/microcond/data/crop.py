@@ -11,6 +11,7 @@ image). Numpy and Pillow only; no torch code here.
 from __future__ import annotations
 
 import io
+import math
 import os
 import struct
 import warnings
@@ -170,14 +171,15 @@ def load_resized(
 ) -> tuple[np.ndarray, Size]:
     """Decode, orient, convert to RGB and resize so the image covers ``target_size``.
 
-    Returns ``(pixels, original_size)``: uint8 ``(H, W, 3)`` with ``(H, W) ==
+    Returns ``(pixels, original_size)``: read-only uint8 ``(H, W, 3)`` with ``(H, W) ==
     resized_size(original_size, target_size)``, and the original ``(h, w)``: the caller's
     ``original_size`` when given (pre-resized shards' metadata), else the file's oriented size.
+    A resized image above ``max_pixels`` (an extreme panorama in a square bucket) is refused.
 
     With ``fast`` a JPEG is decoded at reduced scale (libjpeg DCT scaling via ``Image.draft``)
     to at least twice the resized size, then resized with Lanczos like the full decode.
     """
-    target_size = MicroCond((1, 1), (0, 0), target_size).target_size  # validated (h, w)
+    target_size = MicroCond((1, 1), (0, 0), target_size).target_size  # validated by MicroCond
     name = _name(source)
     with _open(source, max_pixels) as image:
         orientation = exif_orientation(image)
@@ -188,7 +190,7 @@ def load_resized(
             original_size = file_size
         else:
             original_size = MicroCond(original_size, (0, 0), target_size).original_size
-            mismatch = abs(np.log((original_size[0] * file_size[1]) / (original_size[1] * file_size[0])))
+            mismatch = abs(math.log((original_size[0] * file_size[1]) / (original_size[1] * file_size[0])))
             if mismatch > 1.0 / min(file_size) + ASPECT_TOLERANCE:
                 raise ValueError(
                     f"{name}: original_size {original_size} (h, w) from metadata has another aspect "
@@ -196,6 +198,12 @@ def load_resized(
                     f"metadata's width and height swapped? Pass original_size=None to use the file's size"
                 )
         out_h, out_w = resized_size(original_size, target_size)  # oriented frame
+        if out_h * out_w > max_pixels:
+            raise ValueError(
+                f"{name}: covering target {target_size} needs a {out_h}x{out_w} resize of the "
+                f"{original_size[0]}x{original_size[1]} original, more than max_pixels={max_pixels:,}; "
+                f"use buckets with a wider aspect range (make_buckets max_aspect) for such images"
+            )
         if swap:
             out_h, out_w = out_w, out_h  # the file's stored frame, before transpose
         box: tuple[float, float, float, float] = (0.0, 0.0, float(file_w), float(file_h))
@@ -239,6 +247,8 @@ def crop(
     """
     if mode not in CROP_MODES:
         raise ValueError(f"crop mode must be one of {CROP_MODES}, got {mode!r}")
+    checked = MicroCond(original_size, (0, 0), target_size)  # validates both sizes
+    original_size, target_size = checked.original_size, checked.target_size
     if resized.ndim != 3 or resized.shape[2] != 3 or resized.dtype != np.uint8:
         raise ValueError(f"crop expects uint8 pixels of shape (H, W, 3), got {resized.dtype} {resized.shape}")
     target_h, target_w = target_size

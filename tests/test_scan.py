@@ -193,8 +193,8 @@ def test_rescan_reuses_unchanged_rows_and_matches_a_fresh_scan(tmp_path, monkeyp
     os.remove(d / "2.png")  # removed
     _save(d / "sub" / "new.jpg", _image(5, 6))  # new
     probed = []
-    real = scan_mod.probe_image
-    monkeypatch.setattr(scan_mod, "probe_image", lambda p, m: probed.append(Path(p).name) or real(p, m))
+    real = scan_mod._probe_file
+    monkeypatch.setattr(scan_mod, "_probe_file", lambda p, m: probed.append(Path(p).name) or real(p, m))
     again = scan([d], out, workers=1, progress=False)
     assert (again.new, again.changed, again.unchanged, again.removed) == (1, 1, 6, 1)
     assert sorted(probed) == ["1.png", "new.jpg"]
@@ -229,15 +229,14 @@ def test_index_stores_relative_paths_and_reads_back_absolute(tmp_path):
 def test_crashing_file_is_isolated_and_recorded(tmp_path, monkeypatch):
     for name in ("a.png", "crash.png", "z.png"):
         _save(tmp_path / name, _image(6, 7))
-    probe = scan_mod.probe_image
+    probe = scan_mod._probe_file
 
     def crash_on_one(path, max_pixels):
         if path.endswith("crash.png"):
             os._exit(1)  # as a segfault in a C library would
         return probe(path, max_pixels)
 
-    monkeypatch.setattr(scan_mod, "probe_image", crash_on_one)
-    monkeypatch.setattr(scan_mod, "_START_METHOD", "fork")  # workers inherit the patch
+    monkeypatch.setattr(scan_mod, "_probe_file", crash_on_one)  # forked workers inherit it
     summary = scan([tmp_path], tmp_path / "i.parquet", workers=2, progress=False)
     rows = {Path(r["path"]).name: r["status"] for r in read_index(tmp_path / "i.parquet").to_pylist()}
     assert rows == {"a.png": "ok", "crash.png": "error", "z.png": "ok"} and summary.found == 3

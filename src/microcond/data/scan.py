@@ -3,7 +3,7 @@
 The index (one row per file found, in walk order) has the columns
 ``path`` (relative to the index's folder, ``/``-separated), ``height``, ``width`` (after EXIF
 orientation: the shape ``ImageOps.exif_transpose`` gives; null when unknown), ``format``
-(Pillow's name), ``bytes``, ``mtime_ns``, ``status`` (``"ok"`` or one of :data:`PROBLEMS`) and
+(Pillow's name), ``bytes``, ``mtime_ns`` (null when the file cannot be read), ``status`` (``"ok"`` or one of :data:`PROBLEMS`) and
 ``reason`` (a sentence for problems, null for ``ok``). Read it with :func:`read_index`, which
 returns absolute paths: ``read_index("index.parquet", usable=True)`` gives the rows a loader may
 use.
@@ -33,6 +33,7 @@ import collections
 import json
 import os
 import re
+import stat
 import sys
 import threading
 import time
@@ -68,7 +69,6 @@ TAIL = 4096
 _HEAD = 16384
 _CHUNK = 512  # files per task sent to a worker
 _ROW_GROUP = 65536
-_START_METHOD: str | None = None  # worker start method; None: fork unless pyarrow is already loaded
 _SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transpose/rotate 90: (h, w) -> (w, h)
 _XMP_ORIENTATION = re.compile(rb'tiff:Orientation(="|>)([0-9])')  # Pillow Image.getexif
 _XMP_JPEG = b"http://ns.adobe.com/xap/1.0/\x00"
@@ -351,32 +351,43 @@ def _pillow(path: str, max_pixels: int) -> Probe:
 
 def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Probe:
     """Size (h, w) after EXIF orientation, format and status of one file, from its header."""
-    path = os.fspath(path)
+    return _probe_file(os.fspath(path), max_pixels)[2]
+
+
+def _probe_file(path: str, max_pixels: int) -> tuple[int | None, int | None, Probe]:
+    """(bytes, mtime_ns, probe) of one file: the stat comes from the open file (one syscall less)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # O_NONBLOCK: a FIFO must not hang the scan
     except OSError as err:
-        return Probe(None, None, None, "unreadable", f"cannot open: {err.strerror or err}")
+        return None, None, Probe(None, None, None, "unreadable", f"cannot open: {err.strerror or err}")
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return Probe(None, None, None, "zero_bytes", "the file is empty (0 bytes)")
-        f = _File(fd, size)
-        head = f.head
-        parser = next((p for magic, p in _PARSERS if head.startswith(magic)), None)
-        if parser is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-            parser = _webp
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, None, Probe(None, None, None, "unreadable", "not a regular file")
+        return st.st_size, st.st_mtime_ns, _probe_open(fd, path, st.st_size, max_pixels)
+    except OSError as err:
+        return None, None, Probe(None, None, None, "unreadable", f"cannot read: {err.strerror or err}")
+    finally:
+        os.close(fd)
+
+
+def _probe_open(fd: int, path: str, size: int, max_pixels: int) -> Probe:
+    if size == 0:
+        return Probe(None, None, None, "zero_bytes", "the file is empty (0 bytes)")
+    f = _File(fd, size)
+    head = f.head
+    parser = next((p for magic, p in _PARSERS if head.startswith(magic)), None)
+    if parser is None and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        parser = _webp
+    try:
         if parser is None:
-            return _pillow(path, max_pixels)
+            raise _Fallback
         header = parser(f)
     except _Fallback:
         return _pillow(path, max_pixels)
     except _Problem as p:
         h, w = p.size or (None, None)
         return Probe(h, w, p.format, p.status, p.reason)
-    except OSError as err:
-        return Probe(None, None, None, "unreadable", f"cannot read: {err.strerror or err}")
-    finally:
-        os.close(fd)
     h, w = header.height, header.width
     if header.orientation in _SWAP_ORIENTATIONS:
         h, w = w, h
@@ -387,14 +398,23 @@ def probe_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -
     return Probe(h, w, header.format, "ok", None)
 
 
-def _probe_many(paths: list[str], max_pixels: int) -> list[Probe]:
-    """Worker task: probe a chunk of files; never raises for one bad file."""
+def _probe_many(items: list[tuple[str, int, int]], max_pixels: int) -> list[tuple[int | None, int | None, Probe | None]]:
+    """Worker task: (path, previous bytes, previous mtime_ns; -1 when none) -> (bytes, mtime_ns,
+    probe), probe None when bytes and mtime are unchanged. Never raises for one bad file."""
     out = []
-    for path in paths:
+    for path, old_bytes, old_mtime in items:
         try:
-            out.append(probe_image(path, max_pixels))
+            if old_bytes >= 0:
+                try:
+                    st = os.stat(path)
+                except OSError:
+                    st = None  # the probe records why
+                if st is not None and st.st_size == old_bytes and st.st_mtime_ns == old_mtime:
+                    out.append((old_bytes, old_mtime, None))
+                    continue
+            out.append(_probe_file(path, max_pixels))
         except Exception as err:  # a parser bug must not stop the scan: recorded, listed
-            out.append(Probe(None, None, None, "error", f"{type(err).__name__}: {err}"))
+            out.append((None, None, Probe(None, None, None, "error", f"{type(err).__name__}: {err}")))
     return out
 
 
@@ -404,9 +424,7 @@ def _probe_many(paths: list[str], max_pixels: int) -> list[Probe]:
 class _Entry(NamedTuple):
     rel: str  # relative to the index's folder, "/"-separated: the stored path and sort key
     path: str  # as given to the OS
-    size: int
-    mtime_ns: int
-    status: str | None  # known without probing (bad name, stat error)
+    status: str | None  # known without probing (bad name, broken link)
     reason: str | None
 
 
@@ -422,19 +440,6 @@ def _stored_name(name: str) -> tuple[str, bool]:
 def _key(rel: str) -> list[str]:
     """Sort key of the walk and of the index: path components, so that a folder's files stay together."""
     return rel.split("/")
-
-
-def _file_entry(entry: os.DirEntry | str, rel: str, name_ok: bool) -> _Entry | None:
-    path = entry if isinstance(entry, str) else entry.path
-    try:
-        st = os.stat(path) if isinstance(entry, str) else entry.stat()
-    except OSError as err:
-        return _Entry(rel, path, 0, 0, "unreadable", f"cannot stat: {err.strerror or err}")
-    if not (st.st_mode & 0o170000 == 0o100000):  # not a regular file (folder link, fifo, device)
-        return None
-    if not name_ok:
-        return _Entry(rel, path, st.st_size, st.st_mtime_ns, "unreadable", "file name is not valid UTF-8: rename it")
-    return _Entry(rel, path, st.st_size, st.st_mtime_ns, None, None)
 
 
 class _Walk:
@@ -464,24 +469,31 @@ class _Walk:
                 self.unreadable_folders.append((prefix or "./", err.strerror or str(err)))
         items.sort(key=lambda item: item[0])
         for name, ok, item in items:
-            rel = prefix + name
+            rel, good = prefix + name, name_ok and ok
             if isinstance(item, dict):  # a root or a folder on the way to one
                 path = os.path.join(folder, name)
                 if item.get(None) and not os.path.isdir(path):
-                    if (entry := _file_entry(path, rel, name_ok and ok)) is not None:
-                        yield entry  # a file named on the command line: any extension
+                    yield self._entry(rel, path, good)  # a file named on the command line: any extension
                 else:
-                    yield from self._visit(path, rel + "/", item, name_ok and ok)
+                    yield from self._visit(path, rel + "/", item, good)
             elif item.is_dir(follow_symlinks=False):
-                yield from self._visit(item.path, rel + "/", {None: True}, name_ok and ok)
+                yield from self._visit(item.path, rel + "/", {None: True}, good)
             elif not self.all_files and name[name.rfind(".") + 1 :].lower() not in IMAGE_EXTENSIONS:
                 self.ignored += 1
-            elif item.path not in self.skip:
-                entry = _file_entry(item, rel, name_ok and ok)
-                if entry is None:
-                    self.ignored += 1
-                else:
-                    yield entry
+            elif item.path in self.skip:
+                continue
+            elif item.is_file():  # file type from the folder listing: no stat here (workers stat)
+                yield self._entry(rel, item.path, good)
+            elif item.is_symlink() and not item.is_dir():
+                yield _Entry(rel, item.path, "unreadable", "broken symbolic link")
+            else:  # a link to a folder, a FIFO, a device
+                self.ignored += 1
+
+    @staticmethod
+    def _entry(rel: str, path: str, name_ok: bool) -> _Entry:
+        if name_ok:
+            return _Entry(rel, path, None, None)
+        return _Entry(rel, path, "unreadable", "file name is not valid UTF-8: rename it")
 
 
 def _schema(max_pixels: int) -> Any:
@@ -586,22 +598,23 @@ class _Pool:
         import multiprocessing
 
         self.workers, self.max_pixels = workers, max_pixels
-        # fork starts in milliseconds, but is unsafe once native threads run (pyarrow's pool).
-        method = _START_METHOD or ("fork" if "pyarrow" not in sys.modules else "forkserver")
-        self.context = multiprocessing.get_context(method)
+        # fork: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the
+        # caller's script. They run only this module's parsers and Pillow, never a library whose
+        # threads (pyarrow's, torch's) may have held a lock at fork time.
+        self.context = multiprocessing.get_context("fork")
         self.executor = self._start() if workers > 1 else None
 
     def _start(self) -> ProcessPoolExecutor:
         executor = ProcessPoolExecutor(self.workers, mp_context=self.context)
-        executor.submit(int).result()  # start the workers now, before any thread exists here
+        executor.submit(int).result()  # start the workers now, before the pyarrow import thread
         return executor
 
-    def submit(self, paths: list[str]) -> Future | list[Probe]:
-        if self.executor is None or not paths:
-            return _probe_many(paths, self.max_pixels)
-        return self.executor.submit(_probe_many, paths, self.max_pixels)
+    def submit(self, items: list[tuple[str, int, int]]) -> Future | list:
+        if self.executor is None or not items:
+            return _probe_many(items, self.max_pixels)
+        return self.executor.submit(_probe_many, items, self.max_pixels)
 
-    def result(self, job: Future | list[Probe], paths: list[str]) -> list[Probe]:
+    def result(self, job: Future | list, items: list[tuple[str, int, int]]) -> list:
         from concurrent.futures.process import BrokenProcessPool
 
         if isinstance(job, list):
@@ -610,12 +623,12 @@ class _Pool:
             return job.result()
         except BrokenProcessPool:  # a C library crashed on some file: find it, one file per task
             out = []
-            for path in paths:
+            for item in items:
                 self._restart_if_broken()
                 try:
-                    out.extend(self.executor.submit(_probe_many, [path], self.max_pixels).result())
+                    out.extend(self.executor.submit(_probe_many, [item], self.max_pixels).result())
                 except BrokenProcessPool:
-                    out.append(Probe(None, None, None, "error", "the scanner process crashed reading this file"))
+                    out.append((None, None, Probe(None, None, None, "error", "the scanner process crashed reading this file")))
             return out
 
     def _restart_if_broken(self) -> None:
@@ -703,12 +716,20 @@ def scan(
             for column in buffer.values():
                 column.clear()
 
-        def finish(plan: list, job: Any, probe_paths: list[str]) -> None:
-            results = iter(pool.result(job, probe_paths))
-            for entry, row in plan:
-                if row is None:
-                    p = next(results)
-                    row = (entry.rel, p.height, p.width, p.format, entry.size, entry.mtime_ns, p.status, p.reason)
+        def finish(plan: list, job: Any, items: list[tuple[str, int, int]]) -> None:
+            results = iter(pool.result(job, items))
+            for entry, old in plan:
+                if entry.status is not None:  # known from the walk: nothing to probe
+                    row = (entry.rel, None, None, None, None, None, entry.status, entry.reason)
+                    count = "new" if old is None else "changed"
+                else:
+                    nbytes, mtime, p = next(results)
+                    if p is None:
+                        row, count = old, "unchanged"
+                    else:
+                        row = (entry.rel, p.height, p.width, p.format, nbytes, mtime, p.status, p.reason)
+                        count = "new" if old is None else "changed"
+                setattr(summary, count, getattr(summary, count) + 1)
                 for column, value in zip(COLUMNS, row):
                     buffer[column].append(value)
                 if row[6] != "ok":
@@ -723,23 +744,14 @@ def scan(
         pending: collections.deque = collections.deque()
 
         def submit(chunk: list[_Entry]) -> None:
-            plan, probe_paths = [], []
+            plan, items = [], []
             for entry in chunk:
                 old = prior.take(_key(entry.rel)) if prior is not None else None
-                if old is None:
-                    summary.new += 1
-                elif old[4] == entry.size and old[5] == entry.mtime_ns and old[6] not in RETRY_STATUSES:
-                    summary.unchanged += 1
-                    plan.append((entry, old))
-                    continue
-                else:
-                    summary.changed += 1
-                if entry.status is not None:
-                    plan.append((entry, (entry.rel, None, None, None, entry.size, entry.mtime_ns, entry.status, entry.reason)))
-                else:
-                    plan.append((entry, None))
-                    probe_paths.append(entry.path)
-            pending.append((plan, pool.submit(probe_paths), probe_paths))
+                plan.append((entry, old))
+                if entry.status is None:
+                    reusable = old is not None and old[4] is not None and old[6] not in RETRY_STATUSES
+                    items.append((entry.path, old[4], old[5]) if reusable else (entry.path, -1, -1))
+            pending.append((plan, pool.submit(items), items))
             while len(pending) > 2 * pool.workers:
                 finish(*pending.popleft())
 

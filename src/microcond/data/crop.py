@@ -42,7 +42,11 @@ _ORIENT = {
     8: Image.Transpose.ROTATE_90,
 }
 # What a corrupt or truncated file raises inside Pillow's decoders.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
+# (Pillow's TIFF and EXIF readers also raise IndexError, KeyError, TypeError on broken tags.)
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+    struct.error, zlib.error, Image.DecompressionBombError,
+)  # fmt: skip
 # Aspect mismatch allowed between caller-given original_size and the file's pixels, on top of
 # one pixel of rounding: pre-resized shards keep the aspect up to rounding.
 ASPECT_TOLERANCE = 0.01
@@ -218,7 +222,10 @@ def load_resized(
             image.load()
         except _DECODE_ERRORS as err:
             raise ValueError(f"{name}: cannot decode ({type(err).__name__}: {err})") from None
-        rgb = to_rgb(image, background)
+        try:
+            rgb = to_rgb(image, background)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
         resized = rgb.resize((out_w, out_h), Image.Resampling.LANCZOS, box=box)
     method = _ORIENT.get(orientation)
     if method is not None:

@@ -81,6 +81,7 @@ def _figure(width: float = 7.0, height: float = 5.0) -> Any:
 
 def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
     from matplotlib.colors import LogNorm
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
     hi = int(max(heights.max(), widths.max()) * 1.1) + 1
@@ -96,10 +97,16 @@ def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -
     if lo < cut < hi:
         ax.axvline(cut, color="tab:red", ls="--", lw=1)
         ax.axhline(cut, color="tab:red", ls="--", lw=1)
-        ax.text(0.02, 0.02, f"shorter edge < {cut} px (left of / below the dashed lines):\n{100 * gone:.1f}% of images "
-                "a min-size filter would discard", transform=ax.transAxes, fontsize=8, color="tab:red",
-                bbox=dict(facecolor="white", alpha=0.8, edgecolor="none"))
+        ax.text(0.98, 0.02, f"shorter edge < {cut} px (left of or below the dashed lines):\n"
+                f"{100 * gone:.1f}% of the images, which a {cut} px minimum-size filter drops", transform=ax.transAxes,
+                fontsize=8, color="tab:red", ha="right", zorder=5,
+                bbox=dict(facecolor="white", alpha=0.9, edgecolor="tab:red", lw=0.5))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls=":")
+    ticks = [2**k for k in range(0, 16) if lo <= 2**k <= hi]  # pixel sizes read better than 10^k
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
+        axis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
     fig.savefig(path)
 
@@ -114,9 +121,9 @@ def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
     ax.plot(grid, [100 * r[3] for r in rows], label="pixels", color="tab:orange")
     for edge, _, img, pix in min_edge_discards(heights, widths):
         ax.plot([edge], [100 * img], "o", color="tab:blue", ms=4)
-        ax.annotate(f"{100 * img:.0f}%", (edge, 100 * img), textcoords="offset points", xytext=(-4, 6), fontsize=8,
-                    ha="right", color="tab:blue")
-    ax.set(xscale="log", ylim=(-2, 102), xlabel="minimum shorter edge kept (px, log scale)",
+        ax.annotate(f"{100 * img:.0f}%", (edge, 100 * img), textcoords="offset points", xytext=(5, -11), fontsize=8,
+                    ha="left", color="tab:blue")
+    ax.set(xscale="log", ylim=(-2, 105), xlabel="minimum shorter edge kept (px, log scale)",
            ylabel="discarded (%)", title="What a filter \"shorter edge < N px\" would discard")
     ax.set_xticks(MIN_EDGES, [str(e) for e in MIN_EDGES])
     ax.grid(True, alpha=0.3)
@@ -147,9 +154,9 @@ def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec
     ax.bar(x, total - upscaled, color="tab:blue", label="original covers the bucket (downscaled)")
     ax.bar(x, upscaled, bottom=total - upscaled, color="tab:orange", label="original smaller than the bucket (upscaled)")
     ax.set_xticks(x, names, rotation=90, fontsize=7)
-    ax.set(xlabel="bucket height x width (px), portrait to landscape", ylabel="images",
-           title=f"Bucket fill ({spec}: {len(fill)} buckets)")
-    ax.legend(fontsize=8)
+    ax.set(xlabel="bucket height x width (px), from wide (landscape) to tall (portrait)", ylabel="images",
+           title=f"Bucket fill ({spec}: {len(fill)} buckets)", ylim=(0, 1.3 * max(1, total.max())))
+    ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
     fig.savefig(path)
 

@@ -91,7 +91,10 @@ def _mixed_corpus(d: Path) -> list[tuple[Path, bool]]:
         (_save(d / "gray.bmp", _image(13, 21, "L")), True),
         (_save(d / "bits1.bmp", _image(13, 21, "1")), True),
         (_save(d / "rgba.bmp", _image(13, 21, "RGBA")), True),
-        (_save(d / "o6.tif", _image(19, 23), 6), False),
+        (_save(d / "o6.tif", _image(19, 23), 6), True),
+        (_save(d / "gray_lzw_o8.tif", _image(19, 23, "L"), 8, compression="tiff_lzw"), True),
+        (_save(d / "cmyk_big_endian.tif", _image(9, 5, "CMYK"), big_endian=True), True),
+        (_save(d / "rgb16.tif", _image(7, 13, "I;16")), False),
     ]
     return files
 
@@ -116,13 +119,13 @@ def test_fast_parser_agrees_with_pillow_on_mixed_corpus(tmp_path, monkeypatch):
 @settings(max_examples=30, deadline=None)
 @given(
     h=st.integers(1, 300), w=st.integers(1, 300), orientation=st.integers(1, 8),
-    fmt=st.sampled_from(["JPEG", "PNG", "WEBP", "GIF", "BMP"]), progressive=st.booleans(),
+    fmt=st.sampled_from(["JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"]), progressive=st.booleans(),
 )
 def test_probe_equals_decoded_shape_property(tmp_path_factory, h, w, orientation, fmt, progressive):
     path = tmp_path_factory.mktemp("p") / f"x.{fmt.lower()}"
     kw = {"progressive": progressive} if fmt == "JPEG" else {}
     im = _image(h, w, "P" if fmt == "GIF" else "RGB")
-    _save(path, im, orientation if fmt in ("JPEG", "PNG", "WEBP") else None, format=fmt, **kw)
+    _save(path, im, orientation if fmt in ("JPEG", "PNG", "WEBP", "TIFF") else None, format=fmt, **kw)
     probe = probe_image(path)
     assert probe.status == "ok"
     assert (probe.height, probe.width, probe.format) == _oracle(path)
@@ -141,6 +144,8 @@ def _bad_corpus(d: Path) -> dict[str, str]:
     webp = (_save(d / "good.webp", _image(20, 30))).read_bytes()
     gif = (_save(d / "good.gif", _image(20, 30, "P"))).read_bytes()
     bmp = (_save(d / "good.bmp", _image(20, 30))).read_bytes()
+    tif = (_save(d / "good.tif", _image(20, 30))).read_bytes()
+    (d / "cut.tif").write_bytes(tif[:-100])
     (d / "empty.png").write_bytes(b"")
     (d / "cut_header.jpg").write_bytes(jpeg[:100])
     (d / "cut_tail.jpg").write_bytes(jpeg[: len(jpeg) // 2])
@@ -154,7 +159,7 @@ def _bad_corpus(d: Path) -> dict[str, str]:
     _save(d / "huge.png", _image(200, 200))
     os.symlink(d / "missing.png", d / "broken_link.png")
     return {
-        "good.jpg": "ok", "good.png": "ok", "good.webp": "ok", "good.gif": "ok", "good.bmp": "ok",
+        "good.jpg": "ok", "good.png": "ok", "good.webp": "ok", "good.gif": "ok", "good.bmp": "ok", "good.tif": "ok", "cut.tif": "truncated",
         "empty.png": "zero_bytes", "cut_header.jpg": "truncated", "cut_tail.jpg": "truncated",
         "no_iend.png": "truncated", "cut.webp": "truncated", "cut.gif": "truncated", "cut.bmp": "truncated",
         "text.jpg": "not_image", "bits12.jpg": "bad_mode", "two_components.jpg": "bad_mode",
@@ -177,7 +182,7 @@ def test_bad_files_are_counted_with_reasons(tmp_path, workers):
     usable = sum(s == "ok" for s in expected.values())
     assert summary.found == len(expected) and summary.usable == usable
     assert summary.usable + sum(summary.problems.values()) == summary.found
-    assert summary.problems["truncated"] == 6 and summary.ignored == 1
+    assert summary.problems["truncated"] == 7 and summary.ignored == 1
 
 
 def test_rescan_reuses_unchanged_rows_and_matches_a_fresh_scan(tmp_path, monkeypatch):

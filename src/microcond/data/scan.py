@@ -8,16 +8,16 @@ orientation: the shape ``ImageOps.exif_transpose`` gives; null when unknown), ``
 returns absolute paths: ``read_index("index.parquet", usable=True)`` gives the rows a loader may
 use.
 
-Headers of JPEG, PNG, GIF, WebP and BMP are parsed here, reading a few KiB per file (open, one or
-two ``pread``s, close); anything unusual, TIFF and the other formats go to ``PIL.Image.open``.
+Headers of JPEG, PNG, GIF, WebP, BMP and TIFF are parsed here, reading a few KiB per file (open,
+one or two ``pread``s, close); anything unusual and the other formats go to ``PIL.Image.open``.
 Orientation follows Pillow exactly: the EXIF tag in IFD0, else XMP ``tiff:Orientation``.
 
 What a header scan calls ``truncated`` (the loader counts the decode failures it still meets):
 a header that ends early; a JPEG without an EOI marker in its last 4 KiB (also true of files
 with large data appended, e.g. motion photos: they are listed, check them); a PNG without an IEND
 chunk in its last 4 KiB; a GIF whose last byte (after zero padding) is not the trailer ``;``;
-a WebP shorter than its RIFF size; an uncompressed BMP shorter than its pixel array. TIFF and
-formats read by Pillow alone are not checked. PNG ``eXIf`` chunks after the image data are seen
+a WebP shorter than its RIFF size; an uncompressed BMP shorter than its pixel array; a TIFF
+shorter than the end of its last strip. Files read by Pillow alone are not checked. PNG ``eXIf`` chunks after the image data are seen
 when they lie in the last 4 KiB.
 
 Accepted modes (:data:`ACCEPTED_MODES`) are those Pillow converts to RGB; 8-bit JPEG only.
@@ -313,8 +313,50 @@ def _bmp(f: _File) -> _Header:
     return _Header(h, w, "BMP", None, 1, problem)
 
 
+# TIFF layouts read here (photometric, samples per pixel, bits per sample); others go to Pillow.
+_TIFF_LAYOUTS = frozenset({(0, 1, 1), (1, 1, 1), (0, 1, 8), (1, 1, 8), (2, 3, 8), (2, 4, 8), (3, 1, 8), (5, 4, 8)})
+_TIFF_COMPRESSIONS = frozenset({1, 5, 7, 8, 32773, 32946})  # raw, LZW, JPEG, deflate, packbits
+_TIFF_TYPES = {3: ("H", 2), 4: ("I", 4)}  # SHORT, LONG
+
+
+def _tiff(f: _File) -> _Header:
+    """Classic TIFF, first IFD: size, orientation (Pillow reports the oriented size), strip ends."""
+    order = "<" if f.at(0, 2) == b"II" else ">"
+    (ifd,) = unpack_from(order + "I", f.at(4, 4).rjust(4, b"\0"))
+    raw = f.at(ifd, 2)
+    if len(raw) < 2:
+        raise _Problem("truncated", "TIFF ends before its first image directory")
+    (count,) = unpack_from(order + "H", raw)
+    entries = f.at(ifd + 2, 12 * count)
+    if len(entries) < 12 * count:
+        raise _Problem("truncated", "TIFF ends inside its first image directory")
+    tags: dict[int, tuple[int, ...]] = {}
+    for i in range(0, 12 * count, 12):
+        tag, kind, n = unpack_from(order + "HHI", entries, i)
+        if kind not in _TIFF_TYPES:
+            continue  # rationals, strings: not needed here
+        code, size = _TIFF_TYPES[kind]
+        data = entries[i + 8 : i + 12] if n * size <= 4 else f.at(unpack_from(order + "I", entries, i + 8)[0], n * size)
+        if len(data) < n * size:
+            raise _Fallback
+        tags[tag] = unpack_from(f"{order}{n}{code}", data)
+    try:
+        w, h = tags[256][0], tags[257][0]
+        layout = (tags[262][0], tags.get(277, (1,))[0], max(tags.get(258, (1,))))
+        offsets, counts = tags[273], tags[279]
+    except (KeyError, IndexError):
+        raise _Fallback from None
+    if (h == 0 or w == 0 or layout not in _TIFF_LAYOUTS or tags.get(259, (1,))[0] not in _TIFF_COMPRESSIONS
+            or tags.get(284, (1,))[0] != 1 or max(tags.get(339, (1,))) != 1 or len(offsets) != len(counts)):
+        raise _Fallback
+    end = max(o + c for o, c in zip(offsets, counts))
+    problem = None if f.size >= end else ("truncated", f"TIFF is {f.size} bytes, its image data ends at {end}")
+    return _Header(h, w, "TIFF", None, tags.get(274, (1,))[0], problem)
+
+
 _PARSERS = (
     (b"\xff\xd8\xff", _jpeg), (b"\x89PNG\r\n\x1a\n", _png), (b"GIF87a", _gif), (b"GIF89a", _gif), (b"BM", _bmp),
+    (b"II*\x00", _tiff), (b"MM\x00*", _tiff),
 )  # fmt: skip
 
 

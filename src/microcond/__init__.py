@@ -12,7 +12,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MicroCond": "microcond.conditions",
+    "MicroCond": "microcond.record",
     "MicroCondEmbedder": "microcond.conditions",
     "fourier_features": "microcond.conditions",
     "time_ids": "microcond.conditions",

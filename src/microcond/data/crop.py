@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image
 
-from microcond.conditions import MicroCond, resized_size
+from microcond.record import MicroCond, resized_size
 
 Size = tuple[int, int]  # (height, width)
 Source = str | os.PathLike | bytes | BinaryIO

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-from microcond.conditions import SIGNALS
+from microcond.record import SIGNALS
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,8 @@ def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretra
         down_block_types=down,
         up_block_types=up,
         layers_per_block=layers,
+        # diffusers' default mid block has cross-attention; "UNetMidBlock2D" here has none.
+        mid_block_type="UNetMidBlock2DCrossAttn" if attention else "UNetMidBlock2D",
         norm_num_groups=32,
         cross_attention_dim=POOLED_DIM,
         addition_embed_type="text_time",

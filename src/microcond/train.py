@@ -11,6 +11,7 @@ and a resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -80,16 +81,23 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 
 
 def make_scheduler(cfg: TrainConfig) -> DDPMScheduler:
-    """Discrete 1000-step DDPM (SDXL section 2.5) as diffusers defines it."""
+    """Discrete 1000-step DDPM (SDXL section 2.5) as diffusers defines it.
+
+    Pixel-space samplers clip the predicted clean image to [-1, 1] (Ho et al. 2020, and
+    diffusers' default); latents are unbounded, so the SDXL preset does not clip.
+    """
+    clip = cfg.preset != "sdxl"
     if cfg.beta_schedule == "scaled_linear":  # SDXL's betas
-        return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=cfg.prediction_type, clip_sample=False)
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=False)
+        return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=cfg.prediction_type, clip_sample=clip)
+    return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=clip)
 
 
 def build_denoiser(cfg: TrainConfig) -> Denoiser:
     embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
     unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)
-    return Denoiser(unet, embedder, cfg.num_classes)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders))
 
 
 def distributed() -> tuple[int, int, torch.device]:
@@ -115,9 +123,13 @@ def diffusion_loss(
     step_batch: int,
     embedder: MicroCondEmbedder,
 ) -> torch.Tensor:
-    """Noise the batch at random timesteps and return the mean squared error of the prediction."""
-    device = batch["pixels"].device
-    x0 = batch["pixels"].float() / 127.5 - 1.0  # (b, 3, H, W) in [-1, 1]
+    """Noise the batch at random timesteps and return the mean squared error of the prediction.
+
+    ``batch`` holds "pixels" (uint8) or "latents" (scaled VAE latents), and "context" and "pooled"
+    when the run has text (see :class:`microcond.sdxl.SDXLInputs`).
+    """
+    device = batch["ids"].device
+    x0 = batch["latents"] if "latents" in batch else batch["pixels"].float() / 127.5 - 1.0  # (b, C, H, W)
     b, c, h, w = x0.shape
     # Drawn for the whole optimizer batch, then this round's and rank's rows.
     noise = torch.randn(step_batch, c, h, w, generator=generator, device=device)[rows]  # (b, 3, H, W)
@@ -128,10 +140,14 @@ def diffusion_loss(
     labels = batch["labels"] if cfg.num_classes else torch.full((b,), -1, dtype=torch.long, device=device)
     label_drop = (torch.rand(step_batch, generator=generator, device=device) < cfg.class_dropout)[rows]
     labels = torch.where(label_drop, torch.full_like(labels, -1), labels)
+    text = {}
+    if "context" in batch:  # caption dropout: zero context and pooled (sgm ucg_rate), drawn after the rest
+        keep = (torch.rand(step_batch, generator=generator, device=device) >= cfg.caption_dropout)[rows].float()  # (b,)
+        text = {"context": batch["context"] * keep[:, None, None], "pooled": batch["pooled"] * keep[:, None]}
     xt = scheduler.add_noise(x0, noise, t)
     target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     ids = embedder.select(batch["ids"])  # (b, 2 * n_signals)
-    pred = model(xt, t, ids, drop, labels)
+    pred = model(xt, t, ids, drop, labels, **text)
     return torch.nn.functional.mse_loss(pred.float(), target)
 
 
@@ -158,6 +174,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_denoiser(cfg).to(device)
+    stage = None  # SDXL fine-tuning: VAE latents and text encoders around the UNet
+    if cfg.vae or cfg.text_encoders:
+        from microcond.sdxl import SDXLInputs
+
+        stage = SDXLInputs(cfg, device)
+        stage.check(model)
     embedder = model.embedder
     scheduler = make_scheduler(cfg)
     if rank == 0:
@@ -168,7 +190,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     if data is None:
         from microcond.data.loader import open_training_data
 
-        data = open_training_data(cfg, run_dir, rank=rank, world_size=world, batch_size=per_rank)
+        opener = stage.open_data if stage is not None else functools.partial(open_training_data, cfg)
+        data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)
 
     # Resume from the newest complete checkpoint.
     start = 0
@@ -195,8 +218,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         step_loss = 0.0
         for round_ in range(cfg.grad_accumulation):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            if batch["pixels"].shape[0] != per_rank:
-                raise RuntimeError(f"data yielded a batch of {batch['pixels'].shape[0]}, expected {per_rank}")
+            if batch["ids"].shape[0] != per_rank:
+                raise RuntimeError(f"data yielded a batch of {batch['ids'].shape[0]}, expected {per_rank}")
+            if stage is not None:
+                batch = stage.prepare(batch)  # latents (unless cached) and text, frozen encoders
             # The step's randomness covers all cfg.batch_size rows; this round and rank take theirs.
             generator = step_generator(cfg.seed, step, device)
             first = (round_ * world + rank) * per_rank
@@ -241,7 +266,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             if world > 1:
                 torch.distributed.barrier()
         if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
-            write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device)
+            write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device, stage)
     bar.close()
     return row
 
@@ -270,8 +295,11 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg: TrainConfig, path: Path, device: torch.device) -> None:
-    """16 samples from the EMA weights with SDXL's default inference conditions, one class per column."""
+def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg: TrainConfig, path: Path, device: torch.device, stage=None) -> None:
+    """16 samples from the EMA weights with SDXL's default inference conditions, one class per column.
+
+    With a VAE the samples are latents decoded by it; with text all share one training caption.
+    """
     from microcond.conditions import MicroCond
     from microcond.grid import save_grid
     from microcond.runs import denoise_fn
@@ -284,6 +312,11 @@ def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg:
     size = (cfg.resolution, cfg.resolution)
     labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else [-1] * n
     cond = make_cond(MicroCond(size, (0, 0), size), labels, n=n)
-    images = sample(denoise_fn(shadow, choose_precision(cfg.precision, device)), cond, shape=(3, *size), seeds=range(n), steps=25, scheduler_config=dict(scheduler.config), device=device, progress=False)
+    latents = stage is not None and stage.latent_space is not None
+    shape = stage.latent_space.latent_shape(size) if latents else (3, *size)
+    denoise = denoise_fn(shadow, choose_precision(cfg.precision, device), text=stage.grid_text() if stage is not None else None)
+    images = sample(denoise, cond, shape=shape, seeds=range(n), steps=25, scheduler_config=dict(scheduler.config), clamp=not latents, device=device, progress=False)
+    if latents:
+        images = torch.cat([stage.latent_space.decode(images[k:k + 4].to(device)).cpu() for k in range(0, n, 4)])  # (n, 3, H, W)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_grid(images, path, nrow=8)

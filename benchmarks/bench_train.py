@@ -120,6 +120,7 @@ def main() -> None:
         if not args.skip_allocator:
             for setting in ("off", "on"):
                 env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+                env["MICROCOND_NO_REEXEC"] = "1"
                 if setting == "on":
                     env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
                 out = subprocess.run([sys.executable, __file__, "--child", "tiny", "--steps", str(args.steps)], env=env, capture_output=True, text=True, check=True)

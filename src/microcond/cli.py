@@ -13,7 +13,7 @@ import sys
 import textwrap
 
 EPILOG_INDENT = "  "
-# Commands that train: run as a script, they re-execute once with glibc's allocator settings.
+# Commands that train: run as a script, they re-execute once with train.RUNTIME_ENV set.
 REEXEC_COMMANDS = {"train", "demo", "experiment"}
 
 
@@ -492,9 +492,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if argv is None and args.command in REEXEC_COMMANDS and not getattr(args, "dry_run", False):
-        from microcond.train import ensure_allocator_env
+        from microcond.train import ensure_runtime_env
 
-        ensure_allocator_env(sys.argv[1:])
+        ensure_runtime_env(sys.argv[1:])
     try:
         return args.run(args)
     except BrokenPipeError:  # output piped into `head` and closed early

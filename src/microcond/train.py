@@ -39,7 +39,10 @@ from microcond.conditions import MicroCondEmbedder
 from microcond.config import TrainConfig
 from microcond.model import Denoiser, build_unet
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+# Process settings for CPU training, applied by re-executing once (reference/cpu-measurements.md):
+# glibc otherwise unmaps and re-faults large activation buffers every step; OpenMP threads that
+# spin while waiting made bf16 steps 20-30x slower whenever another process held a core.
+RUNTIME_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
 class BatchSource(Protocol):
@@ -50,15 +53,15 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def ensure_allocator_env(argv: list[str]) -> None:
-    """Re-execute with glibc's allocator told to keep large buffers (15-60% faster on CPU).
+def ensure_runtime_env(argv: list[str]) -> None:
+    """Re-execute once with RUNTIME_ENV's settings that the user has not set themselves.
 
-    glibc unmaps large activation buffers after every step and faults them back in on the
-    next (reference/cpu-measurements.md). Set MICROCOND_NO_REEXEC=1 to opt out.
+    Set MICROCOND_NO_REEXEC=1 to opt out.
     """
-    if os.environ.get("MICROCOND_NO_REEXEC") or all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()):
+    missing = {k: v for k, v in RUNTIME_ENV.items() if k not in os.environ}
+    if os.environ.get("MICROCOND_NO_REEXEC") or not missing:
         return
-    os.environ.update(ALLOCATOR_ENV)
+    os.environ.update(missing)
     os.execv(sys.executable, [sys.executable, "-m", "microcond.cli", *argv])
 
 

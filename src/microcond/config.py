@@ -42,6 +42,12 @@ class TrainConfig:
     flip_probability: float = 0.0
     min_original_edge: int = 0  # discard images whose original short edge is smaller (paper's "512-only")
     workers: int = 0  # DataLoader worker processes per rank
+    # SDXL fine-tuning (microcond.sdxl); the sdxl preset defaults both folders to --pretrained's
+    vae: str = ""  # local AutoencoderKL folder: train on its latents; "" = pixel space
+    text_encoders: str = ""  # folder with text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/; "" = class vectors
+    caption_dropout: float = 0.1  # per sample: context and pooled text set to zero (sgm ucg_rate)
+    latent_cache: bool = False  # encode each image's crops once into CACHE/latents-<key>/ (float16, memory-mapped)
+    latent_crops: int = 1  # crops cached per image; epoch e trains on crop e mod latent_crops
     # Optimisation
     steps: int = 3000
     batch_size: int = 32  # per optimizer step, over all ranks and accumulation rounds
@@ -53,6 +59,7 @@ class TrainConfig:
     warmup_steps: int = 100
     ema_decay: float = 0.999
     precision: str = "auto"  # auto (bf16 where the hardware has fast bf16) | bf16 | fp32
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass: less memory, slower
     seed: int = 0
     # Bookkeeping (may change between resumes)
     checkpoint_every: int = 500
@@ -75,8 +82,12 @@ class TrainConfig:
             (self.keep_checkpoints >= 1 and self.checkpoint_every > 0, "keep_checkpoints/checkpoint_every", "positive"),
             (self.min_original_edge >= 0 and self.workers >= 0, "min_original_edge/workers", ">= 0"),
             (self.preset != "sdxl" or bool(self.pretrained), "pretrained", "a local folder for preset sdxl"),
+            (self.preset == "sdxl" or not (self.vae or self.text_encoders), "vae/text_encoders", "empty for pixel presets (latents and text need preset sdxl)"),
+            (not (self.text_encoders and self.num_classes), "num_classes", "0 when text_encoders is set (text takes the pooled slot)"),
+            (bool(self.vae) or not self.latent_cache, "latent_cache", "off without --vae (pixel space has no latents)"),
+            (self.latent_crops >= 1, "latent_crops", ">= 1"),
         ]
-        for name in ("cond_dropout", "class_dropout", "flip_probability", "ema_decay", "offset_noise"):
+        for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise"):
             checks.append((0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]"))
         for ok, name, expected in checks:
             if not ok:
@@ -92,11 +103,14 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     "tiny": dict(resolution=32, batch_size=32, lr=1e-3),
     "small": dict(resolution=64, batch_size=32, lr=5e-4),
-    "sdxl": dict(resolution=1024, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
+    "sdxl": dict(resolution=1024, caption_dropout=0.1, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
 }
 
+# Where the sdxl preset finds its VAE and text encoders inside --pretrained when not given.
+PRETRAINED_PARTS = {"vae": "vae", "text_encoders": "."}
+
 # Fields that do not change what a run computes, so a resumed run may change them.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers"})
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers", "gradient_checkpointing"})
 
 
 def _field_type(f: dataclasses.Field) -> type:
@@ -114,12 +128,13 @@ def _coerce(name: str, value, kind) -> object:
             return tuple(inner(v) for v in value)
         if kind is bool:
             if isinstance(value, str):
-                return value.lower() in ("1", "true", "yes", "on")
+                words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+                return words[value.lower()]
             return bool(value)
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise TypeError
         return kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, KeyError):
         raise ValueError(f"config field {name!r} expects {getattr(kind, '__name__', kind)}, got {value!r}") from None
 
 
@@ -141,6 +156,9 @@ def resolve(preset: str | None = None, toml_path: str | Path | None = None, over
     if unknown:
         raise ValueError(f"unknown config field(s) {unknown}; known fields: {', '.join(sorted(known))}")
     merged = {**PRESETS[chosen], **values, "preset": chosen}
+    if chosen == "sdxl" and merged.get("pretrained"):
+        for name, part in PRETRAINED_PARTS.items():
+            merged.setdefault(name, str(Path(merged["pretrained"]) / part))
     return TrainConfig(**{k: _coerce(k, v, _field_type(known[k])) for k, v in merged.items()})
 
 
@@ -171,6 +189,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else None
         if typing.get_origin(kind) is tuple:
             parser.add_argument(flag, nargs="*", default=None, metavar=f.name.upper(), help=f"default {default!r}")
+        elif kind is bool:
+            parser.add_argument(flag, type=str, default=None, metavar="on|off", help=f"default {'on' if default else 'off'}")
         else:
             parser.add_argument(flag, type=kind, default=None, help=f"default {default!r}")
 

@@ -111,10 +111,11 @@ class Denoiser(torch.nn.Module):
     The class (or nothing) goes into SDXL's pooled-text slot as a learned vector; label -1 and
     dropped labels use a learned null vector. With no micro-signals the UNet's ``text_time``
     branch sees only the pooled slot. Cross-attention context is a single zero token, since the
-    pixel presets have no text.
+    pixel presets have no text. With ``text=True`` (SDXL fine-tuning) the caller passes the text
+    encoders' ``context`` and ``pooled`` instead, and there are no class vectors.
     """
 
-    def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int) -> None:
+    def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int, text: bool = False) -> None:
         super().__init__()
         self.unet = unet
         self.embedder = embedder
@@ -122,9 +123,11 @@ class Denoiser(torch.nn.Module):
         self.pooled_dim = unet.add_embedding.linear_1.in_features - embedder.out_dim
         context_dim = unet.config.cross_attention_dim
         self.context_dim = context_dim if isinstance(context_dim, int) else context_dim[0]
-        # Row num_classes is the null class (unconditional); 0 classes = always null.
-        self.class_embedding = torch.nn.Embedding(num_classes + 1, self.pooled_dim)
-        torch.nn.init.normal_(self.class_embedding.weight, std=0.02)
+        self.class_embedding: torch.nn.Embedding | None = None
+        if not text:
+            # Row num_classes is the null class (unconditional); 0 classes = always null.
+            self.class_embedding = torch.nn.Embedding(num_classes + 1, self.pooled_dim)
+            torch.nn.init.normal_(self.class_embedding.weight, std=0.02)
 
     def forward(
         self,
@@ -133,13 +136,20 @@ class Denoiser(torch.nn.Module):
         ids: torch.Tensor,
         drop: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        pooled: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Args: context (B, L, context_dim) and pooled (B, pooled_dim): text, for ``text=True``."""
         batch = x.shape[0]
-        if labels is None:
-            labels = torch.full((batch,), -1, dtype=torch.long, device=x.device)
-        rows = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)  # (B,)
-        pooled = self.class_embedding(rows)  # (B, pooled_dim)
+        if (pooled is None) != (self.class_embedding is not None):
+            raise ValueError("this denoiser was built " + ("with class vectors: pass labels, not text" if pooled is not None else "for text: pass context and pooled"))
+        if pooled is None:
+            if labels is None:
+                labels = torch.full((batch,), -1, dtype=torch.long, device=x.device)
+            rows = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)  # (B,)
+            pooled = self.class_embedding(rows)  # (B, pooled_dim)
         micro = self.embedder(ids, drop) if self.embedder.n_ids else pooled.new_zeros(batch, 0)  # (B, n_ids*256)
-        context = x.new_zeros(batch, 1, self.context_dim)  # (B, 1, context_dim)
+        if context is None:
+            context = x.new_zeros(batch, 1, self.context_dim)  # (B, 1, context_dim)
         kwargs = {"text_embeds": pooled, "micro_embeds": micro}
         return self.unet(x, t, context, added_cond_kwargs=kwargs).sample

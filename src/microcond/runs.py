@@ -46,18 +46,22 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device =
     return model.to(device).eval(), cfg, scheduler_config, state["step"]
 
 
-def denoise_fn(model: Denoiser, precision: torch.dtype | None = None):
+def denoise_fn(model: Denoiser, precision: torch.dtype | None = None, text: tuple[torch.Tensor, torch.Tensor] | None = None):
     """``denoise(x, t, cond)`` for :mod:`microcond.sample` from a :class:`Denoiser`.
 
     A ``Cond`` always carries SDXL's six ids and one drop flag per SDXL signal; the model takes
-    the ids and flags of the signals it was trained with.
+    the ids and flags of the signals it was trained with. A text model takes ``text``, one
+    ``(context (1, L, D), pooled (1, P))`` for every row (text guidance: use the diffusers pipeline).
     """
     columns = [SIGNALS.index(s) for s in model.embedder.signals]
-    device_type = next(model.parameters()).device.type
+    device = next(model.parameters()).device
 
     def denoise(x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
-        with torch.autocast(device_type, dtype=precision or torch.float32, enabled=precision is not None):
-            out = model(x, t, model.embedder.select(cond.ids), cond.drop[:, columns], cond.labels)
+        words = {}
+        if text is not None:
+            words = {"context": text[0].to(device).expand(len(x), -1, -1), "pooled": text[1].to(device).expand(len(x), -1)}
+        with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
+            out = model(x, t, model.embedder.select(cond.ids), cond.drop[:, columns], cond.labels, **words)
         return out.float()
 
     return denoise
@@ -74,7 +78,8 @@ def export_diffusers(run_dir: str | Path, out_dir: str | Path, ema: bool = True)
     plain = UNet2DConditionModel.from_config(model.unet.config)
     plain.load_state_dict(model.unet.state_dict())
     plain.save_pretrained(out_dir, safe_serialization=True)
-    save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))
+    if model.class_embedding is not None:
+        save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))
     meta = {"signals": list(cfg.signals), "num_classes": cfg.num_classes, "resolution": cfg.resolution, "step": step, "ema": ema, "scheduler": scheduler_config}
     (out_dir / "microcond.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir

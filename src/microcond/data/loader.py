@@ -205,7 +205,8 @@ def _read_labels(path: Path) -> dict[str, int]:
                 continue
             try:
                 record = json.loads(line)
-                labels[Path(record["file"]).as_posix()] = int(record["label"])
+                if "label" in record or "caption" not in record and "text" not in record:  # caption-only records: label -1
+                    labels[Path(record["file"]).as_posix()] = int(record["label"])
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(f"{path}:{number}: expected a JSON object with 'file' and integer 'label', got {line.strip()[:80]!r} ({err})") from None
     return labels

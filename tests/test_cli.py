@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -21,14 +22,23 @@ def test_every_subcommand_has_help_with_examples(capsys):
         assert "examples:" in out and f"microcond {name}" in out
 
 
-def test_demo_runs_and_reports_agreement_with_diffusers(capsys):
-    assert main(["demo"]) == 0
-    out = capsys.readouterr().out
-    line = next(l for l in out.splitlines() if "diffusers' own path" in l)
-    assert float(line.rsplit(":", 1)[1]) < 1e-5
+def test_demo_smoke_run_writes_everything_and_reuses_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MICROCOND_CACHE", str(tmp_path / "cache"))
+    flags = ["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--samples", "8", "--sampler-steps", "2", "--n-train", "120", "--n-eval", "30", "--feature-steps", "3", "--no-progress"]
+    assert main(flags) == 0
+    out = tmp_path / "demo"
+    for name in ("samples-default.png", "samples-sharp.png", "sweeps/sweep-original_size-run.png", "sweeps/sweep-crop-run.png", "metrics.json", "run/loss.png", "data/preview.png"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["step"] == 2 and metrics["n_samples"] == 8
+    stamp = (out / "samples-sharp.png").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(flags) == 0  # a second run reuses what is done
+    assert (out / "samples-sharp.png").stat().st_mtime_ns == stamp
+    assert "demo done" in capsys.readouterr().out
 
 
 def test_console_script_bad_flag_is_one_clear_line():
-    proc = subprocess.run([sys.executable, "-m", "microcond.cli", "demo", "--seed", "x"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "microcond.cli", "demo", "--steps", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "invalid int value" in proc.stderr and "Traceback" not in proc.stderr

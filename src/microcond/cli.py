@@ -35,20 +35,68 @@ def _subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: 
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
+    from microcond.demo import DemoConfig
+
+    d = DemoConfig()
     p = _subparser(
         sub,
         "demo",
-        "Run the end-to-end demo: micro-conditioning through a tiny SDXL-layout UNet.",
-        ["microcond demo", "microcond demo --seed 1"],
+        "Build the demo data, train a tiny model with size and crop conditioning (about 10 minutes on "
+        "2 CPU cores), then write sample grids, both sweeps and metrics. Running it again resumes.",
+        ["microcond demo", "microcond demo --out runs/demo2 --steps 6000", "microcond demo --steps 20 --samples 16 --n-train 300 --n-eval 60  # a quick look"],
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random UNet and noise (default 0)")
+    p.add_argument("--out", default=d.out, help=f"output folder (default {d.out})")
+    p.add_argument("--steps", type=int, default=d.steps, help=f"training steps of 32 images (default {d.steps})")
+    p.add_argument("--samples", type=int, default=d.samples, help=f"samples for the metrics (default {d.samples})")
+    p.add_argument("--sampler-steps", type=int, default=d.sampler_steps, help=f"DDIM steps (default {d.sampler_steps})")
+    p.add_argument("--n-train", type=int, default=d.n_train, help=f"demo training images (default {d.n_train})")
+    p.add_argument("--n-eval", type=int, default=d.n_eval, help=f"demo evaluation images (default {d.n_eval})")
+    p.add_argument("--feature-steps", type=int, default=d.feature_steps, help="training steps of the metrics' feature classifier")
+    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from microcond.demo import run_demo
+    from microcond.demo import DemoConfig, run_demo
 
-    run_demo(seed=args.seed)
+    run_demo(DemoConfig(args.out, args.steps, args.samples, args.sampler_steps, args.n_train, args.n_eval, args.feature_steps), progress=not args.no_progress)
+    return 0
+
+
+# --------------------------------------------------------------------------------- experiment
+
+
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    from microcond.experiment import Budget
+
+    b = Budget()
+    p = _subparser(
+        sub,
+        "experiment",
+        "Reproduce the paper's Table 2, Fig. 3 and Fig. 4 at 32 px on the demo data (about 50 minutes on 2 CPU cores).",
+        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --table-samples 100"],
+    )
+    p.add_argument("name", choices=["paper"], help="which experiment")
+    p.add_argument("--out", default="runs/paper", help="folder for data, runs, grids and results.json")
+    p.add_argument("--docs", help="also write results.md and its pictures here (e.g. docs)")
+    p.add_argument("--steps", type=int, default=b.steps, help=f"training steps per model (default {b.steps})")
+    p.add_argument("--table-samples", type=int, default=b.table_samples)
+    p.add_argument("--crop-samples", type=int, default=b.crop_samples)
+    p.add_argument("--curve-samples", type=int, default=b.curve_samples)
+    p.add_argument("--sampler-steps", type=int, default=b.sampler_steps)
+    p.add_argument("--feature-steps", type=int, default=b.feature_steps)
+    p.add_argument("--parallel", type=int, default=2, help="training processes at once, one thread each")
+    p.set_defaults(run=_run_experiment)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from microcond.experiment import Budget, run_paper
+
+    budget = Budget(args.steps, args.table_samples, args.crop_samples, args.curve_samples, args.sampler_steps, args.feature_steps)
+    page = run_paper(Path(args.out), Path(args.docs) if args.docs else None, budget, args.parallel)
+    print(f"wrote {page}")
     return 0
 
 
@@ -475,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"microcond {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_demo(sub)
+    _add_experiment(sub)
     _add_train(sub)
     _add_export(sub)
     _add_sample(sub)
@@ -499,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
-    except (ValueError, OSError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         # A user mistake: one line, what was expected and found, non-zero exit.
         if os.environ.get("MICROCOND_DEBUG"):
             raise

@@ -1,69 +1,88 @@
-"""``microcond demo``: the smallest end-to-end run of what exists.
+"""``microcond demo``: demo data -> a tiny model with size and crop conditioning -> what it learned.
 
-Today that is the micro-conditioning core: SDXL ids -> Fourier features -> a small randomly
-initialised SDXL-layout UNet, checked against diffusers' own path. The demo data, training
-and sampling stages replace it as they land.
+Writes into one folder (default ``runs/demo``): ``data/`` (the demo data set), ``run/`` (the
+training run: checkpoints, loss curve, periodic sample grids), ``sweeps/`` (paper Fig. 3 and
+Fig. 4 grids), ``samples-*.png`` and ``metrics.json``. Running it again resumes training where
+it stopped and reuses every finished picture.
 """
 
 from __future__ import annotations
 
-import torch
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
 
-from microcond.conditions import MicroCond, MicroCondEmbedder, time_ids
-from microcond.model import MicroCondUNet, check_embedder_matches
+from microcond.record import SIGNALS, MicroCond
 
-POOLED_DIM = 32
-
-
-def tiny_unet(seed: int = 0) -> MicroCondUNet:
-    """A small random ``text_time`` UNet with SDXL's conditioning layout (6 ids x 256)."""
-    torch.manual_seed(seed)
-    return MicroCondUNet(
-        sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(32, 64, 64),
-        down_block_types=("DownBlock2D", "DownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "UpBlock2D", "UpBlock2D"),
-        layers_per_block=1,
-        norm_num_groups=32,
-        cross_attention_dim=POOLED_DIM,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=256,
-        projection_class_embeddings_input_dim=POOLED_DIM + 6 * 256,
-    )
+SHARP = (128, 128)  # "as if from a large original"
 
 
-def run_demo(seed: int = 0) -> None:
-    """Print what the conditioning core does on a small random UNet."""
-    print("microcond demo: the micro-conditioning core end to end (demo data and training are not built yet)")
-    unet = tiny_unet(seed).eval()
-    embedder = MicroCondEmbedder().eval()
-    check_embedder_matches(unet, embedder, POOLED_DIM)
-    n_params = sum(p.numel() for p in unet.parameters())
-    print(f"  UNet2DConditionModel (text_time), {n_params / 1e6:.2f} M parameters, 32 px")
+@dataclass(frozen=True)
+class DemoConfig:
+    out: str = "runs/demo"
+    steps: int = 3000
+    samples: int = 300
+    sampler_steps: int = 50
+    n_train: int = 6000
+    n_eval: int = 1000
+    feature_steps: int = 300
 
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(1, 3, 32, 32, generator=g)
-    t = torch.tensor([500])
-    context = torch.zeros(1, 1, POOLED_DIM)
-    pooled = torch.zeros(1, POOLED_DIM)
-    queries = {
-        "small original 64x64, uncropped": MicroCond((64, 64), (0, 0), (1024, 1024)),
-        "large original 1024x1024, uncropped": MicroCond((1024, 1024), (0, 0), (1024, 1024)),
-        "large original, crop (256, 0)": MicroCond((1024, 1024), (256, 0), (1024, 1024)),
-    }
-    with torch.no_grad():
-        ids = time_ids(list(queries.values()))  # (3, 6)
-        ours, theirs = [], []
-        for i in range(len(queries)):
-            kw = {"text_embeds": pooled, "micro_embeds": embedder(ids[i : i + 1])}
-            ours.append(unet(x, t, context, added_cond_kwargs=kw).sample)
-            theirs.append(unet(x, t, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids[i : i + 1]}).sample)
-        null = unet(x, t, context, added_cond_kwargs={"text_embeds": pooled, "micro_embeds": embedder(ids[:1], embedder.null_drop(1))}).sample
-    agree = max((a - b).abs().max().item() for a, b in zip(ours, theirs))
-    print(f"  our embedding path vs diffusers' own path, max |difference| of UNet outputs: {agree:.2e}")
-    base = ours[0]
-    for (name, cond), out in zip(queries.items(), ours):
-        print(f"  ids {cond.ids}  {name:<38} output change vs first query: {(out - base).abs().mean().item():.4f}")
-    print(f"  null (dropped) condition, which diffusers cannot express: change {(null - base).abs().mean().item():.4f}")
+
+def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
+    """Build, train, sample, measure; return the paths to open."""
+    from microcond import config as config_mod
+    from microcond.data.loader import default_cache_dir
+    from microcond.demodata import PALETTE, DemoDataConfig, build_demo_data, describe
+    from microcond.evaluate import evaluate, format_report, load_references
+    from microcond.experiment import sweep_grids
+    from microcond.features import FeatureRecipe
+    from microcond.grid import save_grid
+    from microcond.inference import Model, Query
+    from microcond.train import train
+
+    start = time.time()
+    out = Path(cfg.out)
+    data = out / "data"
+    meta = data / "demo-data.json"
+    wanted = {"n_train": cfg.n_train, "n_eval": cfg.n_eval}
+    built = json.loads(meta.read_text()) if meta.is_file() else {}
+    if built.get("status") == "building" or {k: built.get("config", {}).get(k) for k in wanted} != wanted:
+        print(describe(build_demo_data(DemoDataConfig(out=str(data), n_train=cfg.n_train, n_eval=cfg.n_eval), progress=progress)))
+
+    run = out / "run"
+    overrides = dict(data=str(data / "train"), num_classes=9, signals=SIGNALS, steps=cfg.steps, sample_every=max(cfg.steps // 3, 1), checkpoint_every=min(500, cfg.steps))
+    train_cfg = config_mod.resolve("tiny", overrides=overrides)
+    print(f"training the tiny model ({train_cfg.steps} steps of {train_cfg.batch_size} images, size + crop conditioning) into {run}")
+    train(train_cfg, run, progress=progress)
+
+    model = Model(run)
+    labels = [i % 9 for i in range(64)]
+    pictures = {}
+    for name, query in (("default", Query()), ("sharp", Query(original_size=SHARP))):
+        path = out / f"samples-{name}.png"
+        if not path.exists():
+            images = model.draw(query, list(range(64)), labels, steps=cfg.sampler_steps, progress=progress)
+            micro = query.micro(model.cfg.resolution)
+            save_grid(images, path, nrow=8, title=f"c_size {micro.original_size[0]}x{micro.original_size[1]}, c_crop 0,0, one class per column")
+        pictures[f"samples, {name}"] = path
+    for kind, path in sweep_grids(run, out / "sweeps", steps=cfg.sampler_steps).items():
+        pictures[f"{kind} sweep"] = path
+
+    metrics_path = out / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    if metrics.get("step") != model.step:
+        refs = load_references(data / "eval", model.shape[1:], progress=progress)
+        metrics = {"step": model.step, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
+        images = model.draw(Query(original_size=SHARP), list(range(cfg.samples)), [i % 9 for i in range(cfg.samples)], steps=cfg.sampler_steps, progress=progress)
+        metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE, recipe=FeatureRecipe(steps=cfg.feature_steps), progress=progress))
+        metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    print(format_report({k: v for k, v in metrics.items() if k != "query"}))
+    pictures["loss curve"] = run / "loss.png"
+    print(f"\ndemo done in {(time.time() - start) / 60:.1f} min; open:")
+    for name, path in pictures.items():
+        print(f"  {name:<22} {path}")
+    print(f"  {'metrics':<22} {metrics_path}")
+    print(f"  {'data contact sheet':<22} {data / 'preview.png'}")
+    print(f"then try: microcond sample {run} --original-size 8 8   (blurry, as if upscaled from 8 px)")
+    return {"pictures": pictures, "metrics": metrics}

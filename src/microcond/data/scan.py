@@ -718,7 +718,7 @@ def scan(
     if out.is_dir():
         raise ValueError(f"scan: --out must be a Parquet file path, found a folder at {out}: add a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: concurrent rescans never share it
     pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels)
     importer = threading.Thread(target=_import_pyarrow, daemon=True)
     importer.start()

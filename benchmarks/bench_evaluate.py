@@ -38,6 +38,7 @@ from microcond.evaluate import (
     sliced_wasserstein,
 )
 from microcond.features import FeatureRecipe, extract_features, feature_net
+from common import timed
 
 PALETTE = [(222, 212, 246), (200, 236, 214), (40, 110, 120)]
 
@@ -84,16 +85,6 @@ def bfs_largest_component(masks: np.ndarray) -> np.ndarray:
         for y, x in best:
             out[i, y, x] = True
     return out
-
-
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:

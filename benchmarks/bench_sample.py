@@ -23,6 +23,7 @@ from torch import nn
 
 from microcond import MicroCond
 from microcond.sample import Cond, make_cond, sample, uncond_for
+from common import timed
 
 
 class ConvDenoiser(nn.Module):
@@ -38,16 +39,6 @@ class ConvDenoiser(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Cond) -> torch.Tensor:
         h = self.inp(x) + (t[:, None, None, None] / 1000) + self.label(cond.labels + 1)[:, :, None, None]
         return self.out(self.mid(h))
-
-
-def timed(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -27,11 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import peak_rss_mib
 from PIL import Image
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def emit(**row) -> None:

@@ -1,0 +1,24 @@
+"""Helpers shared by the benchmarks (run as scripts: `python benchmarks/bench_<thing>.py`)."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Callable
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

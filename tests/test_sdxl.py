@@ -119,6 +119,27 @@ def test_text_encoders_match_the_pipelines_encode_prompt(tiny):
     assert not torch.equal(context[0], context[1])
 
 
+def test_text_cache_equals_encoding_and_frees_the_encoders(tiny, images, cache_env):
+    from microcond.sdxl import SDXLInputs, TextCache
+
+    text = TextEncoders(tiny)
+    captions = ["a red cube on a table", "", "a red cube on a table", "two birds"]
+    cache = TextCache.build(captions, text, cache_env, progress=False)
+    assert len(cache.row_of) == 3 and cache.disk_bytes() > 3 * 77 * 64 * 2
+    context, pooled = cache.lookup(captions)
+    ref_context, ref_pooled = text.encode(captions)
+    torch.testing.assert_close(context, ref_context, rtol=1e-3, atol=1e-3)  # float16 on disk
+    torch.testing.assert_close(pooled, ref_pooled, rtol=1e-3, atol=1e-3)
+    assert TextCache.build(list(reversed(captions)), text, cache_env, progress=False).folder == cache.folder  # reused
+    cfg = config_mod.resolve("sdxl", overrides={"pretrained": str(tiny), "data": str(images), "text_cache": "on", "resolution": 64, "buckets": BUCKETS})
+    stage = SDXLInputs(cfg, torch.device("cpu"))
+    stage.captions = captions
+    stage.use_text_cache()
+    assert stage.text.encoders == []  # the encoders' memory is released
+    batch = stage.prepare({"pixels": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "index": torch.tensor([3, 1])})
+    torch.testing.assert_close(batch["context"], ref_context[[3, 1]], rtol=1e-3, atol=1e-3)
+
+
 def test_latent_space_uses_the_vae_config(tiny):
     from diffusers import AutoencoderKL
 
@@ -256,13 +277,13 @@ def test_train_cached_latents_with_text_export_and_sample_in_the_sdxl_pipeline(t
     run = tmp_path / "run"
     flags = ["--preset", "sdxl", "--pretrained", str(tiny), "--data", str(images), "--out", str(run), "--resolution", "64",
              "--buckets", BUCKETS, "--batch-size", "2", "--steps", "3", "--precision", "fp32", "--lr", "1e-3", "--log-every", "1",
-             "--sample-every", "3", "--latent-cache", "on", "--latent-crops", "2", "--gradient-checkpointing", "on", "--no-progress"]
+             "--sample-every", "3", "--latent-cache", "on", "--latent-crops", "2", "--gradient-checkpointing", "on", "--text-cache", "on", "--no-progress"]
     assert main(["train", *flags]) == 0
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
     grid = np.asarray(Image.open(run / "samples" / "step-00000003.png"))
     assert grid.ndim == 3 and grid.std() > 0  # decoded through the VAE
-    assert len(list(cache_env.glob("latents-*"))) == 1
+    assert len(list(cache_env.glob("latents-*"))) == 1 and len(list(cache_env.glob("text-*"))) == 1
 
     assert main(["export", str(run), "--pipeline", str(tmp_path / "pipe")]) == 0
     exported = UNet2DConditionModel.from_pretrained(tmp_path / "pipe" / "unet")

@@ -47,6 +47,7 @@ class TrainConfig:
     text_encoders: str = ""  # folder with text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/; "" = class vectors
     caption_dropout: float = 0.1  # per sample: context and pooled text set to zero (sgm ucg_rate)
     latent_cache: bool = False  # encode each image's crops once into CACHE/latents-<key>/ (float16, memory-mapped)
+    text_cache: bool = False  # encode each distinct caption once into CACHE/text-<key>/ and free the text encoders
     latent_crops: int = 1  # crops cached per image; epoch e trains on crop e mod latent_crops
     # Optimisation
     steps: int = 3000
@@ -86,6 +87,7 @@ class TrainConfig:
             (not (self.text_encoders and self.num_classes), "num_classes", "0 when text_encoders is set (text takes the pooled slot)"),
             (bool(self.vae) or not self.latent_cache, "latent_cache", "off without --vae (pixel space has no latents)"),
             (self.latent_crops >= 1, "latent_crops", ">= 1"),
+            (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),
         ]
         for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise"):
             checks.append((0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]"))

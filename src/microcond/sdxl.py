@@ -188,6 +188,64 @@ def _shard_captions(shard: str) -> dict[str, str]:
     return found
 
 
+class TextCache:
+    """Each distinct caption's (context, pooled) embedding, computed once, memory-mapped float16.
+
+    The text encoders are frozen and captions do not change, so a run can read these files
+    instead of running both encoders every step (and free their memory). Layout of
+    ``CACHE/text-<key>/``: ``context.npy`` (U, L, D), ``pooled.npy`` (U, P), ``captions.json`` (the U
+    distinct captions, in row order). The key covers the encoders' weights and the captions.
+    Disk: U x (L x D + P) x 2 bytes, about 315 KB per distinct caption at SDXL sizes.
+    """
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+        self.row_of = {c: i for i, c in enumerate(json.loads((self.folder / "captions.json").read_text()))}
+        self.context = np.load(self.folder / "context.npy", mmap_mode="r")  # (U, L, D) float16
+        self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")  # (U, P) float16
+
+    @classmethod
+    def build(cls, captions: Sequence[str], text: TextEncoders, cache_dir: str | Path, *, batch: int = 32, progress: bool = True) -> "TextCache":
+        """Encode the distinct captions once, or reuse the files with the same key."""
+        distinct = sorted(set(captions))
+        key = hashlib.sha256(json.dumps([text.identity(), distinct]).encode()).hexdigest()[:24]
+        folder = Path(cache_dir) / f"text-{key}"
+        if (folder / "captions.json").is_file():
+            return cls(folder)
+        tmp = Path(cache_dir) / f".text-{key}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        context = pooled = None
+        for start in tqdm(range(0, len(distinct), batch), desc="text cache", unit="batch", disable=not progress, file=sys.stderr):
+            c, p = text.encode(distinct[start:start + batch])  # (b, L, D), (b, P)
+            if context is None:
+                context = np.lib.format.open_memmap(tmp / "context.npy", mode="w+", dtype=np.float16, shape=(len(distinct), *c.shape[1:]))
+                pooled = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(distinct), p.shape[1]))
+            context[start:start + len(c)] = c.cpu().numpy()
+            pooled[start:start + len(p)] = p.cpu().numpy()
+        context.flush()
+        pooled.flush()
+        del context, pooled
+        (tmp / "captions.json").write_text(json.dumps(distinct))  # written last: marks a complete folder
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if not (folder / "captions.json").is_file():
+                raise
+            shutil.rmtree(tmp)
+        return cls(folder)
+
+    def lookup(self, captions: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(context (B, L, D), pooled (B, P)) float32 for captions that were cached."""
+        rows = [self.row_of[c] for c in captions]
+        context = torch.from_numpy(np.stack([self.context[r] for r in rows])).float()
+        pooled = torch.from_numpy(np.stack([self.pooled[r] for r in rows])).float()
+        return context.to(device), pooled.to(device)
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir())
+
+
 class LatentCache:
     """Each image's latents for ``crops`` crops, with the ids of each crop, memory-mapped float16.
 
@@ -333,6 +391,8 @@ class SDXLInputs:
         self.cfg = cfg
         self.latent_space = LatentSpace(cfg.vae, device) if cfg.vae else None
         self.text = TextEncoders(cfg.text_encoders, device) if cfg.text_encoders else None
+        self.text_cache: TextCache | None = None
+        self.device = device
         self.captions: list[str] = []
 
     def check(self, model: Any) -> None:
@@ -357,6 +417,8 @@ class SDXLInputs:
             self.captions, missing = read_captions(dataset.source, cfg.data)
             if rank == 0 and missing:
                 print(f"data: {missing} of {len(self.captions)} images have no caption: they train with the empty caption", file=sys.stderr)
+            if cfg.text_cache:
+                self.use_text_cache(rank)
         if not cfg.latent_cache:
             return loader
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
@@ -376,6 +438,26 @@ class SDXLInputs:
                                        latent_cache=cache)
         return make_loader(latent_batches, num_workers=cfg.workers)
 
+    def use_text_cache(self, rank: int = 0) -> None:
+        """Encode every distinct caption once into the text cache, then free the text encoders."""
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        grid = next((c for c in self.captions if c), "")
+        for turn in (0, 1):  # rank 0 builds, then the others open what it wrote
+            if (rank == 0) == (turn == 0):
+                self.text_cache = TextCache.build([*self.captions, grid], self.text, default_cache_dir(), progress=rank == 0)
+            if dist:
+                torch.distributed.barrier()
+        if rank == 0:
+            print(f"data: text cache {self.text_cache.folder.name}: {len(self.text_cache.row_of)} distinct captions, "
+                  f"{self.text_cache.disk_bytes() / 2**20:.1f} MiB on disk (memory-mapped)", file=sys.stderr)
+        self.text.encoders = []  # their memory is free from here on
+
+    def embed(self, captions: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(context, pooled) of captions: from the text cache when there is one, else the encoders."""
+        if self.text_cache is not None:
+            return self.text_cache.lookup(captions, self.device)
+        return self.text.encode(captions)
+
     @torch.no_grad()
     def prepare(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Add "latents" (encoding "pixels" when not cached) and the captions' "context" and "pooled"."""
@@ -385,14 +467,14 @@ class SDXLInputs:
         if self.text is not None:
             if not self.captions:
                 raise ValueError("a text run needs its captions: let the training loop open the data (--data), or set SDXLInputs.captions")
-            batch["context"], batch["pooled"] = self.text.encode([self.captions[i] for i in batch["index"].tolist()])
+            batch["context"], batch["pooled"] = self.embed([self.captions[i] for i in batch["index"].tolist()])
         return batch
 
     def grid_text(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """Text for periodic sample grids: the first non-empty training caption (one for all samples)."""
         if self.text is None:
             return None
-        return self.text.encode([next((c for c in self.captions if c), "")])  # (1, L, D), (1, P)
+        return self.embed([next((c for c in self.captions if c), "")])  # (1, L, D), (1, P)
 
 
 def export_pipeline(run_dir: str | Path, out_dir: str | Path, ema: bool = True) -> Path:

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from microcond.data.loader import BucketBatches, ImageSource, PixelCache, make_loader
+from microcond.data.loader import BucketBatches, ImageSource, make_loader
+from microcond.data.pixelcache import PixelCache
 
 
 def synthetic_folder(folder: Path, count: int, seed: int = 0) -> ImageSource:

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microcond.data.loader import BucketBatches, ImageSource, PixelCache, cache_key, make_loader
+from microcond.data.loader import BucketBatches, ImageSource, make_loader
+from microcond.data.pixelcache import PixelCache, cache_key
 
 BUCKETS = ((32, 32), (32, 48), (48, 32))
 

@@ -79,7 +79,8 @@ def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, e
 def prepare_caches(data: Path, min_edges: set[int]) -> None:
     """Scan and fill the pixel caches once, before parallel runs would race to build them."""
     from microcond.data.buckets import parse_buckets
-    from microcond.data.loader import PixelCache, default_cache_dir, open_source
+    from microcond.data.loader import default_cache_dir, open_source
+    from microcond.data.pixelcache import PixelCache
 
     for edge in sorted(min_edges):
         source = open_source(data, min_original_edge=edge)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from microcond.data.loader import BucketBatches, ImageSource, ResumableLoader, cache_key, default_cache_dir, make_loader
+from microcond.data.loader import BucketBatches, ImageSource, ResumableLoader, default_cache_dir, make_loader
+from microcond.data.pixelcache import cache_key
 
 LATENT_CACHE_VERSION = 1
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")

@@ -102,13 +102,15 @@ def _mixed_corpus(d: Path) -> list[tuple[Path, bool]]:
 def test_fast_parser_agrees_with_pillow_on_mixed_corpus(tmp_path, monkeypatch):
     files = _mixed_corpus(tmp_path)
     used_pillow = set()
-    pillow = scan_mod._pillow
+    from microcond.data import headers
+
+    pillow = headers._pillow
 
     def counting(path: str, max_pixels: int):
         used_pillow.add(Path(path).name)
         return pillow(path, max_pixels)
 
-    monkeypatch.setattr(scan_mod, "_pillow", counting)
+    monkeypatch.setattr(headers, "_pillow", counting)
     for path, fast in files:
         probe = probe_image(path)
         assert probe.status == "ok", (path.name, probe)

@@ -6,8 +6,9 @@ Prints one JSON line per result. Each figure comes with its baseline from the sa
 - `loop_efficiency`: a bare forward+backward+AdamW step of the same model on one fixed batch,
   divided by the full loop's time per step (target >= 0.9);
 - `embedding_share`: the micro-condition embedding's time / the full step's time (target < 1%);
-- `allocator`: the full loop in a child process with and without glibc's
-  MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11 (what `microcond train` sets for itself).
+- `runtime_env`: the full loop in a child process with none of `train.RUNTIME_ENV`, with glibc's
+  allocator settings only, and with those plus OMP_WAIT_POLICY=PASSIVE (what `microcond train`
+  sets for itself).
 
     python benchmarks/bench_train.py [--steps 60] [--presets tiny small] [--skip-allocator]
 """
@@ -31,8 +32,7 @@ from PIL import Image
 
 
 def emit(**row) -> None:
-    row.update(threads=torch.get_num_threads(), device="cpu", peak_rss_mib=round(peak_rss_mib(), 1),
-               allocator_env=os.environ.get("MALLOC_MMAP_MAX_") == "0")
+    row.update(threads=torch.get_num_threads(), device="cpu", peak_rss_mib=round(peak_rss_mib(), 1))
     print(json.dumps(row), flush=True)
 
 
@@ -114,14 +114,15 @@ def main() -> None:
             emit(result="loop_efficiency", preset=preset, value=round(full / bare, 3), target=">= 0.9")
             emit(result="embedding_share", preset=preset, value=round(emb_s / (32 / full), 5), embedding_ms=round(emb_s * 1e3, 3), target="< 0.01")
         if not args.skip_allocator:
-            for setting in ("off", "on"):
-                env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-                env["MICROCOND_NO_REEXEC"] = "1"
-                if setting == "on":
-                    env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_="100000000000")
+            from microcond.train import RUNTIME_ENV
+
+            allocator = {k: v for k, v in RUNTIME_ENV.items() if k.startswith("MALLOC_")}
+            for setting, extra in (("none", {}), ("allocator", allocator), ("allocator+omp_passive", RUNTIME_ENV)):
+                env = {k: v for k, v in os.environ.items() if k not in RUNTIME_ENV}
+                env.update(extra, MICROCOND_NO_REEXEC="1")
                 out = subprocess.run([sys.executable, __file__, "--child", "tiny", "--steps", str(args.steps)], env=env, capture_output=True, text=True, check=True)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
-                emit(result="allocator", setting=setting, preset="tiny", images_per_s=row["images_per_s"], child_peak_rss_mib=row["peak_rss_mib"])
+                emit(result="runtime_env", setting=setting, preset="tiny", images_per_s=row["images_per_s"], child_peak_rss_mib=row["peak_rss_mib"])
 
 
 if __name__ == "__main__":

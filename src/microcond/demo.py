@@ -33,9 +33,9 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Build, train, sample, measure; return the paths to open."""
     from microcond import config as config_mod
     from microcond.data.loader import default_cache_dir
-    from microcond.demodata import PALETTE, DemoDataConfig, build_demo_data, describe
+    from microcond.demodata import PALETTE
     from microcond.evaluate import evaluate, format_report, load_references
-    from microcond.experiment import sweep_grids
+    from microcond.experiment import ensure_demo_data, sweep_grids
     from microcond.features import FeatureRecipe
     from microcond.grid import save_grid
     from microcond.inference import Model, Query
@@ -43,12 +43,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     start = time.time()
     out = Path(cfg.out)
-    data = out / "data"
-    meta = data / "demo-data.json"
-    wanted = {"n_train": cfg.n_train, "n_eval": cfg.n_eval}
-    built = json.loads(meta.read_text()) if meta.is_file() else {}
-    if built.get("status") == "building" or {k: built.get("config", {}).get(k) for k in wanted} != wanted:
-        print(describe(build_demo_data(DemoDataConfig(out=str(data), n_train=cfg.n_train, n_eval=cfg.n_eval), progress=progress)))
+    data = ensure_demo_data(out / "data", cfg.n_train, cfg.n_eval, progress=progress)
 
     run = out / "run"
     overrides = dict(data=str(data / "train"), num_classes=9, signals=SIGNALS, steps=cfg.steps, sample_every=max(cfg.steps // 3, 1), checkpoint_every=min(500, cfg.steps))

@@ -54,15 +54,16 @@ class Budget:
     feature_steps: int = 300
 
 
-def ensure_demo_data(folder: Path, progress: bool = True) -> Path:
-    """Build the demo data set into ``folder`` unless a finished build is there."""
+def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, progress: bool = True) -> Path:
+    """Build the demo data set into ``folder`` unless a finished build of the same size is there."""
     from microcond.demodata import DemoDataConfig, build_demo_data, describe
 
     meta = folder / "demo-data.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("status") != "building":
+    built = json.loads(meta.read_text()) if meta.is_file() else {}
+    wanted = {"n_train": n_train, "n_eval": n_eval}
+    if built.get("status") != "building" and {k: built.get("config", {}).get(k) for k in wanted} == wanted:
         return folder
-    result = build_demo_data(DemoDataConfig(out=str(folder)), progress=progress)
-    print(describe(result), file=sys.stderr)
+    print(describe(build_demo_data(DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval), progress=progress)), file=sys.stderr)
     return folder
 
 

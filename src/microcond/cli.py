@@ -41,7 +41,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
         sub,
         "demo",
-        "Build the demo data, train a tiny model with size and crop conditioning (about 10 minutes on "
+        "Build the demo data, train a tiny model with size and crop conditioning (about 12 minutes on "
         "2 CPU cores), then write sample grids, both sweeps and metrics. Running it again resumes.",
         ["microcond demo", "microcond demo --out runs/demo2 --steps 6000", "microcond demo --steps 20 --samples 16 --n-train 300 --n-eval 60  # a quick look"],
     )

@@ -85,3 +85,11 @@ def test_report_does_not_import_torch(index, tmp_path):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_min_edges_choose_the_table_rows(index, tmp_path):
+    text = write_report(index, tmp_path / "r", min_edges=[32, 16])
+    rows = [line for line in text.splitlines() if line.startswith("| < ")]
+    assert [r.split("|")[1].strip() for r in rows] == ["< 16 px", "< 32 px"]
+    with pytest.raises(ValueError, match="min-edges"):
+        write_report(index, tmp_path / "r2", min_edges=[0])

@@ -323,6 +323,8 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("index", metavar="INDEX", help="index written by `microcond scan`")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for report.md and the PNGs")
+    p.add_argument("--min-edges", nargs="+", type=int, default=[64, 128, 256, 512, 1024], metavar="N",
+                   help="thresholds of the minimum-size table (default: the paper's 64 128 256 512 1024)")
     p.add_argument("--buckets", default="sdxl",
                    help="bucket set to fill: sdxl, base:1024, base:512:step=32, 512x512,512x768 (default sdxl)")
     p.set_defaults(run=_run_report)
@@ -331,7 +333,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from microcond.data.report import write_report
 
-    print(write_report(args.index, args.out, buckets=args.buckets))
+    print(write_report(args.index, args.out, buckets=args.buckets, min_edges=args.min_edges))
     return 0
 
 

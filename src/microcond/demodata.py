@@ -428,6 +428,6 @@ def describe(result: dict) -> str:
     if cfg["preview"]:
         lines.append(f"  contact sheet: {out / 'preview.png'}")
     lines.append(f"  size report: microcond scan {out / 'train'} --out {out / 'train-index.parquet'} && "
-                 f"microcond report {out / 'train-index.parquet'} --out {out / 'report'}")
+                 f"microcond report {out / 'train-index.parquet'} --out {out / 'report'} --min-edges 16 {cfg['train_size']} 64 128 256")
     return "\n".join(lines)
 

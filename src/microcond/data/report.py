@@ -111,7 +111,7 @@ def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -
     fig.savefig(path)
 
 
-def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
+def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray, edges: Sequence[int] = MIN_EDGES) -> None:
     short = np.minimum(heights, widths)
     grid = np.unique(np.geomspace(8, max(2048, short.max() * 1.2), 300).astype(int))
     rows = min_edge_discards(heights, widths, grid)
@@ -119,13 +119,13 @@ def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
     ax = fig.add_subplot()
     ax.plot(grid, [100 * r[2] for r in rows], label="images", color="tab:blue")
     ax.plot(grid, [100 * r[3] for r in rows], label="pixels", color="tab:orange")
-    for edge, _, img, pix in min_edge_discards(heights, widths):
+    for edge, _, img, pix in min_edge_discards(heights, widths, edges):
         ax.plot([edge], [100 * img], "o", color="tab:blue", ms=4)
         ax.annotate(f"{100 * img:.0f}%", (edge, 100 * img), textcoords="offset points", xytext=(5, -11), fontsize=8,
                     ha="left", color="tab:blue")
     ax.set(xscale="log", ylim=(-2, 105), xlabel="minimum shorter edge kept (px, log scale)",
            ylabel="discarded (%)", title="What a filter \"shorter edge < N px\" would discard")
-    ax.set_xticks(MIN_EDGES, [str(e) for e in MIN_EDGES])
+    ax.set_xticks(list(edges), [str(e) for e in edges])
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left")
     fig.savefig(path)
@@ -161,9 +161,17 @@ def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec
     fig.savefig(path)
 
 
-def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: str = "sdxl") -> str:
-    """Write ``report.md`` and the PNGs into ``out_dir``; return the report as text."""
+def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: str = "sdxl", min_edges: Sequence[int] = MIN_EDGES) -> str:
+    """Write ``report.md`` and the PNGs into ``out_dir``; return the report as text.
+
+    Args:
+        min_edges: thresholds of the minimum-size table (the paper's are the default; add your
+            training size, e.g. 32, to see what a filter at it would drop).
+    """
     bucket_set = parse_buckets(buckets)
+    min_edges = sorted({int(e) for e in min_edges})
+    if not min_edges or min_edges[0] < 1:
+        raise ValueError(f"--min-edges must be positive pixel sizes, got {min_edges}")
     import pyarrow.compute as pc
 
     table = read_index(index, columns=["height", "width", "status"])
@@ -191,7 +199,7 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
                      [[name, int(f(heights)), int(f(widths)), int(f(short))] for name, f in
                       (("min", np.min), ("median", np.median), ("max", np.max))]),
               "", f"Shorter edge percentiles 5/25/50/75/95: {' / '.join(map(str, q))} px."]
-    table = [[f"< {e} px", n, _pct(img, 1), _pct(pix, 1)] for e, n, img, pix in min_edge_discards(heights, widths)]
+    table = [[f"< {e} px", n, _pct(img, 1), _pct(pix, 1)] for e, n, img, pix in min_edge_discards(heights, widths, min_edges)]
     parts += ["", "## What a minimum-size filter would discard (paper Fig. 2)", "", "![min edge](min_edge.png)", "",
               _table(["shorter edge", "images discarded", "share of images", "share of pixels"], table), "",
               "Micro-conditioning on the original size keeps all of them (paper section 2.2)."]
@@ -207,7 +215,7 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
               _table(["bucket (h x w)", "aspect w:h", "images", "share", "upscaled"],
                      [[f"{h}x{w}", f"{w / h:.2f}", n, _pct(n, len(ok)), _pct(up, n)] for (h, w), n, up in used])]
     _plot_sizes(out / "sizes.png", heights, widths, PAPER_CUT)
-    _plot_min_edge(out / "min_edge.png", heights, widths)
+    _plot_min_edge(out / "min_edge.png", heights, widths, min_edges)
     _plot_aspect(out / "aspect.png", heights, widths)
     _plot_buckets(out / "buckets.png", fill, buckets)
     text = "\n".join(parts) + "\n"

@@ -73,15 +73,19 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = _subparser(
         sub,
         "experiment",
-        "Reproduce the paper's Table 2, Fig. 3 and Fig. 4 at 32 px on the demo data (about 50 minutes on 2 CPU cores).",
-        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --table-samples 100"],
+        "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data, two training seeds per "
+        "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
+        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --seeds 1 --table-samples 100",
+         "microcond experiment crop-ablation --out runs/ablation"],
     )
-    p.add_argument("name", choices=["paper"], help="which experiment")
-    p.add_argument("--out", default="runs/paper", help="folder for data, runs, grids and results.json")
-    p.add_argument("--docs", help="also write results.md and its pictures here (e.g. docs)")
-    p.add_argument("--steps", type=int, default=b.steps, help=f"training steps per model (default {b.steps})")
+    p.add_argument("name", choices=["paper", "crop-ablation"], help="which experiment")
+    p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
+                                 "paper includes the ablation table when OUT/../ablation/ablation.json exists")
+    p.add_argument("--docs", help="paper: also write results.md, results.json and the pictures here (e.g. docs)")
+    p.add_argument("--steps", type=int, help=f"training steps per model (default {b.steps})")
+    p.add_argument("--seeds", type=int, default=b.seeds, help=f"training seeds per model (default {b.seeds})")
     p.add_argument("--table-samples", type=int, default=b.table_samples)
-    p.add_argument("--crop-samples", type=int, default=b.crop_samples)
+    p.add_argument("--crop-samples", type=int, help=f"samples per cut-off query and per crop offset (default {b.crop_samples}; crop-ablation 128)")
     p.add_argument("--curve-samples", type=int, default=b.curve_samples)
     p.add_argument("--sampler-steps", type=int, default=b.sampler_steps)
     p.add_argument("--feature-steps", type=int, default=b.feature_steps)
@@ -92,10 +96,19 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
 def _run_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from microcond.experiment import Budget, run_paper
+    from microcond.experiment import Budget, run_ablation, run_paper
 
-    budget = Budget(args.steps, args.table_samples, args.crop_samples, args.curve_samples, args.sampler_steps, args.feature_steps)
-    page = run_paper(Path(args.out), Path(args.docs) if args.docs else None, budget, args.parallel)
+    for flag in ("steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps", "parallel"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
+    ablation = args.name == "crop-ablation"
+    given = {k: getattr(args, k) for k in ("steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps") if getattr(args, k) is not None}
+    if ablation:
+        results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel)
+        print(f"wrote {Path(args.out or 'runs/ablation') / 'ablation.json'} ({len(results['rows'])} settings)")
+        return 0
+    page = run_paper(Path(args.out or "runs/paper"), Path(args.docs) if args.docs else None, Budget(**given), args.parallel)
     print(f"wrote {page}")
     return 0
 
@@ -121,6 +134,9 @@ def _add_demo_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice; same seed, same bytes (default 0)")
     p.add_argument("--train-size", type=int, default=32,
                    help="training size in px; about 40%% of originals get a shorter edge (default 32)")
+    p.add_argument("--aspect-mix", choices=("web", "extreme"), default="web",
+                   help="non-square originals: web = spread over 1:2..2:1; extreme = all 1:2 or 2:1, "
+                        "where crops cut most (the crop-conditioning models' data; default web)")
     p.add_argument("--font", help="colour emoji font (default: the Debian fonts-noto-color-emoji path)")
     p.add_argument("--emoji-test", help="Unicode emoji-test.txt with the labels (default: the Debian unicode-data path)")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
@@ -133,7 +149,7 @@ def _run_demo_data(args: argparse.Namespace) -> int:
 
     cfg = DemoDataConfig(
         out=args.out, seed=args.seed, n_train=args.n_train, n_eval=args.n_eval, train_size=args.train_size,
-        jobs=args.jobs, font=args.font, emoji_test=args.emoji_test, preview=not args.no_preview,
+        aspect_mix=args.aspect_mix, jobs=args.jobs, font=args.font, emoji_test=args.emoji_test, preview=not args.no_preview,
     )
     print(describe(build_demo_data(cfg)))
     return 0

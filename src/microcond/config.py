@@ -30,7 +30,7 @@ class TrainConfig:
     num_classes: int = 0  # 0 = unconditional; otherwise a learned vector per class in the pooled slot
     signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
     # Objective
-    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (the pixel presets)
     beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
@@ -54,6 +54,7 @@ class TrainConfig:
     batch_size: int = 32  # per optimizer step, over all ranks and accumulation rounds
     grad_accumulation: int = 1
     lr: float = 1e-3
+    add_embedding_lr: float = 0.0  # learning rate of the UNet's conditioning MLP (add_embedding); 0 = lr
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
@@ -87,6 +88,7 @@ class TrainConfig:
             (not (self.text_encoders and self.num_classes), "num_classes", "0 when text_encoders is set (text takes the pooled slot)"),
             (bool(self.vae) or not self.latent_cache, "latent_cache", "off without --vae (pixel space has no latents)"),
             (self.latent_crops >= 1, "latent_crops", ">= 1"),
+            (self.lr > 0 and self.add_embedding_lr >= 0, "lr/add_embedding_lr", "lr > 0 and add_embedding_lr >= 0"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),
         ]
         for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise"):
@@ -103,8 +105,10 @@ class TrainConfig:
 
 # Named presets: overrides of the defaults above (DiT's DiT_models, nanoGPT's GPTConfig).
 PRESETS: dict[str, dict] = {
-    "tiny": dict(resolution=32, batch_size=32, lr=1e-3),
-    "small": dict(resolution=64, batch_size=32, lr=5e-4),
+    # Pixel presets predict v (Salimans & Ho 2022): epsilon prediction barely weighs the noise levels
+    # where the layout, and so the crop, is decided, and its crop effect stayed flat (docs/results.md).
+    "tiny": dict(resolution=32, batch_size=32, lr=1e-3, prediction_type="v_prediction"),
+    "small": dict(resolution=64, batch_size=32, lr=5e-4, prediction_type="v_prediction"),
     "sdxl": dict(resolution=1024, caption_dropout=0.1, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
 }
 

@@ -27,12 +27,14 @@ class DemoConfig:
     n_train: int = 6000
     n_eval: int = 1000
     feature_steps: int = 300
+    crop_samples: int = 64  # per crop query and offset, for metrics.json's crop_effect
 
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Build, train, sample, measure; return the paths to open."""
     from microcond import config as config_mod
     from microcond.data.loader import default_cache_dir
+    from microcond.cropeffect import model_effect, real_effect
     from microcond.demodata import PALETTE
     from microcond.evaluate import evaluate, format_report, load_references
     from microcond.experiment import ensure_demo_data, sweep_grids
@@ -48,7 +50,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     run = out / "run"
     overrides = dict(data=str(data / "train"), num_classes=9, signals=SIGNALS, steps=cfg.steps, sample_every=max(cfg.steps // 3, 1), checkpoint_every=min(500, cfg.steps))
     train_cfg = config_mod.resolve("tiny", overrides=overrides)
-    print(f"training the tiny model ({train_cfg.steps} steps of {train_cfg.batch_size} images, size + crop conditioning) into {run}")
+    print(f"training the tiny model ({train_cfg.steps} steps of {train_cfg.batch_size} images, size + crop conditioning, {train_cfg.prediction_type}) into {run}")
     train(train_cfg, run, progress=progress)
 
     model = Model(run)
@@ -66,13 +68,18 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    if metrics.get("step") != model.step:
+    if metrics.get("step") != model.step or "crop_effect" not in metrics:
         refs = load_references(data / "eval", model.shape[1:], progress=progress)
         metrics = {"step": model.step, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
         images = model.draw(Query(original_size=SHARP), list(range(cfg.samples)), [i % 9 for i in range(cfg.samples)], steps=cfg.sampler_steps, progress=progress)
         metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE, recipe=FeatureRecipe(steps=cfg.feature_steps), progress=progress))
+        # Fig. 4 in numbers: the object moves as the requested crop of a wide original moves.
+        metrics["crop_effect"] = {"real": real_effect(data / "train", PALETTE), "samples": model_effect(model, cfg.crop_samples, PALETTE, steps=cfg.sampler_steps, progress=progress)}
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
-    print(format_report({k: v for k, v in metrics.items() if k != "query"}))
+    print(format_report({k: v for k, v in metrics.items() if k not in ("query", "crop_effect")}))
+    real, samples = (metrics["crop_effect"][k]["position"] for k in ("real", "samples"))
+    print(f"crop effect: the object centre moves {samples['slope']:+.2f} px per px of c_left [{samples['low']:+.2f}, {samples['high']:+.2f}] "
+          f"(real images {real['slope']:+.2f}; 0 = the crop is ignored)")
     pictures["loss curve"] = run / "loss.png"
     print(f"\ndemo done in {(time.time() - start) / 60:.1f} min; open:")
     for name, path in pictures.items():

@@ -73,6 +73,12 @@ class Emoji:
     codepoints: str  # e.g. "1F468 200D 1F469", as in emoji-test.txt
 
 
+# Shapes of non-square originals. "web" spreads them over 1:2..2:1 like photos and screenshots;
+# "extreme" makes every one 1:2 or 2:1, so that a 32 px crop of the resized image can cut up to
+# half of it: the data on which crop conditioning has something to learn (paper Fig. 4).
+ASPECT_MIXES = {"web", "extreme"}
+
+
 @dataclass(frozen=True)
 class DemoDataConfig:
     """Parameters of the demo data set (CLI flags of ``microcond demo-data``)."""
@@ -86,6 +92,7 @@ class DemoDataConfig:
     size_sigma: float = 0.9  # log-normal sigma of the original short edge
     min_size: int = 8  # smallest original short edge
     square_share: float = 0.25
+    aspect_mix: str = "web"  # non-square originals: "web" log-uniform 1:2..2:1 | "extreme" only 1:2 or 2:1
     fill: tuple[float, float] = (0.55, 0.80)  # object extent / canvas short side
     margin: float = 0.08  # least free border, as a share of the canvas short side
     jitter: float = 0.15  # largest shift of the object from the centre, share of the side
@@ -107,6 +114,8 @@ class DemoDataConfig:
                              f"got {self.train_size}: change --train-size")
         if not 0.0 < self.share_below < 1.0:
             raise ValueError(f"share_below must lie strictly between 0 and 1, got {self.share_below}")
+        if self.aspect_mix not in ASPECT_MIXES:
+            raise ValueError(f"aspect_mix must be one of {sorted(ASPECT_MIXES)}, got {self.aspect_mix!r}: change --aspect-mix")
         if not 0.0 < self.eval_share < 1.0:
             raise ValueError(f"eval_share must lie strictly between 0 and 1, got {self.eval_share}")
 
@@ -251,7 +260,12 @@ def plan_sample(rng: np.random.Generator, glyph_size: tuple[int, int], cfg: Demo
     gh, gw = glyph_size
     extent = max(gh, gw)
     fill = rng.uniform(*cfg.fill)
-    aspect = 1.0 if rng.random() < cfg.square_share else math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
+    if rng.random() < cfg.square_share:
+        aspect = 1.0
+    elif cfg.aspect_mix == "extreme":
+        aspect = 2.0 if rng.random() < 0.5 else 0.5
+    else:
+        aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
     edge = original_short_edge(rng, cfg)
     background = PALETTE[int(rng.integers(len(PALETTE)))]
     jpeg = rng.random() < cfg.jpeg_share

@@ -157,6 +157,19 @@ def cut_off(
     return big_enough & (obj & edge).any(axis=(1, 2))
 
 
+def object_centres(images: torch.Tensor, palette: Sequence[Sequence[int]] | None = None, min_area: float = 0.01) -> np.ndarray:
+    """(N, 2) centre (y, x) in pixels of each image's object (:func:`cut_off`'s region); NaN where
+    the image has no object of at least ``min_area`` x its area."""
+    images = check_images(images, "images")
+    obj = largest_component(object_masks(images, border_background(images, palette)))  # (N, H, W)
+    area = obj.sum(axis=(1, 2))  # (N,)
+    ys, xs = np.arange(obj.shape[1]) + 0.5, np.arange(obj.shape[2]) + 0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centre = np.stack([(obj.sum(axis=2) * ys).sum(axis=1) / area, (obj.sum(axis=1) * xs).sum(axis=1) / area], axis=1)  # (N, 2)
+    centre[area < max(1, min_area * obj.shape[1] * obj.shape[2])] = np.nan
+    return centre
+
+
 def cutoff_rate(samples: torch.Tensor, refs: torch.Tensor, palette: Sequence[Sequence[int]] | None = None) -> dict:
     """Share of cut-off objects in the samples, beside the same share in the references."""
     return {"samples": float(cut_off(samples, palette).mean()), "refs": float(cut_off(refs, palette).mean())}

@@ -1,10 +1,16 @@
-"""The paper's evidence at small scale on the demo data, and ``microcond demo``.
+"""The paper's evidence at small scale on the demo data, and the crop-recipe ablation.
 
-``microcond experiment paper`` trains four tiny models with equal budgets at 32 px and measures
+``microcond experiment paper`` trains four tiny models, each with two training seeds and equal
+budgets, at 32 px and measures
 - Table 2: discarding small images vs upscaling them with and without size conditioning
   (Frechet distance and KID in an in-domain classifier's features, pyramid SWD);
 - Fig. 3: sharpness of samples against the requested original size;
-- Fig. 4: the cut-off rate per query, beside the real data's rate for the same query.
+- Fig. 4: the cut-off rate per query and the object's position against c_crop, beside the real
+  data's values for the same query (:mod:`microcond.cropeffect`);
+- Fig. 5: the same seeds from the model without and with micro-conditions.
+``microcond experiment crop-ablation`` trains the recipe variants that chose the pixel presets'
+objective and the data's aspect mix, and measures the crop effect of each.
+
 Models train two at a time, one thread each (two 1-thread processes outrun one 2-thread one on
 this kind of machine, reference/cpu-measurements.md). Every stage is reused when done, so a
 second run only redoes what is missing.
@@ -18,14 +24,17 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from microcond.cropeffect import CROP_LEFTS, CROP_QUERIES, TRAIN_SIZE, WIDE, model_effect, rate, real_crops, real_effect
 from microcond.record import SIGNALS, MicroCond
 
-TRAIN_SIZE = 32
+# Every non-square original 1:2 or 2:1 (microcond.demodata.ASPECT_MIXES): crops cut up to half
+# of the object, so the crop condition has something to tell. All four models see this data.
+ASPECT_MIX = "extreme"
 MODELS = {
     "drop-small": ("images with a short edge below 32 px discarded, no micro-conditions (the paper's 512-only)", dict(signals=[], min_original_edge=TRAIN_SIZE)),
     "no-cond": ("all images (small ones upscaled), no micro-conditions", dict(signals=[])),
@@ -33,44 +42,52 @@ MODELS = {
     "size-crop": ("all images, size + crop (+ target) conditioning, as SDXL", dict(signals=list(SIGNALS))),
 }
 SQUARE = MicroCond((TRAIN_SIZE, TRAIN_SIZE), (0, 0), (TRAIN_SIZE, TRAIN_SIZE))  # SDXL's inference default
-WIDE = (64, 128)  # a 1:2 original: resized to 32x64, so crops can cut 32 px off its width
-CROP_QUERIES = {
-    "square original, crop (0, 0)": MicroCond((128, 128), (0, 0), (TRAIN_SIZE, TRAIN_SIZE)),
-    "wide original, centre crop (0, 16)": MicroCond(WIDE, (0, 16), (TRAIN_SIZE, TRAIN_SIZE)),
-    "wide original, crop (0, 0)": MicroCond(WIDE, (0, 0), (TRAIN_SIZE, TRAIN_SIZE)),
-}
 SIZE_CURVE = (8, 12, 16, 24, 32, 48, 64, 128)
+N_CLASSES = 9
+
+# The crop ablation (docs/results.md): (what changes, aspect mix, train overrides). Everything else
+# is the tiny preset with size + crop conditioning.
+ABLATIONS = {
+    "eps-web": ("epsilon prediction, web aspect mix (the first recipe)", "web", dict(prediction_type="epsilon")),
+    "v-web": ("v-prediction, web aspect mix", "web", dict(prediction_type="v_prediction")),
+    "eps-extreme": ("epsilon prediction, extreme aspect mix", "extreme", dict(prediction_type="epsilon")),
+    "v-extreme": ("v-prediction, extreme aspect mix", "extreme", dict(prediction_type="v_prediction")),
+    "v-extreme-lr3e-4": ("v-prediction, extreme mix, lr 3e-4", "extreme", dict(prediction_type="v_prediction", lr=3e-4)),
+    "v-extreme-ae1e-4": ("v-prediction, extreme mix, add_embedding lr 1e-4", "extreme", dict(prediction_type="v_prediction", add_embedding_lr=1e-4)),
+}
 
 
 @dataclass(frozen=True)
 class Budget:
-    """What one experiment spends: training steps per model, samples per measurement."""
+    """What one experiment spends: training steps and seeds per model, samples per measurement."""
 
-    steps: int = 3000
+    steps: int = 2000
+    seeds: int = 2
     table_samples: int = 500
-    crop_samples: int = 300
+    crop_samples: int = 200  # per cut-off query and per offset of the position sweep
     curve_samples: int = 96
     sampler_steps: int = 50
     feature_steps: int = 300
 
 
-def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, progress: bool = True) -> Path:
-    """Build the demo data set into ``folder`` unless a finished build of the same size is there."""
+def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, aspect_mix: str = ASPECT_MIX, progress: bool = True) -> Path:
+    """Build the demo data set into ``folder`` unless a finished build of the same kind is there."""
     from microcond.demodata import DemoDataConfig, build_demo_data, describe
 
     meta = folder / "demo-data.json"
     built = json.loads(meta.read_text()) if meta.is_file() else {}
-    wanted = {"n_train": n_train, "n_eval": n_eval}
-    if built.get("status") != "building" and {k: built.get("config", {}).get(k) for k in wanted} == wanted:
+    wanted = {"n_train": n_train, "n_eval": n_eval, "aspect_mix": aspect_mix}
+    if built.get("status") != "building" and {k: built.get("config", {}).get(k, "web" if k == "aspect_mix" else None) for k in wanted} == wanted:
         return folder
-    print(describe(build_demo_data(DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval), progress=progress)), file=sys.stderr)
+    cfg = DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval, aspect_mix=aspect_mix)
+    print(describe(build_demo_data(cfg, progress=progress)), file=sys.stderr)
     return folder
 
 
 def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, extra: dict | None = None) -> list[str]:
     """The ``microcond train`` command of one model (also printed in the results)."""
     overrides = {**MODELS[name][1], **(extra or {})} if name in MODELS else dict(extra or {})
-    cmd = ["microcond", "train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--num-classes", "9", "--steps", str(steps), "--seed", str(seed), "--sample-every", str(max(steps // 3, 1)), "--checkpoint-every", "500"]
+    cmd = ["microcond", "train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--num-classes", str(N_CLASSES), "--steps", str(steps), "--seed", str(seed), "--sample-every", str(max(steps // 3, 1)), "--checkpoint-every", "500"]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value)]
@@ -121,32 +138,6 @@ def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: int
     bar.close()
 
 
-def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
-    """Real training images whose original has the query's aspect ratio, cropped as the query says.
-
-    This is the real-data rate "for the same query": square originals taken whole, or 1:2
-    originals resized to cover 32 px and cropped at the query's offset.
-    """
-    import numpy as np
-    import torch
-
-    from microcond.data.crop import load_resized
-
-    records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
-    want = query.original_size[1] / query.original_size[0]
-    out = []
-    for r in records:
-        h, w = r["original_size"]
-        if abs(math.log((w / h) / want)) > 0.05 or min(h, w) < 16:
-            continue
-        resized, _ = load_resized(data / r["file"], query.target_size)  # (H, W, 3) covering 32x32
-        (top, left), (th, tw) = query.crop_top_left, query.target_size
-        out.append(resized[top : top + th, left : left + tw])  # in bounds: resized width is about 64
-        if len(out) >= limit:
-            break
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 32, 32)
-
-
 def real_sharpness_by_size(data: Path, bins: tuple[int, ...] = SIZE_CURVE) -> dict[int, float]:
     """Mean Laplacian variance of real 32 px training crops, by the original's short edge."""
     import numpy as np
@@ -166,86 +157,83 @@ def real_sharpness_by_size(data: Path, bins: tuple[int, ...] = SIZE_CURVE) -> di
     return {b: float(laplacian_variance(torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2).float() / 127.5 - 1).mean()) for b, g in groups.items() if g}
 
 
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a binomial rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p, z = k / n, 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+def detector_floor(data: Path, palette, noise: float = 0.05) -> dict:
+    """Cut-off rate of real uncropped square images made like samples: 32 px, [-1, 1], plus
+    Gaussian noise of std ``noise``. What the detector reads where the truth is 0%."""
+    import torch
+
+    from microcond.evaluate import cut_off
+
+    real = real_crops(data, CROP_QUERIES["square original, crop (0, 0)"])
+    noisy = (real + noise * torch.randn(real.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    return {"noise_std": noise, **rate(cut_off(noisy, palette))}
 
 
-def rate(flags) -> dict:
-    """A cut-off rate with its 95% interval, from per-image flags."""
-    k, n = int(sum(bool(f) for f in flags)), len(flags)
-    low, high = wilson(k, n)
-    return {"rate": k / max(n, 1), "low": low, "high": high, "n": n}
+def _save(results: dict, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
-def measure(runs: dict[str, Path], data: Path, out: Path, budget: Budget, progress: bool = True) -> dict:
-    """Sample every model for every measurement and compute the metrics; cached in results.json."""
+def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budget: Budget, progress: bool = True) -> dict:
+    """Sample every run for every measurement; results.json keeps each finished run's numbers,
+    so an interrupted measurement resumes with the next run.
+
+    Args:
+        runs: run name -> (model name, training seed, run folder).
+    """
     import torch
 
     from microcond.data.loader import default_cache_dir
     from microcond.demodata import PALETTE
-    from microcond.evaluate import cut_off, evaluate, laplacian_variance, load_references
+    from microcond.evaluate import evaluate, laplacian_variance, load_references
     from microcond.features import FeatureRecipe
     from microcond.grid import save_grid
     from microcond.inference import Model, Query
 
     results_path = out / "results.json"
-    if results_path.exists():
-        return json.loads(results_path.read_text())
-    refs = load_references(data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
-    recipe = FeatureRecipe(steps=budget.feature_steps)
-    cache = default_cache_dir() / "features"
-    models = {name: Model(run) for name, run in runs.items()}
-    n_classes = 9
-    results: dict = {"models": {}, "crop": {}, "curve": {}, "budget": budget.__dict__}
-
-    def draw(model: Model, micro: MicroCond, n: int, seed0: int = 0) -> torch.Tensor:
-        query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size)
-        return model.draw(query, list(range(seed0, seed0 + n)), [i % n_classes for i in range(n)], steps=budget.sampler_steps, progress=progress)
-
-    # Table 2: SDXL's default query (c_size = target, uncropped) against the held-out references.
-    table_samples = {}
-    for name, model in models.items():
-        samples = draw(model, SQUARE, budget.table_samples)
-        table_samples[name] = samples
-        report = evaluate(samples, refs.images, refs.labels, cache_dir=cache, palette=PALETTE, recipe=recipe, progress=progress)
-        results["models"][name] = {"description": MODELS[name][0], "step": model.step, **report}
-        save_grid(samples[:64], out / "grids" / f"samples-{name}.png", nrow=8, title=f"{name}: c_size 32x32, c_crop 0,0")
-
-    # Fig. 4: cut-off rate per query, real data beside it. Models blind to a signal give the
-    # same distribution whatever it asks, so their samples are reused across those queries.
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if results.get("budget") != asdict(budget):
+        results = {"budget": asdict(budget), "runs": {}}
     train = data / "train"
-    for label, micro in CROP_QUERIES.items():
-        real = real_crops(train, micro)
-        row = {"real": rate(cut_off(real, PALETTE))}
-        for name, model in models.items():
-            if name == "drop-small":
-                continue
-            seen = [i for i, signal in enumerate(SIGNALS) if signal in model.cfg.signals]
-            key = tuple(v for i in seen for v in micro.ids[2 * i : 2 * i + 2])  # the ids this model can see
-            cached = results.setdefault("_samples", {}).setdefault(name, {})
-            if str(key) not in cached:
-                samples = table_samples[name] if not key else draw(model, micro, budget.crop_samples, seed0=10_000)
-                cached[str(key)] = rate(cut_off(samples, PALETTE))
-            row[name] = cached[str(key)]
-        results["crop"][label] = row
-    results.pop("_samples", None)
+    if "real" not in results:
+        refs_eval = load_references(data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
+        results["real"] = {**real_effect(train, PALETTE), "curve": real_sharpness_by_size(train), "floor": detector_floor(train, PALETTE),
+                           "reference_eval_sharpness": float(laplacian_variance(refs_eval.images).mean())}
+        _save(results, results_path)
+    refs = None
 
-    # Fig. 3: sharpness against the requested original size (models that see c_size).
-    results["curve"]["real"] = real_sharpness_by_size(train)
-    ref_sharp = float(laplacian_variance(refs.images).mean())
-    results["curve"]["reference_eval"] = ref_sharp
-    for name, model in models.items():
-        if "original_size" not in model.cfg.signals:
-            results["curve"][name] = {"any": float(laplacian_variance(table_samples[name]).mean())}
+    for run_name, (name, seed, folder) in runs.items():
+        if run_name in results["runs"]:
             continue
-        results["curve"][name] = {s: float(laplacian_variance(draw(model, MicroCond((s, s), (0, 0), SQUARE.target_size), budget.curve_samples, seed0=20_000)).mean()) for s in SIZE_CURVE}
-    results_path.write_text(json.dumps(results, indent=2) + "\n")
+        started = time.time()
+        refs = refs or load_references(data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
+        model = Model(folder)
+
+        def draw(micro: MicroCond, n: int, seed0: int) -> torch.Tensor:
+            query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size)
+            return model.draw(query, list(range(seed0, seed0 + n)), [i % N_CLASSES for i in range(n)], steps=budget.sampler_steps, progress=progress)
+
+        # Table 2: SDXL's default query (c_size = target, uncropped) against the held-out references.
+        samples = draw(SQUARE, budget.table_samples, 0)
+        report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
+                          recipe=FeatureRecipe(steps=budget.feature_steps), progress=progress)
+        fid = report["fidelity"]
+        entry = {"model": name, "seed": seed, "step": model.step, "table": {
+            "frechet_distance": fid["frechet_distance"], "kid": fid["kid"], "kid_std": fid["kid_std"], "swd_x1e3": fid["swd_x1e3"]["mean"],
+            "sharpness_ratio": report["sharpness"]["laplacian_variance"]["ratio"], "cutoff_rate": report["cutoff_rate"]["samples"]}}
+        save_grid(samples[:64], out / "grids" / f"samples-{run_name}.png", nrow=8, title=f"{run_name}: c_size 32x32, c_crop 0,0")
+        # Fig. 4: models blind to the crop are still asked, to show that they answer alike.
+        if name != "drop-small":
+            entry["crop"] = model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES, progress=progress)
+        # Fig. 3: sharpness against the requested original size (models that see c_size).
+        if "original_size" in model.cfg.signals:
+            entry["curve"] = {str(s): float(laplacian_variance(draw(MicroCond((s, s), (0, 0), SQUARE.target_size), budget.curve_samples, 20_000)).mean()) for s in SIZE_CURVE}
+        else:
+            entry["curve"] = {"any": float(laplacian_variance(samples).mean())}
+        entry["minutes"] = (time.time() - started) / 60
+        results["runs"][run_name] = entry
+        _save(results, results_path)
     return results
 
 
@@ -258,7 +246,7 @@ def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), 
     grids = {}
     for kind, values, query in (
         ("original_size", [8, 16, 32, 64, 128], Query(label=label)),
-        ("crop", [(0, 0), (0, 8), (0, 16), (0, 24), (0, 32)], Query(original_size=WIDE, label=label)),
+        ("crop", [(0, left) for left in CROP_LEFTS], Query(original_size=WIDE, label=label)),
     ):
         path = out / f"sweep-{kind}-{run.name}.png"
         if not path.exists():
@@ -269,173 +257,108 @@ def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), 
     return grids
 
 
-def plot_curve(results: dict, path: Path) -> Path:
-    """Sharpness (Laplacian variance) against the requested original size, real data beside it."""
-    import matplotlib
+def side_by_side(plain: Path, conditioned: Path, path: Path, n: int = 16, steps: int = 50) -> Path:
+    """Paper Fig. 5: the same seeds and classes from a model without micro-conditions and one
+    with them asked for "large and uncropped" (c_size 128x128, c_crop (0, 0)); pairs of rows."""
+    import torch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from microcond.grid import save_grid
+    from microcond.inference import Model, Query
 
-    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
-    real = {int(k): v for k, v in results["curve"]["real"].items()}
-    ax.plot(list(real), list(real.values()), "k--o", label="real training images, by original short edge")
-    for name, curve in results["curve"].items():
-        if name in ("real", "reference_eval"):
-            continue
-        if "any" in curve:
-            ax.axhline(curve["any"], ls=":", lw=1.5, label=f"{name} (cannot be asked)", color="C3" if name == "no-cond" else "C4")
-        else:
-            sizes = [int(k) for k in curve]
-            ax.plot(sizes, list(curve.values()), "-o", label=f"{name}: samples, by requested c_size")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(SIZE_CURVE, [str(s) for s in SIZE_CURVE])
-    ax.set_xlabel("original short edge (px): requested c_size for samples, true size for real images")
-    ax.set_ylabel("sharpness: Laplacian variance at 32 px")
-    ax.set_title("Fig. 3 at 32 px: sharpness against the requested original size")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-def _pct(r: dict) -> str:
-    return f"{100 * r['rate']:.0f}% [{100 * r['low']:.0f}, {100 * r['high']:.0f}]"
-
-
-def write_results(results: dict, commands: dict[str, list[str]], figures: dict[str, Path], docs: Path, command: str, minutes: float) -> Path:
-    """docs/results.md: the tables, the figures and the exact commands."""
-    rel = lambda p: os.path.relpath(p, docs)  # noqa: E731
-    lines = [
-        "# Micro-conditioning at 32 px: the paper's effects, measured",
-        "",
-        f"Produced by `{command}` on 2 CPU cores: {minutes:.0f} minutes of training and measuring; every number below comes from that run.",
-        "Metrics are in-domain (features of a small classifier trained on the real demo images, and a",
-        "Laplacian-pyramid sliced Wasserstein distance), not Inception FID; compare them between rows, not with the paper.",
-        f"One training seed per model (the budget allows no more); sample counts: {results['budget']['table_samples']} per",
-        f"Table 2 row, {results['budget']['crop_samples']} per cut-off query, {results['budget']['curve_samples']} per curve point; "
-        f"{results['budget']['sampler_steps']} DDIM steps, no guidance.",
-        "Brackets are 95% Wilson intervals; KID is mean ± std over subsets.",
-        "",
-        "## Models (equal budgets: the same steps and batch)",
-        "",
-        "| model | what it sees | command |",
-        "| --- | --- | --- |",
-    ]
-    for name, cmd in commands.items():
-        lines.append(f"| {name} | {MODELS[name][0]} | `{' '.join(cmd)}` |")
-    lines += ["", "## Table 2: discard small images, or keep them with and without size conditioning", "",
-              "Samples asked for c_size = 32x32, c_crop = (0, 0) (SDXL's inference default), classes cycled.", "",
-              "| model | Frechet distance | KID | SWD x1e3 | sharpness (samples / real) | cut-off rate |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for name, m in results["models"].items():
-        f = m["fidelity"]
-        ratio = m["sharpness"]["laplacian_variance"]["ratio"]
-        lines.append(f"| {name} | {f['frechet_distance']:.3f} | {f['kid']:.4f} ± {f['kid_std']:.4f} | {f['swd_x1e3']['mean']:.1f} | {ratio:.2f} | {100 * m['cutoff_rate']['samples']:.0f}% |")
-    lines += ["", "## Fig. 4: cut-off objects per query", "",
-              "Share of samples whose object touches the border, beside real training images of the same shape cropped the same way.",
-              "A model blind to a signal answers every value of it alike.", "",
-              "| query | real data | " + " | ".join(n for n in MODELS if n != "drop-small") + " |",
-              "| --- | --- | " + " | ".join("---" for n in MODELS if n != "drop-small") + " |"]
-    for label, row in results["crop"].items():
-        lines.append(f"| {label} | {_pct(row['real'])} | " + " | ".join(_pct(row[n]) for n in MODELS if n != "drop-small") + " |")
-    lines += ["", "## Fig. 3: sharpness against the requested original size", "",
-              "Mean Laplacian variance of 32 px images in [-1, 1] (higher is sharper).", "", f"![sharpness curve]({rel(figures['curve'])})", "",
-              "| requested c_size | " + " | ".join(str(s) for s in SIZE_CURVE) + " |", "| --- | " + " | ".join("---" for _ in SIZE_CURVE) + " |"]
-    real = {int(k): v for k, v in results["curve"]["real"].items()}
-    lines.append("| real images of that size | " + " | ".join(f"{real.get(s, float('nan')):.3g}" for s in SIZE_CURVE) + " |")
-    for name, curve in results["curve"].items():
-        if name in ("real", "reference_eval"):
-            continue
-        values = [curve["any"]] * len(SIZE_CURVE) if "any" in curve else [curve[str(s)] if str(s) in curve else curve[s] for s in SIZE_CURVE]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3g}" for v in values) + " |")
-    lines += ["", "## Grids", ""]
-    for key, path in figures.items():
-        if key != "curve":
-            lines += [f"### {key}", "", f"![{key}]({rel(path)})", ""]
-    lines += ["## Reading the results", "", *reading(results), ""]
-    docs.mkdir(parents=True, exist_ok=True)
-    path = docs / "results.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
-def reading(results: dict) -> list[str]:
-    """Plain statements computed from the numbers, so that a rerun can never contradict its page."""
-    out = []
-    fd = {n: m["fidelity"]["frechet_distance"] for n, m in results["models"].items()}
-    order = sorted(fd, key=fd.get)
-    paper = ["size", "no-cond", "drop-small"]  # the paper's Table 2 order, best first
-    same = [n for n in order if n in paper] == paper
-    out.append(f"- Table 2: Frechet distance ranks the models {' < '.join(f'{n} ({fd[n]:.3f})' for n in order)}; "
-               f"the paper's order (size-conditioned < no conditioning < discarding small images) is {'reproduced' if same else 'not reproduced'} by this run.")
-    if {"size", "no-cond", "drop-small"} <= set(fd):
-        beats = fd["size"] < min(fd["no-cond"], fd["drop-small"])
-        out.append(f"- Table 2, the paper's main claim: the size-conditioned model is {'better than both baselines' if beats else 'not better than both baselines'} "
-                   f"(KID {results['models']['size']['fidelity']['kid']:.4f} against {results['models']['no-cond']['fidelity']['kid']:.4f} and "
-                   f"{results['models']['drop-small']['fidelity']['kid']:.4f}); with one training seed per model, differences of this size may not survive a second seed.")
-    curve = results["curve"]
-    real = {int(k): v for k, v in curve["real"].items()}
-    lo, hi = min(real), max(real)
-    out.append(f"- Fig. 3, real data: images from {lo} px originals have Laplacian variance {real[lo]:.3g} at 32 px, from {hi} px originals {real[hi]:.3g} ({real[hi] / max(real[lo], 1e-12):.0f}x): upscaled small images are what blur looks like here.")
-    for name, values in curve.items():
-        if name in ("real", "reference_eval") or "any" in values:
-            continue
-        v = {int(k): x for k, x in values.items()}
-        a, b = v[min(v)], v[max(v)]
-        out.append(f"- Fig. 3, {name}: asking for c_size {min(v)} gives {a:.3g}, c_size {max(v)} gives {b:.3g} ({b / max(a, 1e-12):.1f}x); "
-                   + ("sharpness rises with the requested size, as in the paper." if b > a else "no rise with the requested size in this run."))
-    for name, values in curve.items():
-        if name not in ("real", "reference_eval") and "any" in values:
-            out.append(f"- Fig. 3, {name}: one sharpness whatever is asked, {values['any']:.3g}.")
-    crop = results["crop"]
-    for label, row in crop.items():
-        parts = ", ".join(f"{n} {100 * row[n]['rate']:.0f}%" for n in row if n != "real")
-        out.append(f"- Fig. 4, {label}: real data {100 * row['real']['rate']:.0f}%; samples: {parts}.")
-    square = next((r for k, r in crop.items() if k.startswith("square")), None)
-    if square:
-        floor = min(r["rate"] for n, r in square.items() if n != "real")
-        out.append(f"- Fig. 4, the detector's floor: asked for an uncropped square original, every model's samples still read as cut off {100 * floor:.0f}% of the time or more "
-                   f"(real data {100 * square['real']['rate']:.0f}%): stray blobs and noisy backgrounds that touch the border, which a longer training removes; rates below that floor carry no signal.")
-    wide0 = next((r for k, r in crop.items() if k.endswith("crop (0, 0)") and k.startswith("wide")), None)
-    centre = next((r for k, r in crop.items() if "centre" in k), None)
-    if wide0 and centre and "size-crop" in wide0:
-        d_model = wide0["size-crop"]["rate"] - centre["size-crop"]["rate"]
-        d_real = wide0["real"]["rate"] - centre["real"]["rate"]
-        out.append(f"- Fig. 4, what the crop signal adds: moving c_crop of the wide original from the centre to (0, 0) changes the size-crop model's cut-off rate by {100 * d_model:+.0f} points "
-                   f"(real data: {100 * d_real:+.0f} points); the models without the crop signal cannot express this difference.")
-    return out
+    if path.exists():
+        return path
+    query = Query(original_size=(128, 128), crop_top_left=(0, 0))
+    seeds, labels = list(range(30_000, 30_000 + n)), [i % N_CLASSES for i in range(n)]
+    a, b = (Model(p).draw(query, seeds, labels, steps=steps, progress=False) for p in (plain, conditioned))
+    half = n // 2
+    images = torch.cat([a[:half], b[:half], a[half:], b[half:]])
+    rows = [plain.name, f"{conditioned.name} (128x128, crop 0,0)"] * 2
+    return save_grid(images, path, nrow=half, row_labels=rows, title="Fig. 5 at 32 px: the same seeds without and with micro-conditioning")
 
 
 def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel: int = 2) -> Path:
-    """Train the four models, measure, and write the results page; reuse whatever is done."""
+    """Train the models (every seed), measure, and write the results page; reuse whatever is done."""
+    from microcond.paperpage import plot_curve, write_results
+
     out.mkdir(parents=True, exist_ok=True)
     started = out / "started"  # the first run's start; a rerun that reuses everything reports that run's time
     if not started.exists():
         started.touch()
     data = ensure_demo_data(out / "data")
-    runs = {name: out / "runs" / name for name in MODELS}
-    commands = {name: train_command(name, data / "train", runs[name], budget.steps) for name in MODELS}
+    runs = {f"{name}-s{seed}": (name, seed, out / "runs" / f"{name}-s{seed}") for name in MODELS for seed in range(budget.seeds)}
+    commands = {r: train_command(name, data / "train", folder, budget.steps, seed) for r, (name, seed, folder) in runs.items()}
     prepare_caches(data / "train", {0, TRAIN_SIZE})
-    train_runs(commands, runs, budget.steps, parallel)
+    clock = time.time()
+    train_runs(commands, {r: v[2] for r, v in runs.items()}, budget.steps, parallel)
+    trained = time.time() - clock
     results = measure(runs, data, out, budget)
+    results.setdefault("training_minutes", trained / 60)
     if "minutes" not in results:  # training and measuring, from the first start
         results["minutes"] = (time.time() - started.stat().st_mtime) / 60
-        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    figures = {"curve": plot_curve(results, out / "grids" / "sharpness-curve.png")}
+        _save(results, out / "results.json")
+    figures = {"curve": plot_curve(results, SIZE_CURVE, out / "grids" / "sharpness-curve.png")}
+    figures["Fig. 5: no-cond against size-crop, same seeds"] = side_by_side(runs["no-cond-s0"][2], runs["size-crop-s0"][2], out / "grids" / "fig5-no-cond-vs-size-crop.png", steps=budget.sampler_steps)
     for name in ("size-crop", "size", "no-cond"):
-        for kind, path in sweep_grids(runs[name], out / "grids", steps=budget.sampler_steps).items():
-            figures[f"{kind} sweep, {name}"] = path
+        for kind, path in sweep_grids(runs[f"{name}-s0"][2], out / "grids", steps=budget.sampler_steps).items():
+            figures[f"{kind} sweep, {name}-s0"] = path
     for name in MODELS:
-        figures[f"samples, {name}"] = out / "grids" / f"samples-{name}.png"
+        figures[f"samples, {name}-s0"] = out / "grids" / f"samples-{name}-s0.png"
     docs = docs or out
     if docs != out:  # copy the pictures next to the page so that it renders in the repository
         import shutil
 
         (docs / "results").mkdir(parents=True, exist_ok=True)
         figures = {k: Path(shutil.copy(p, docs / "results" / p.name)) for k, p in figures.items()}
+    ablation = out.parent / "ablation" / "ablation.json"
+    ablation = json.loads(ablation.read_text()) if ablation.exists() else None
     command = f"microcond experiment paper --out {out}" + (f" --docs {docs}" if docs != out else "") + f" --steps {budget.steps}"
-    return write_results(results, commands, figures, docs, command, results["minutes"])
+    commands = {name: train_command(name, data / "train", out / "runs" / f"{name}-s0", budget.steps, 0) for name in MODELS}
+    return write_results(results, commands, figures, docs, command, ablation)
+
+
+def live_units(run: Path, batches: int = 16) -> int:
+    """Live hidden units of a run's conditioning MLP (EMA weights) over training batches
+    (:class:`microcond.train.ConditioningHealth`'s measure, after training)."""
+    import torch
+
+    from microcond.data.loader import open_training_data
+    from microcond.runs import load_run
+    from microcond.train import ConditioningHealth
+
+    model, cfg, _, _ = load_run(run)
+    health = ConditioningHealth(model.unet)
+    data = iter(open_training_data(cfg, run, rank=0, world_size=1, batch_size=64))
+    with torch.no_grad():
+        for _ in range(batches):
+            batch = next(data)
+            x = torch.zeros(len(batch["ids"]), 3, cfg.resolution, cfg.resolution)
+            model(x, torch.full((len(x),), 500), model.embedder.select(batch["ids"]), None, batch["labels"])
+    return health.report()["cond_units_live"]
+
+
+def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128), parallel: int = 2) -> dict:
+    """Train every ABLATIONS setting (seed 0) and measure its crop effect into ``out/ablation.json``."""
+    from microcond.demodata import PALETTE
+    from microcond.inference import Model
+
+    out.mkdir(parents=True, exist_ok=True)
+    mixes = sorted({mix for _, mix, _ in ABLATIONS.values()})
+    data = {mix: ensure_demo_data(out / f"data-{mix}", aspect_mix=mix) / "train" for mix in mixes}
+    for folder in data.values():
+        prepare_caches(folder, {0})
+    runs = {name: out / name for name in ABLATIONS}
+    commands = {name: train_command("size-crop", data[mix], runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in ABLATIONS.items()}
+    train_runs(commands, runs, budget.steps, parallel)
+    path = out / "ablation.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    if results.get("budget") != asdict(budget):
+        results = {"budget": asdict(budget), "real": {}, "rows": {}}
+    for mix in mixes:
+        results["real"].setdefault(mix, real_effect(data[mix], PALETTE))
+    for name, (setting, mix, extra) in ABLATIONS.items():
+        if name not in results["rows"]:
+            model = Model(runs[name])
+            results["rows"][name] = {"setting": setting, "aspect_mix": mix, "overrides": extra, "step": model.step, "cond_units_live": live_units(runs[name]),
+                                     **model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES)}
+            _save(results, path)
+    return results

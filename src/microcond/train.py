@@ -116,6 +116,51 @@ def distributed() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def param_groups(model: Denoiser, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: the UNet's conditioning MLP at ``add_embedding_lr`` when set, the rest at ``lr``.
+
+    The MLP's first layer takes 1536 Fourier features of the ids, most of them nearly constant
+    (low frequencies, the fixed target size); Adam moves each of their weights by about lr per
+    step, so together they shift a unit's pre-activation like a bias with a learning rate
+    hundreds of times lr, and at lr 1e-3 units die (docs/results.md, crop ablation).
+    """
+    special = set(map(id, model.unet.add_embedding.parameters())) if cfg.add_embedding_lr and hasattr(model.unet, "add_embedding") else set()
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
+    groups = [{"params": rest, "lr": cfg.lr, "base_lr": cfg.lr}]
+    if special:
+        mlp = [p for p in model.unet.add_embedding.parameters() if p.requires_grad]
+        groups.append({"params": mlp, "lr": cfg.add_embedding_lr, "base_lr": cfg.add_embedding_lr})
+    return groups
+
+
+class ConditioningHealth:
+    """Live units of the conditioning MLP's hidden layer, from the batches the loop trains on.
+
+    A unit is live when its pre-activation exceeds -3 for some sample of the logging window
+    (below that SiLU is flat near zero and the unit passes on nothing: class, size and crop are
+    gone). Reported as ``cond_units_live`` of ``cond_units`` in metrics.jsonl.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        self.live: torch.Tensor | None = None
+        layer = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
+        self.units = layer.out_features if layer is not None else 0
+        if layer is not None:
+            layer.register_forward_hook(self._observe)
+
+    def _observe(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        seen = (output.detach() > -3).flatten(0, -2).any(dim=0)  # (units,)
+        self.live = seen if self.live is None else self.live | seen
+
+    def report(self) -> dict:
+        """The window's count, then a new window."""
+        if self.live is None:
+            return {}
+        row = {"cond_units_live": int(self.live.sum()), "cond_units": self.units}
+        self.live = None
+        return row
+
+
 def diffusion_loss(
     model: torch.nn.Module,
     scheduler: DDPMScheduler,
@@ -189,7 +234,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
     ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    health = ConditioningHealth(model.unet)
     if data is None:
         from microcond.data.loader import open_training_data
 
@@ -216,7 +262,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     for step in range(start, cfg.steps):
         # Step: accumulate gradients over rounds, clip, update with warm-up.
         for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            group["lr"] = group.get("base_lr", cfg.lr) * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
         optimizer.zero_grad(set_to_none=True)
         step_loss = 0.0
         for round_ in range(cfg.grad_accumulation):
@@ -251,7 +297,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             elapsed = time.perf_counter() - window_t
-            row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9)}
+            row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
             if rank == 0:
                 with open(metrics_path, "a") as fh:
                     fh.write(json.dumps(row) + "\n")

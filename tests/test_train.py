@@ -16,8 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from microcond import config as config_mod
-from microcond.checkpoint import list_checkpoints
-from microcond.train import train
+from microcond.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from microcond.runs import load_run
+from microcond.train import metrics_line, train
 
 
 class SyntheticBatches:
@@ -118,3 +119,48 @@ def test_periodic_sample_grid_from_ema(tmp_path):
     grid = Image.open(tmp_path / "samples" / "step-00000002.png")
     assert grid.width > grid.height > 0  # 2 rows of 8 samples
     assert len(np.unique(np.asarray(grid.convert("L")))) > 10  # not a blank image
+
+
+def test_resume_and_load_run_skip_a_corrupt_newest_checkpoint(tmp_path, capsys):
+    train(tiny_cfg(), tmp_path, SyntheticBatches(4), progress=False)  # checkpoints at steps 3 and 6
+    uninterrupted = {k: v.clone() for k, v in final_weights(tmp_path).items()}  # not a view of the file flipped below
+    newest = list_checkpoints(tmp_path / "checkpoints")[-1]
+    data = bytearray((newest / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF  # a flipped bit in the tensor data: safetensors has no checksum of its own
+    (newest / "model.safetensors").write_bytes(bytes(data))
+    capsys.readouterr()
+    assert load_run(tmp_path)[3] == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step-00000006" in err[0] and "sha256" in err[0]
+    train(tiny_cfg(), tmp_path, SyntheticBatches(4), progress=False)  # resumes from step 3, rewrites step 6
+    assert "step-00000006" in capsys.readouterr().err
+    resumed = final_weights(tmp_path)
+    assert all(torch.equal(uninterrupted[k], resumed[k]) for k in uninterrupted)
+
+
+def test_non_finite_loss_stops_before_the_update_and_saves_nothing(tmp_path, monkeypatch):
+    train(tiny_cfg(steps=2, checkpoint_every=1, keep_checkpoints=1), tmp_path, SyntheticBatches(4), progress=False)
+    # Weights that went NaN before they were hashed: only the loss can tell.
+    path = list_checkpoints(tmp_path / "checkpoints")[-1]
+    tensors, state = load_checkpoint(path)
+    tensors["model"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in tensors["model"].items()}
+    save_checkpoint(tmp_path / "checkpoints", 2, tensors, state, keep=1)
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    updates = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: updates.append(1) or step(self, *a, **k))
+    with pytest.raises(RuntimeError, match="step 3") as caught:
+        train(tiny_cfg(steps=4, checkpoint_every=1, keep_checkpoints=1), tmp_path, SyntheticBatches(4), progress=False)
+    assert "\n" not in str(caught.value) and not updates
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-00000002"]
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics
+
+
+def test_metrics_rows_are_strict_json():
+    def refuse(constant: str):
+        raise ValueError(f"bare {constant} is not JSON")
+
+    line = metrics_line({"step": 3, "loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
+    assert json.loads(line, parse_constant=refuse) == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-3}

@@ -14,30 +14,30 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from microcond import config as config_mod
-from microcond.checkpoint import list_checkpoints, load_checkpoint
+from microcond.checkpoint import load_newest
 from microcond.conditions import SIGNALS
 from microcond.config import TrainConfig
 from microcond.model import Denoiser
 
 
-def _checkpoint_dir(run_dir: Path) -> Path:
+def run_config(run_dir: Path) -> TrainConfig:
+    """The config a run was trained with."""
     if not (run_dir / "config.json").exists():
         raise ValueError(f"{run_dir} is not a training run (no config.json); pass the --out folder of `microcond train`")
-    found = list_checkpoints(run_dir / "checkpoints")
-    if not found:
-        raise ValueError(f"{run_dir} has no complete checkpoint yet; train longer than checkpoint_every steps")
-    return found[-1]
+    return config_mod.from_dict(json.loads((run_dir / "config.json").read_text()))
 
 
 def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[Denoiser, TrainConfig, dict, int]:
-    """(denoiser in eval mode, config, scheduler config, step) from the newest checkpoint."""
+    """(denoiser in eval mode, config, scheduler config, step) from the newest checkpoint that verifies."""
     from microcond.train import build_denoiser
 
     run_dir = Path(run_dir)
-    path = _checkpoint_dir(run_dir)
-    cfg = config_mod.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = run_config(run_dir)
+    newest = load_newest(run_dir / "checkpoints", stems=("model", "ema") if ema else ("model",))
+    if newest is None:
+        raise ValueError(f"{run_dir} has no complete checkpoint yet; train longer than checkpoint_every steps")
+    _, tensors, state = newest
     scheduler_config = json.loads((run_dir / "scheduler_config.json").read_text())
-    tensors, state = load_checkpoint(path)
     model = build_denoiser(cfg)
     weights = tensors["model"]
     if ema:

@@ -28,8 +28,7 @@ from tqdm import tqdm
 from microcond import config as config_mod
 from microcond.checkpoint import (
     atomic_write_text,
-    list_checkpoints,
-    load_checkpoint,
+    load_newest,
     optimizer_from_tensors,
     optimizer_to_tensors,
     remove_partial,
@@ -43,6 +42,10 @@ from microcond.model import Denoiser, build_unet
 # glibc otherwise unmaps and re-faults large activation buffers every step; OpenMP threads that
 # spin while waiting made bf16 steps 20-30x slower whenever another process held a core.
 RUNTIME_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient became NaN or infinite; training stopped before applying that step."""
 
 
 class BatchSource(Protocol):
@@ -242,11 +245,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         opener = stage.open_data if stage is not None else functools.partial(open_training_data, cfg)
         data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)
 
-    # Resume from the newest complete checkpoint.
+    # Resume from the newest checkpoint that verifies.
     start = 0
-    checkpoints = list_checkpoints(ckpt_root)
-    if checkpoints:
-        tensors, state = load_checkpoint(checkpoints[-1])
+    newest = load_newest(ckpt_root, stems=("model", "ema", "optimizer"), keys=("param_groups", "data"))
+    if newest is not None:
+        _, tensors, state = newest
         model.load_state_dict(tensors["model"])
         ema = {k: v.to(device) for k, v in tensors["ema"].items()}
         optimizer_from_tensors(optimizer, tensors["optimizer"], state["param_groups"])
@@ -282,6 +285,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                 (loss / cfg.grad_accumulation).backward()
             step_loss += loss.item() / cfg.grad_accumulation
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        # The gradient norm is the same on every rank (all-reduced), so all ranks stop together.
+        if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
+            raise NonFiniteLoss(f"non-finite loss at step {step + 1} (loss {step_loss}, gradient norm {float(grad_norm)}); stopped before "
+                                f"the update, nothing saved or pruned in {ckpt_root}; lower --lr, or check the data and the checkpoint of step {start}")
         optimizer.step()
 
         # EMA with the usual warm-up of the decay, in float32.
@@ -300,7 +307,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
             if rank == 0:
                 with open(metrics_path, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
+                    fh.write(metrics_line(row) + "\n")
             bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
             window_t, window_images, losses = time.perf_counter(), 0, []
         bar.update(1)
@@ -320,6 +327,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     return row
 
 
+def metrics_line(row: dict) -> str:
+    """One line of metrics.jsonl: strict JSON, a non-finite number written as null."""
+    return json.dumps({k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}, allow_nan=False)
+
+
 def plot_loss(metrics_path: Path, out: Path) -> None:
     """Loss against images seen, from metrics.jsonl."""
     import matplotlib
@@ -331,7 +343,7 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=120)
-    ax.plot([r["images_seen"] for r in rows], [r["loss"] for r in rows], lw=1)
+    ax.plot([r["images_seen"] for r in rows], [math.nan if r["loss"] is None else r["loss"] for r in rows], lw=1)
     ax.set_xlabel("images seen")
     ax.set_ylabel("training loss (MSE)")
     ax.set_yscale("log")

@@ -315,3 +315,31 @@ def test_train_cached_latents_with_text_export_and_sample_in_the_sdxl_pipeline(t
             assert time_ids[-1].tolist() == [list(expected.ids)]
             assert np.abs(other - base).max() > 1e-4, change  # the micro-condition changes the output
     np.testing.assert_allclose(run_pipe(direct, **default), run_pipe(folder, **default), atol=1e-5)
+
+
+def test_pipeline_export_never_writes_into_a_folder_it_reads(tiny, images, cache_env, tmp_path, capsys, monkeypatch):
+    from microcond import sdxl
+
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "sdxl", "--pretrained", str(tiny), "--data", str(images), "--out", str(run), "--resolution", "64",
+                 "--buckets", BUCKETS, "--batch-size", "2", "--steps", "1", "--precision", "fp32", "--sample-every", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    identity = sdxl.folder_identity(tiny)
+    for out, source in ((tiny, "--pretrained"), (tiny / "unet", "--pretrained"), (tiny.parent, "RUN"), (run / "pipe", "RUN")):
+        assert main(["export", str(run), "--pipeline", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"--pipeline {out} overlaps {source}" in err[0], err
+    assert sdxl.folder_identity(tiny) == identity and not (run / "pipe").exists()
+
+    def fail(src: str, dst: str) -> str:
+        raise OSError("disk full")
+
+    with monkeypatch.context() as patch:  # a failure halfway leaves nothing behind
+        patch.setattr(sdxl, "_link_or_copy", fail)
+        assert main(["export", str(run), "--pipeline", str(tmp_path / "pipe")]) == 2
+    assert "disk full" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
+    for _ in range(2):  # the second replaces the first
+        assert main(["export", str(run), "--pipeline", str(tmp_path / "pipe")]) == 0
+    assert (tmp_path / "pipe" / "model_index.json").is_file() and sdxl.folder_identity(tiny) == identity
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "pipe", "run"]

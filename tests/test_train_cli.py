@@ -91,3 +91,25 @@ def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, image_folder, env):
     assert full.returncode == 0, full.stderr
     a, b = weights(tmp_path / "killed"), weights(tmp_path / "full")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_export_refuses_folders_it_reads_or_did_not_write(tmp_path, image_folder, env, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--out", str(run), "--steps", "1", "--no-progress", *FLAGS]) == 0
+    capsys.readouterr()
+    snapshot = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "keep.txt").write_text("keep me")
+    for out, reason in ((run, "RUN"), (run / "unet", "RUN"), (tmp_path, "RUN"), (notes, "existing file"), (tmp_path / "foreign", "not an earlier export")):
+        assert main(["export", str(run), "--diffusers", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--diffusers" in err[0] and str(out) in err[0] and reason in err[0], err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == snapshot
+    assert notes.read_text() == "keep me" and [p.name for p in (tmp_path / "foreign").iterdir()] == ["keep.txt"]
+    # An earlier export is replaced whole; nothing is left beside it.
+    for _ in range(2):
+        assert main(["export", str(run), "--diffusers", str(tmp_path / "unet")]) == 0
+    assert (tmp_path / "unet" / "microcond.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "foreign", "notes.txt", "run", "unet"]

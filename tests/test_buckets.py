@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from microcond.data.buckets import SDXL_BUCKETS, assign_bucket, make_buckets, parse_buckets
+from microcond.data.buckets import MAX_BUCKETS, MAX_SIDE, SDXL_BUCKETS, assign_bucket, make_buckets, parse_buckets
 
 
 def _log_aspect_distance(height: int, width: int, bucket: tuple[int, int]) -> float:
@@ -139,3 +139,19 @@ def test_parse_buckets_forms():
 def test_parse_buckets_errors_say_what_is_expected(spec):
     with pytest.raises(ValueError, match="bucket spec"):
         parse_buckets(spec)
+
+
+@pytest.mark.parametrize("spec, limit", [("base:1000000000:step=1", "at most 16384 px"), ("square:16385", "at most 16384 px"),
+                                         ("16x99999", "at most 16384 px"), ("base:64:min_side=20000", "at most 16384 px"),
+                                         ("base:4096:step=8", "limit of 10000"), ("base:16384:step=1", "limit of 10000")])
+def test_parse_buckets_refuses_tables_beyond_the_memory_bounds(spec, limit):
+    with pytest.raises(ValueError, match=limit) as caught:
+        parse_buckets(spec)
+    assert "\n" not in str(caught.value)
+
+
+def test_make_buckets_is_bounded_for_any_arguments():
+    for kwargs in ({"base": 10**9, "step": 1}, {"base": 10**9}, {"base": 2048, "step": 1}, {"base": 64, "step": 1, "max_aspect": float("inf")}):
+        with pytest.raises(ValueError, match=f"too fine a grid.*limit of {MAX_BUCKETS}"):
+            make_buckets(**kwargs)
+    assert len(parse_buckets(f"base:{MAX_SIDE}")) <= MAX_BUCKETS  # the largest base at the default step

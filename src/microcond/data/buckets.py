@@ -29,6 +29,10 @@ SDXL_BUCKETS: tuple[Bucket, ...] = (
 # 0.902; the largest excluded, 640x1472, is 0.898).
 MIN_AREA_FRACTION = 0.9
 
+# Bounds that keep a bucket table small in memory and time: a spec beyond them is refused.
+MAX_SIDE = 16384  # pixels, any side or base in a spec (SDXL trains at 1024)
+MAX_BUCKETS = 10_000  # candidate shapes (and side lengths) a generated table may enumerate (SDXL: 41)
+
 
 def _aspect_key(bucket: Bucket) -> tuple[float, int]:
     """Sort key: aspect h/w ascending (SDXL's table order), then height."""
@@ -63,20 +67,34 @@ def make_buckets(
     # A side can't exceed sqrt(max_aspect * area) for any kept shape; the fallback can go up to
     # one step beyond the area, so bound the loop by 2 * base * sqrt(max_aspect) plus a step.
     last = max(first, int(2 * base * math.sqrt(min(max_aspect, 1e6))) + step)
+    sides = range(first, last + 1, step)
+    too_fine = f"make_buckets: base {base} with step {step} and max_aspect {max_aspect} is too fine a grid"
+    advice = "use a coarser step, a smaller base or a smaller max_aspect"
+    if len(sides) > MAX_BUCKETS:
+        raise ValueError(f"{too_fine}: {len(sides)} side lengths, more than the limit of {MAX_BUCKETS}; {advice}")
 
     def in_aspect(h: int, w: int) -> bool:
         # Exact at the boundary (512x2048 is 4.0): compare h <= max_aspect * w without division.
         return h <= max_aspect * w + 1e-9 and w <= max_aspect * h + 1e-9
 
-    shapes: set[Bucket] = set()
-    for a in range(first, last + 1, step):
+    def partners(a: int) -> range:
+        """The sides b paired with a (before the exact aspect test): the area band, else its nearest."""
         lo = max(first, math.ceil(area_min / a / step) * step)
         hi = (area_max // a) // step * step
-        others = list(range(lo, hi + 1, step))
-        if not others:
+        if lo > hi:
             nearest = max(first, round(area_max / a / step) * step)
-            others = [nearest]
-        for b in others:
+            return range(nearest, nearest + 1)
+        # Leave out sides that fail in_aspect for certain (a superset of the ones that pass).
+        lo = max(lo, math.ceil(a / max_aspect / step - 1e-9) * step)
+        hi = min(hi, math.floor(min(a * max_aspect, area_max) / step + 1e-9) * step)
+        return range(lo, hi + 1, step)
+
+    candidates = sum(len(partners(a)) for a in sides)  # counted before any is built: memory stays bounded
+    if candidates > MAX_BUCKETS:
+        raise ValueError(f"{too_fine}: about {candidates} bucket shapes, more than the limit of {MAX_BUCKETS}; {advice}")
+    shapes: set[Bucket] = set()
+    for a in sides:
+        for b in partners(a):
             for h, w in ((a, b), (b, a)):
                 if in_aspect(h, w):
                     shapes.add((h, w))
@@ -129,12 +147,15 @@ def assign_bucket(height: int, width: int, buckets: Sequence[Bucket]) -> Bucket:
 
 
 def _parse_int(text: str, what: str, spec: str) -> int:
+    """A pixel count of a spec: a whole number in [1, MAX_SIDE]."""
     try:
         value = int(text)
     except ValueError:
         raise ValueError(f"bucket spec {spec!r}: {what} must be an integer, got {text!r}") from None
     if value < 1:
         raise ValueError(f"bucket spec {spec!r}: {what} must be positive, got {value}")
+    if value > MAX_SIDE:
+        raise ValueError(f"bucket spec {spec!r}: {what} must be at most {MAX_SIDE} px, got {value}")
     return value
 
 

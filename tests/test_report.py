@@ -93,3 +93,17 @@ def test_min_edges_choose_the_table_rows(index, tmp_path):
     assert [r.split("|")[1].strip() for r in rows] == ["< 16 px", "< 32 px"]
     with pytest.raises(ValueError, match="min-edges"):
         write_report(index, tmp_path / "r2", min_edges=[0])
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--min-edges", "99999999999999999999"], "--min-edges must be whole pixel sizes from 1 to 65536"),
+    (["--min-edges", "64", "70000"], "--min-edges must be whole pixel sizes from 1 to 65536"),
+    (["--min-edges", "-3"], "--min-edges must be whole pixel sizes from 1 to 65536"),
+    (["--buckets", "base:1000000000:step=1"], "at most 16384 px"),
+    (["--buckets", "base:4096:step=8"], "limit of 10000"),
+])
+def test_cli_report_refuses_out_of_range_flags_in_one_line(index, tmp_path, capsys, flags, expected):
+    assert main(["report", str(index), "--out", str(tmp_path / "r"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "r").exists()

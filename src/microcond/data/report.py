@@ -18,6 +18,7 @@ only: no torch.
 from __future__ import annotations
 
 import collections
+import numbers
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,6 +29,7 @@ from microcond.data.buckets import assign_bucket, parse_buckets
 from microcond.data.scan import read_index
 
 MIN_EDGES = (64, 128, 256, 512, 1024)  # the filter thresholds of the table, in pixels
+MAX_MIN_EDGE = 65536  # largest threshold accepted: JPEG sides end at 65535 px
 PAPER_CUT = 256  # paper Fig. 2: discarding images below 256 px would drop 39% of SDXL's data
 # Aspect classes (width / height), edges between them; names say what the shapes look like.
 ASPECT_EDGES = (1 / 4, 1 / 2, 3 / 4, 4 / 3, 2, 4)
@@ -169,9 +171,10 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
             training size, e.g. 32, to see what a filter at it would drop).
     """
     bucket_set = parse_buckets(buckets)
+    whole = lambda e: isinstance(e, numbers.Integral) and not isinstance(e, bool)  # noqa: E731
+    if not min_edges or not all(whole(e) and 1 <= e <= MAX_MIN_EDGE for e in min_edges):
+        raise ValueError(f"--min-edges must be whole pixel sizes from 1 to {MAX_MIN_EDGE}, got {list(min_edges)}")
     min_edges = sorted({int(e) for e in min_edges})
-    if not min_edges or min_edges[0] < 1:
-        raise ValueError(f"--min-edges must be positive pixel sizes, got {min_edges}")
     import pyarrow.compute as pc
 
     table = read_index(index, columns=["height", "width", "status"])

@@ -287,3 +287,12 @@ def test_scan_command_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "scanned 1 files: 1 usable" in proc.stdout
+
+
+@pytest.mark.parametrize("workers", ["-2", "0"])
+def test_cli_scan_refuses_workers_below_one_in_one_line(tmp_path, capsys, workers):
+    _save(tmp_path / "ok.png", _image(6, 7))
+    assert main(["scan", str(tmp_path), "--out", str(tmp_path / "i.parquet"), "--workers", workers]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers must be a positive number" in err and "Traceback" not in err, err
+    assert not (tmp_path / "i.parquet").exists()

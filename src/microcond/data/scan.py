@@ -323,7 +323,7 @@ def scan(
         roots: image files (any extension) and folders (walked; files with
             :data:`IMAGE_EXTENSIONS`, or every file with ``all_files``).
         max_pixels: images with more pixels get status ``too_large``.
-        workers: processes probing files (default: every core); 1 probes in this process.
+        workers: processes probing files, at least 1 (default: every core); 1 probes in this process.
         progress: a tqdm bar on stderr (default: when stderr is a terminal).
         list_first: how many problems to keep in ``ScanSummary.first_problems``.
     """
@@ -332,6 +332,8 @@ def scan(
         raise ValueError("scan: expected at least one file or folder to scan, got none")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"scan: --max-pixels must be a positive integer, got {max_pixels!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"scan: --workers must be a positive number of processes (omit it for every core), got {workers!r}")
     paths = sorted({os.path.abspath(r) for r in roots})
     for p in paths:
         if not os.path.exists(p):

@@ -42,3 +42,13 @@ def test_console_script_bad_flag_is_one_clear_line():
     proc = subprocess.run([sys.executable, "-m", "microcond.cli", "demo", "--steps", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "invalid int value" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", [["sample", "RUN"], ["sweep", "RUN", "--original-size", "8", "16"], ["evaluate", "RUN", "--ref", "REF"]])
+@pytest.mark.parametrize("guidance", ["nan", "inf", "-1"])
+def test_guidance_must_be_finite_and_not_negative(tmp_path, capsys, command, guidance):
+    # Refused before the run is even opened: the folder need not exist.
+    args = [str(tmp_path / "missing") if a in ("RUN", "REF") else a for a in command]
+    assert main([*args, "--guidance", guidance]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--guidance must be a finite number >= 0" in err and guidance in err, err

@@ -8,6 +8,7 @@ function that calls the stage. Stages are imported inside ``_run_*`` so that tor
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import textwrap
@@ -381,6 +382,12 @@ def _add_query_flags(p: argparse.ArgumentParser, sweep: str | None = None) -> No
     p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
 
 
+def _check_guidance(guidance: float) -> None:
+    """The guidance scale w of ``u + w (c - u)``: finite and >= 0 (NaN would sample black images)."""
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance, 0 = the guidance partner alone), got {guidance}")
+
+
 def _query(args: argparse.Namespace):
     from microcond.inference import Query
 
@@ -426,6 +433,7 @@ def _run_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
+    _check_guidance(args.guidance)
     model = Model(args.run_dir)
     seeds = list(range(args.seed, args.seed + args.n))
     images = model.draw(_query(args), seeds, steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
@@ -467,6 +475,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from microcond.grid import save_grid
     from microcond.inference import Model, Query
 
+    _check_guidance(args.guidance)
     model = Model(args.run_dir)
     kind, values = ("original_size", args.sizes) if args.sizes else ("crop", args.crops)
     fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
@@ -507,6 +516,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from microcond.features import FeatureRecipe
     from microcond.inference import Model, palette_for, write_metrics
 
+    _check_guidance(args.guidance)
     model = Model(args.run_dir)
     refs = load_references(args.ref, model.shape[1:])
     labels = [i % model.cfg.num_classes for i in range(args.n)] if model.cfg.num_classes else None

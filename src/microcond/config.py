@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import tomllib
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from microcond.data.buckets import parse_buckets
 from microcond.record import SIGNALS
 
 
@@ -70,6 +73,11 @@ class TrainConfig:
     log_every: int = 25
 
     def __post_init__(self) -> None:
+        # One spelling per folder, so that "DIR/", "./DIR" and "/abs/DIR" are the same config.
+        for name in PATH_FIELDS:
+            if getattr(self, name):
+                object.__setattr__(self, name, os.path.abspath(getattr(self, name)))
+        finite = lambda *values: all(math.isfinite(v) for v in values)  # noqa: E731
         checks = [
             (self.preset in PRESETS, "preset", f"one of {sorted(PRESETS)}"),
             (self.resolution > 0 and self.resolution % 8 == 0, "resolution", "a positive multiple of 8"),
@@ -88,7 +96,13 @@ class TrainConfig:
             (not (self.text_encoders and self.num_classes), "num_classes", "0 when text_encoders is set (text takes the pooled slot)"),
             (bool(self.vae) or not self.latent_cache, "latent_cache", "off without --vae (pixel space has no latents)"),
             (self.latent_crops >= 1, "latent_crops", ">= 1"),
-            (self.lr > 0 and self.add_embedding_lr >= 0, "lr/add_embedding_lr", "lr > 0 and add_embedding_lr >= 0"),
+            (finite(self.lr, self.add_embedding_lr) and self.lr > 0 and self.add_embedding_lr >= 0, "lr/add_embedding_lr", "finite, lr > 0 and add_embedding_lr >= 0"),
+            (finite(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a finite number >= 0"),
+            (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas", "two numbers in [0, 1), like 0.9 0.99"),
+            (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 disables clipping)"),
+            (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
+            (self.log_every >= 1 and self.sample_every >= 0, "log_every/sample_every", "log_every >= 1 and sample_every >= 0"),
+            (0 <= self.seed < 2**64, "seed", "in [0, 2**64)"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),
         ]
         for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise"):
@@ -97,6 +111,10 @@ class TrainConfig:
             if not ok:
                 shown = {n: getattr(self, n) for n in name.split("/")}
                 raise ValueError(f"config {name} must be {expected}, got {shown if '/' in name else shown[name]!r} (flag --{name.split('/')[0].replace('_', '-')})")
+        try:
+            parse_buckets(self.bucket_spec)
+        except ValueError as err:
+            raise ValueError(f"config buckets: {err} (flag {'--buckets' if self.buckets else '--resolution'})") from None
 
     @property
     def bucket_spec(self) -> str:
@@ -115,6 +133,9 @@ PRESETS: dict[str, dict] = {
 # Where the sdxl preset finds its VAE and text encoders inside --pretrained when not given.
 PRETRAINED_PARTS = {"vae": "vae", "text_encoders": "."}
 
+# Folders, stored absolute and without a trailing slash.
+PATH_FIELDS = ("data", "pretrained", "vae", "text_encoders")
+
 # Fields that do not change what a run computes, so a resumed run may change them.
 RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers", "gradient_checkpointing"})
 
@@ -131,12 +152,16 @@ def _coerce(name: str, value, kind) -> object:
             inner = typing.get_args(kind)[0]
             if isinstance(value, str):
                 value = [v for v in value.replace(",", " ").split() if v]
-            return tuple(inner(v) for v in value)
+            return tuple(_coerce(name, v, inner) for v in value)
         if kind is bool:
             if isinstance(value, str):
                 words = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
                 return words[value.lower()]
+            if value not in (0, 1):  # True, False, 1, 0
+                raise TypeError
             return bool(value)
+        if isinstance(value, bool) or (kind is str and not isinstance(value, str)):  # TOML `steps = true`, `data = 5`
+            raise TypeError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise TypeError
         return kind(value)

@@ -164,3 +164,47 @@ def test_metrics_rows_are_strict_json():
 
     line = metrics_line({"step": 3, "loss": float("nan"), "grad_norm": float("inf"), "lr": 1e-3})
     assert json.loads(line, parse_constant=refuse) == {"step": 3, "loss": None, "grad_norm": None, "lr": 1e-3}
+
+
+class FailingBatches(SyntheticBatches):
+    """Stops with an error after delivering ``limit`` batches, like a run killed mid-way."""
+
+    def __init__(self, batch_size: int, limit: int):
+        super().__init__(batch_size)
+        self.limit = limit
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            if self.position > self.limit:
+                raise RuntimeError("data gone")
+            yield batch
+
+
+def metric_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_config_without_checkpoints_binds_nothing(tmp_path):
+    # The first start failed before its first checkpoint: a corrected rerun is a new start.
+    with pytest.raises(RuntimeError, match="data gone"):
+        train(tiny_cfg(), tmp_path, FailingBatches(4, limit=1), progress=False)
+    assert (tmp_path / "config.json").exists() and metric_steps(tmp_path) == [1]
+    train(tiny_cfg(steps=2, lr=5e-4), tmp_path, SyntheticBatches(4), progress=False)
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 5e-4
+    with pytest.raises(ValueError, match="lr: 0.0005 -> 0.001"):
+        train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)
+
+
+def test_data_folder_spellings_are_the_same_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "images").mkdir()
+    run = tmp_path / "run"
+    train(tiny_cfg(steps=1, data="images/"), run, SyntheticBatches(4), progress=False)
+    assert json.loads((run / "config.json").read_text())["data"] == str(tmp_path / "images")
+    train(tiny_cfg(steps=2, data=str(tmp_path / "images")), run, SyntheticBatches(4), progress=False)
+    # A config.json written before folders were normalised, naming the same folder.
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "data": "./images/"}))
+    train(tiny_cfg(steps=3, data="images"), run, SyntheticBatches(4), progress=False)
+    with pytest.raises(ValueError, match="different config.*data"):
+        train(tiny_cfg(steps=4, data="other"), run, SyntheticBatches(4), progress=False)

@@ -113,3 +113,14 @@ def test_export_refuses_folders_it_reads_or_did_not_write(tmp_path, image_folder
         assert main(["export", str(run), "--diffusers", str(tmp_path / "unet")]) == 0
     assert (tmp_path / "unet" / "microcond.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "foreign", "notes.txt", "run", "unet"]
+
+
+def test_a_start_that_fails_on_the_data_leaves_no_config(tmp_path, image_folder, env, capsys):
+    run = tmp_path / "run"
+    common = ["train", "--data", str(image_folder), "--out", str(run), "--steps", "1", "--no-progress", *FLAGS]
+    assert main([*common, "--batch-size", "64"]) == 2  # 24 images: no bucket holds a batch
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "lower batch_size" in err[-1] and not any("Traceback" in line for line in err)
+    assert not (run / "config.json").exists() and not (run / "scheduler_config.json").exists()
+    assert main(common) == 0  # the corrected command is a fresh start, not "a different config"
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 4

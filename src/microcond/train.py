@@ -28,6 +28,7 @@ from tqdm import tqdm
 from microcond import config as config_mod
 from microcond.checkpoint import (
     atomic_write_text,
+    list_checkpoints,
     load_newest,
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -203,26 +204,32 @@ def diffusion_loss(
 
 
 def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None, progress: bool = True) -> dict:
-    """Train (or resume) the run in ``run_dir``; returns the final metrics row."""
+    """Train (or resume) the run in ``run_dir``; returns the final metrics row.
+
+    Nothing is written into the run folder before the data is open and holds a full batch, so a
+    start that fails there leaves no config behind.
+    """
     run_dir = Path(run_dir)
     rank, world, device = distributed()
     per_rank, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
     if rest or per_rank == 0:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of world size {world} x grad_accumulation {cfg.grad_accumulation}")
 
-    # Status: an existing run must have been started with the same config.
+    # Status: a run that has checkpoints continues only with the config it was trained with.
     ckpt_root = run_dir / "checkpoints"
+    config_path = run_dir / "config.json"
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_partial(ckpt_root)
-        config_path = run_dir / "config.json"
-        if config_path.exists():
-            old = config_mod.from_dict(json.loads(config_path.read_text()))
+        if config_path.exists() and list_checkpoints(ckpt_root):
+            try:
+                old = config_mod.from_dict(json.loads(config_path.read_text()))
+            except ValueError as err:
+                raise ValueError(f"{config_path} holds a config this version refuses ({err}); use a new --out") from None
             changed = config_mod.differing_fields(old, cfg)
             if changed:
                 details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
                 raise ValueError(f"{run_dir} was trained with a different config ({details}); use a new --out or the same settings")
-        atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_denoiser(cfg).to(device)
     stage = None  # SDXL fine-tuning: VAE latents and text encoders around the UNet
@@ -233,8 +240,6 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         stage.check(model)
     embedder = model.embedder
     scheduler = make_scheduler(cfg)
-    if rank == 0:
-        atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
     ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
@@ -243,7 +248,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         from microcond.data.loader import open_training_data
 
         opener = stage.open_data if stage is not None else functools.partial(open_training_data, cfg)
-        data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)
+        data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)  # refuses a batch larger than the data
+    if rank == 0:
+        atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
+        atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
 
     # Resume from the newest checkpoint that verifies.
     start = 0

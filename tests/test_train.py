@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from microcond import config as config_mod
 from microcond.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from microcond.runs import load_run
-from microcond.train import metrics_line, train
+from microcond.train import metrics_line, run_lock, train
 
 
 class SyntheticBatches:
@@ -184,13 +184,25 @@ def metric_steps(run: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_resume_drops_metrics_rows_logged_after_the_checkpoint(tmp_path):
+    with pytest.raises(RuntimeError, match="data gone"):
+        train(tiny_cfg(), tmp_path, FailingBatches(4, limit=5), progress=False)  # checkpoint at 3, rows up to 5
+    assert metric_steps(tmp_path) == [1, 2, 3, 4, 5]
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"step": 6, "lo')  # a row cut short by a kill
+    train(tiny_cfg(), tmp_path, SyntheticBatches(4), progress=False)  # resumes at 3
+    assert metric_steps(tmp_path) == [1, 2, 3, 4, 5, 6]
+    train(tiny_cfg(steps=8), tmp_path, SyntheticBatches(4), progress=False)
+    assert metric_steps(tmp_path) == list(range(1, 9))
+
+
 def test_a_config_without_checkpoints_binds_nothing(tmp_path):
     # The first start failed before its first checkpoint: a corrected rerun is a new start.
     with pytest.raises(RuntimeError, match="data gone"):
         train(tiny_cfg(), tmp_path, FailingBatches(4, limit=1), progress=False)
     assert (tmp_path / "config.json").exists() and metric_steps(tmp_path) == [1]
     train(tiny_cfg(steps=2, lr=5e-4), tmp_path, SyntheticBatches(4), progress=False)
-    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 5e-4
+    assert json.loads((tmp_path / "config.json").read_text())["lr"] == 5e-4 and metric_steps(tmp_path) == [1, 2]
     with pytest.raises(ValueError, match="lr: 0.0005 -> 0.001"):
         train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)
 
@@ -208,3 +220,24 @@ def test_data_folder_spellings_are_the_same_config(tmp_path, monkeypatch):
     train(tiny_cfg(steps=3, data="images"), run, SyntheticBatches(4), progress=False)
     with pytest.raises(ValueError, match="different config.*data"):
         train(tiny_cfg(steps=4, data="other"), run, SyntheticBatches(4), progress=False)
+
+
+def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_path):
+    with run_lock(tmp_path):
+        with pytest.raises(ValueError, match=f"pid {os.getpid()}\\)") as caught:
+            train(tiny_cfg(steps=1), tmp_path, SyntheticBatches(4), progress=False)
+        assert "\n" not in str(caught.value) and "--out" in str(caught.value)
+    assert not (tmp_path / "config.json").exists()
+    # Another process holds it, then is killed: the lock is taken over.
+    code = "import sys, time; from pathlib import Path; from microcond.train import run_lock\n" \
+           "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"pid {holder.pid}\\)"):
+            train(tiny_cfg(steps=1), tmp_path, SyntheticBatches(4), progress=False)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    train(tiny_cfg(steps=1), tmp_path, SyntheticBatches(4), progress=False)
+    assert metric_steps(tmp_path) == [1]

@@ -121,6 +121,17 @@ def test_a_start_that_fails_on_the_data_leaves_no_config(tmp_path, image_folder,
     assert main([*common, "--batch-size", "64"]) == 2  # 24 images: no bucket holds a batch
     err = capsys.readouterr().err.strip().splitlines()
     assert "lower batch_size" in err[-1] and not any("Traceback" in line for line in err)
-    assert not (run / "config.json").exists() and not (run / "scheduler_config.json").exists()
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]
     assert main(common) == 0  # the corrected command is a fresh start, not "a different config"
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4
+
+
+def test_second_training_on_a_locked_run_is_one_line_naming_the_holder(tmp_path, image_folder, env, capsys):
+    from microcond.train import run_lock
+
+    run = tmp_path / "run"
+    with run_lock(run):
+        assert main(["train", "--data", str(image_folder), "--out", str(run), "--steps", "1", "--no-progress", *FLAGS]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"pid {os.getpid()})" in err and "--out" in err, err
+    assert sorted(p.name for p in run.iterdir()) == [".lock"]

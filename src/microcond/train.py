@@ -11,6 +11,7 @@ and a resumed run continues exactly.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import math
@@ -203,11 +204,53 @@ def diffusion_loss(
     return torch.nn.functional.mse_loss(pred.float(), target)
 
 
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``RUN/.lock`` (``flock``) while training: a second training on the same folder is refused.
+
+    The kernel drops the lock when its process ends, however it ends, so a killed run's lock is
+    taken over by the next start. The file holds the holder's pid, for the refusal's message.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise ValueError(f"{run_dir} is being trained by another process (pid {holder}); wait for it to end or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def keep_metrics_through(path: Path, step: int) -> None:
+    """Keep the rows of metrics.jsonl up to ``step``, the checkpoint a run resumes from.
+
+    The resumed run logs the later steps again; a line cut short by a kill goes too.
+    """
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line)
+    if kept != lines:
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run in ``run_dir``; returns the final metrics row.
 
-    Nothing is written into the run folder before the data is open and holds a full batch, so a
-    start that fails there leaves no config behind.
+    The run folder is locked for the whole training. Nothing but the lock is written into it before
+    the data is open and holds a full batch, so a start that fails there leaves no config behind.
     """
     run_dir = Path(run_dir)
     rank, world, device = distributed()
@@ -215,124 +258,126 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     if rest or per_rank == 0:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of world size {world} x grad_accumulation {cfg.grad_accumulation}")
 
-    # Status: a run that has checkpoints continues only with the config it was trained with.
-    ckpt_root = run_dir / "checkpoints"
-    config_path = run_dir / "config.json"
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        remove_partial(ckpt_root)
-        if config_path.exists() and list_checkpoints(ckpt_root):
-            try:
-                old = config_mod.from_dict(json.loads(config_path.read_text()))
-            except ValueError as err:
-                raise ValueError(f"{config_path} holds a config this version refuses ({err}); use a new --out") from None
-            changed = config_mod.differing_fields(old, cfg)
-            if changed:
-                details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
-                raise ValueError(f"{run_dir} was trained with a different config ({details}); use a new --out or the same settings")
-    torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
-    model = build_denoiser(cfg).to(device)
-    stage = None  # SDXL fine-tuning: VAE latents and text encoders around the UNet
-    if cfg.vae or cfg.text_encoders:
-        from microcond.sdxl import SDXLInputs
+    with run_lock(run_dir) if rank == 0 else contextlib.nullcontext():
+        # Status: a run that has checkpoints continues only with the config it was trained with.
+        ckpt_root = run_dir / "checkpoints"
+        config_path = run_dir / "config.json"
+        if rank == 0:
+            remove_partial(ckpt_root)
+            if config_path.exists() and list_checkpoints(ckpt_root):
+                try:
+                    old = config_mod.from_dict(json.loads(config_path.read_text()))
+                except ValueError as err:
+                    raise ValueError(f"{config_path} holds a config this version refuses ({err}); use a new --out") from None
+                changed = config_mod.differing_fields(old, cfg)
+                if changed:
+                    details = ", ".join(f"{k}: {getattr(old, k)!r} -> {getattr(cfg, k)!r}" for k in changed)
+                    raise ValueError(f"{run_dir} was trained with a different config ({details}); use a new --out or the same settings")
+        torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
+        model = build_denoiser(cfg).to(device)
+        stage = None  # SDXL fine-tuning: VAE latents and text encoders around the UNet
+        if cfg.vae or cfg.text_encoders:
+            from microcond.sdxl import SDXLInputs
 
-        stage = SDXLInputs(cfg, device)
-        stage.check(model)
-    embedder = model.embedder
-    scheduler = make_scheduler(cfg)
-    ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-    health = ConditioningHealth(model.unet)
-    if data is None:
-        from microcond.data.loader import open_training_data
+            stage = SDXLInputs(cfg, device)
+            stage.check(model)
+        embedder = model.embedder
+        scheduler = make_scheduler(cfg)
+        ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        health = ConditioningHealth(model.unet)
+        if data is None:
+            from microcond.data.loader import open_training_data
 
-        opener = stage.open_data if stage is not None else functools.partial(open_training_data, cfg)
-        data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)  # refuses a batch larger than the data
-    if rank == 0:
-        atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
-        atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
+            opener = stage.open_data if stage is not None else functools.partial(open_training_data, cfg)
+            data = opener(run_dir, rank=rank, world_size=world, batch_size=per_rank)  # refuses a batch larger than the data
+        if rank == 0:
+            atomic_write_text(config_path, json.dumps(config_mod.to_dict(cfg), indent=2) + "\n")
+            atomic_write_text(run_dir / "scheduler_config.json", json.dumps(dict(scheduler.config), indent=2) + "\n")
 
-    # Resume from the newest checkpoint that verifies.
-    start = 0
-    newest = load_newest(ckpt_root, stems=("model", "ema", "optimizer"), keys=("param_groups", "data"))
-    if newest is not None:
-        _, tensors, state = newest
-        model.load_state_dict(tensors["model"])
-        ema = {k: v.to(device) for k, v in tensors["ema"].items()}
-        optimizer_from_tensors(optimizer, tensors["optimizer"], state["param_groups"])
-        data.load_state_dict(state["data"])
-        start = state["step"]
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    autocast = choose_precision(cfg.precision, device)
-    batches = iter(data)
-    metrics_path = run_dir / "metrics.jsonl"
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step", dynamic_ncols=True)
-    row: dict = {}
-    window_t, window_images, losses = time.perf_counter(), 0, []
-    for step in range(start, cfg.steps):
-        # Step: accumulate gradients over rounds, clip, update with warm-up.
-        for group in optimizer.param_groups:
-            group["lr"] = group.get("base_lr", cfg.lr) * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
-        optimizer.zero_grad(set_to_none=True)
-        step_loss = 0.0
-        for round_ in range(cfg.grad_accumulation):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-            if batch["ids"].shape[0] != per_rank:
-                raise RuntimeError(f"data yielded a batch of {batch['ids'].shape[0]}, expected {per_rank}")
-            if stage is not None:
-                batch = stage.prepare(batch)  # latents (unless cached) and text, frozen encoders
-            # The step's randomness covers all cfg.batch_size rows; this round and rank take theirs.
-            generator = step_generator(cfg.seed, step, device)
-            first = (round_ * world + rank) * per_rank
-            rows = slice(first, first + per_rank)
-            sync = round_ == cfg.grad_accumulation - 1 or world == 1
-            context = ddp.no_sync() if not sync else contextlib.nullcontext()
-            with context, torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss = diffusion_loss(ddp, scheduler, batch, cfg, generator, rows, cfg.batch_size, embedder)
-                (loss / cfg.grad_accumulation).backward()
-            step_loss += loss.item() / cfg.grad_accumulation
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        # The gradient norm is the same on every rank (all-reduced), so all ranks stop together.
-        if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
-            raise NonFiniteLoss(f"non-finite loss at step {step + 1} (loss {step_loss}, gradient norm {float(grad_norm)}); stopped before "
-                                f"the update, nothing saved or pruned in {ckpt_root}; lower --lr, or check the data and the checkpoint of step {start}")
-        optimizer.step()
+        # Resume from the newest checkpoint that verifies; its metrics rows are the only ones kept.
+        start = 0
+        newest = load_newest(ckpt_root, stems=("model", "ema", "optimizer"), keys=("param_groups", "data"))
+        if newest is not None:
+            _, tensors, state = newest
+            model.load_state_dict(tensors["model"])
+            ema = {k: v.to(device) for k, v in tensors["ema"].items()}
+            optimizer_from_tensors(optimizer, tensors["optimizer"], state["param_groups"])
+            data.load_state_dict(state["data"])
+            start = state["step"]
+        metrics_path = run_dir / "metrics.jsonl"
+        if rank == 0:
+            keep_metrics_through(metrics_path, start)
+        ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+        autocast = choose_precision(cfg.precision, device)
+        batches = iter(data)
+        bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step", dynamic_ncols=True)
+        row: dict = {}
+        window_t, window_images, losses = time.perf_counter(), 0, []
+        for step in range(start, cfg.steps):
+            # Step: accumulate gradients over rounds, clip, update with warm-up.
+            for group in optimizer.param_groups:
+                group["lr"] = group.get("base_lr", cfg.lr) * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for round_ in range(cfg.grad_accumulation):
+                batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+                if batch["ids"].shape[0] != per_rank:
+                    raise RuntimeError(f"data yielded a batch of {batch['ids'].shape[0]}, expected {per_rank}")
+                if stage is not None:
+                    batch = stage.prepare(batch)  # latents (unless cached) and text, frozen encoders
+                # The step's randomness covers all cfg.batch_size rows; this round and rank take theirs.
+                generator = step_generator(cfg.seed, step, device)
+                first = (round_ * world + rank) * per_rank
+                rows = slice(first, first + per_rank)
+                sync = round_ == cfg.grad_accumulation - 1 or world == 1
+                context = ddp.no_sync() if not sync else contextlib.nullcontext()
+                with context, torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                    loss = diffusion_loss(ddp, scheduler, batch, cfg, generator, rows, cfg.batch_size, embedder)
+                    (loss / cfg.grad_accumulation).backward()
+                step_loss += loss.item() / cfg.grad_accumulation
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            # The gradient norm is the same on every rank (all-reduced), so all ranks stop together.
+            if not (math.isfinite(step_loss) and math.isfinite(float(grad_norm))):
+                raise NonFiniteLoss(f"non-finite loss at step {step + 1} (loss {step_loss}, gradient norm {float(grad_norm)}); stopped before "
+                                    f"the update, nothing saved or pruned in {ckpt_root}; lower --lr, or check the data and the checkpoint of step {start}")
+            optimizer.step()
 
-        # EMA with the usual warm-up of the decay, in float32.
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            current = model.state_dict()
-            for k, v in ema.items():
-                v.lerp_(current[k].float(), 1 - decay)
+            # EMA with the usual warm-up of the decay, in float32.
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                current = model.state_dict()
+                for k, v in ema.items():
+                    v.lerp_(current[k].float(), 1 - decay)
 
-        # Log.
-        losses.append(step_loss)
-        window_images += cfg.batch_size
-        done = step + 1
-        if done % cfg.log_every == 0 or done == cfg.steps:
-            elapsed = time.perf_counter() - window_t
-            row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
-            if rank == 0:
-                with open(metrics_path, "a") as fh:
-                    fh.write(metrics_line(row) + "\n")
-            bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
-            window_t, window_images, losses = time.perf_counter(), 0, []
-        bar.update(1)
+            # Log.
+            losses.append(step_loss)
+            window_images += cfg.batch_size
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                elapsed = time.perf_counter() - window_t
+                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
+                if rank == 0:
+                    with open(metrics_path, "a") as fh:
+                        fh.write(metrics_line(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                window_t, window_images, losses = time.perf_counter(), 0, []
+            bar.update(1)
 
-        # Checkpoint (rank 0 writes; every rank holds identical weights).
-        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-            if rank == 0:
-                opt_tensors, groups = optimizer_to_tensors(optimizer)
-                tensors = {"model": model.state_dict(), "ema": ema, "optimizer": opt_tensors}
-                save_checkpoint(ckpt_root, done, tensors, {"param_groups": groups, "data": data.state_dict(), "config": config_mod.to_dict(cfg)}, cfg.keep_checkpoints)
-                plot_loss(metrics_path, run_dir / "loss.png")
-            if world > 1:
-                torch.distributed.barrier()
-        if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
-            write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device, stage)
-    bar.close()
-    return row
+            # Checkpoint (rank 0 writes; every rank holds identical weights).
+            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                if rank == 0:
+                    opt_tensors, groups = optimizer_to_tensors(optimizer)
+                    tensors = {"model": model.state_dict(), "ema": ema, "optimizer": opt_tensors}
+                    save_checkpoint(ckpt_root, done, tensors, {"param_groups": groups, "data": data.state_dict(), "config": config_mod.to_dict(cfg)}, cfg.keep_checkpoints)
+                    plot_loss(metrics_path, run_dir / "loss.png")
+                if world > 1:
+                    torch.distributed.barrier()
+            if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+                write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device, stage)
+        bar.close()
+        return row
 
 
 def metrics_line(row: dict) -> str:

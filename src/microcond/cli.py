@@ -91,6 +91,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sampler-steps", type=int, default=b.sampler_steps)
     p.add_argument("--feature-steps", type=int, default=b.feature_steps)
     p.add_argument("--parallel", type=int, default=2, help="training processes at once, one thread each")
+    p.add_argument("--settings", nargs="*", help="crop-ablation: only these settings (default all; see microcond.experiment.ABLATIONS)")
     p.set_defaults(run=_run_experiment)
 
 
@@ -106,7 +107,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
     ablation = args.name == "crop-ablation"
     given = {k: getattr(args, k) for k in ("steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps") if getattr(args, k) is not None}
     if ablation:
-        results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel)
+        results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel, args.settings)
         print(f"wrote {Path(args.out or 'runs/ablation') / 'ablation.json'} ({len(results['rows'])} settings)")
         return 0
     page = run_paper(Path(args.out or "runs/paper"), Path(args.docs) if args.docs else None, Budget(**given), args.parallel)

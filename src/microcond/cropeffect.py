@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from microcond.record import SIGNALS, MicroCond
 
@@ -54,6 +53,8 @@ def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
     This is the real-data value "for the same query": square originals taken whole, or 1:2
     originals resized to cover 32 px and cropped at the query's offset, in [-1, 1] like samples.
     """
+    import torch
+
     from microcond.data.crop import load_resized
 
     records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
@@ -118,6 +119,8 @@ def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9,
     Every query and offset uses the same seeds and classes, so differences come from the
     conditions alone; a model that does not see a signal is asked once and reused.
     """
+    import torch
+
     from microcond.evaluate import cut_off
     from microcond.inference import Query
 

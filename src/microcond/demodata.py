@@ -76,7 +76,7 @@ class Emoji:
 # Shapes of non-square originals. "web" spreads them over 1:2..2:1 like photos and screenshots;
 # "extreme" makes every one 1:2 or 2:1, so that a 32 px crop of the resized image can cut up to
 # half of it: the data on which crop conditioning has something to learn (paper Fig. 4).
-ASPECT_MIXES = {"web", "extreme"}
+ASPECT_MIXES = {"web", "extreme", "wide"}
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class DemoDataConfig:
     size_sigma: float = 0.9  # log-normal sigma of the original short edge
     min_size: int = 8  # smallest original short edge
     square_share: float = 0.25
-    aspect_mix: str = "web"  # non-square originals: "web" log-uniform 1:2..2:1 | "extreme" only 1:2 or 2:1
+    aspect_mix: str = "web"  # non-square originals: "web" log-uniform 1:2..2:1 | "extreme" only 1:2 or 2:1 | "wide" only 2:1
     fill: tuple[float, float] = (0.55, 0.80)  # object extent / canvas short side
     margin: float = 0.08  # least free border, as a share of the canvas short side
     jitter: float = 0.15  # largest shift of the object from the centre, share of the side
@@ -264,6 +264,9 @@ def plan_sample(rng: np.random.Generator, glyph_size: tuple[int, int], cfg: Demo
         aspect = 1.0
     elif cfg.aspect_mix == "extreme":
         aspect = 2.0 if rng.random() < 0.5 else 0.5
+    elif cfg.aspect_mix == "wide":
+        rng.random()  # the same draws as "extreme", so both mixes share every other choice
+        aspect = 2.0
     else:
         aspect = math.exp(rng.uniform(math.log(0.5), math.log(2.0)))
     edge = original_short_edge(rng, cfg)

@@ -45,15 +45,25 @@ SQUARE = MicroCond((TRAIN_SIZE, TRAIN_SIZE), (0, 0), (TRAIN_SIZE, TRAIN_SIZE))  
 SIZE_CURVE = (8, 12, 16, 24, 32, 48, 64, 128)
 N_CLASSES = 9
 
-# The crop ablation (docs/results.md): (what changes, aspect mix, train overrides). Everything else
+# Data of the crop ablation: DemoDataConfig fields (microcond.demodata.ASPECT_MIXES).
+DATA_MIXES = {
+    "web": dict(aspect_mix="web"),
+    "extreme": dict(aspect_mix="extreme"),
+    "wide": dict(aspect_mix="wide"),
+    "wide-sq10": dict(aspect_mix="wide", square_share=0.10),
+}
+# The crop ablation (docs/results.md): (what changes, data mix, train overrides). Everything else
 # is the tiny preset with size + crop conditioning.
 ABLATIONS = {
-    "eps-web": ("epsilon prediction, web aspect mix (the first recipe)", "web", dict(prediction_type="epsilon")),
-    "v-web": ("v-prediction, web aspect mix", "web", dict(prediction_type="v_prediction")),
-    "eps-extreme": ("epsilon prediction, extreme aspect mix", "extreme", dict(prediction_type="epsilon")),
-    "v-extreme": ("v-prediction, extreme aspect mix", "extreme", dict(prediction_type="v_prediction")),
+    "eps-web": ("epsilon prediction, web mix (the first recipe)", "web", dict(prediction_type="epsilon")),
+    "v-web": ("v-prediction, web mix", "web", dict(prediction_type="v_prediction")),
+    "eps-extreme": ("epsilon prediction, extreme mix", "extreme", dict(prediction_type="epsilon")),
+    "v-extreme": ("v-prediction, extreme mix", "extreme", dict(prediction_type="v_prediction")),
     "v-extreme-lr3e-4": ("v-prediction, extreme mix, lr 3e-4", "extreme", dict(prediction_type="v_prediction", lr=3e-4)),
     "v-extreme-ae1e-4": ("v-prediction, extreme mix, add_embedding lr 1e-4", "extreme", dict(prediction_type="v_prediction", add_embedding_lr=1e-4)),
+    "v-extreme-ae1e-5": ("v-prediction, extreme mix, add_embedding lr 1e-5", "extreme", dict(prediction_type="v_prediction", add_embedding_lr=1e-5)),
+    "v-wide": ("v-prediction, wide mix", "wide", dict(prediction_type="v_prediction")),
+    "v-wide-sq10": ("v-prediction, wide mix with 10% squares", "wide-sq10", dict(prediction_type="v_prediction")),
 }
 
 
@@ -70,16 +80,22 @@ class Budget:
     feature_steps: int = 300
 
 
-def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, aspect_mix: str = ASPECT_MIX, progress: bool = True) -> Path:
-    """Build the demo data set into ``folder`` unless a finished build of the same kind is there."""
+def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, progress: bool = True, **shape) -> Path:
+    """Build the demo data set into ``folder`` unless a finished build of the same kind is there.
+
+    Args:
+        shape: DemoDataConfig fields of the mix; default ``DATA_MIXES[ASPECT_MIX]``.
+    """
     from microcond.demodata import DemoDataConfig, build_demo_data, describe
 
+    shape = shape or DATA_MIXES[ASPECT_MIX]
     meta = folder / "demo-data.json"
     built = json.loads(meta.read_text()) if meta.is_file() else {}
-    wanted = {"n_train": n_train, "n_eval": n_eval, "aspect_mix": aspect_mix}
-    if built.get("status") != "building" and {k: built.get("config", {}).get(k, "web" if k == "aspect_mix" else None) for k in wanted} == wanted:
+    wanted = {"n_train": n_train, "n_eval": n_eval, **shape}
+    defaults = asdict(DemoDataConfig(out=""))
+    if built.get("status") != "building" and {k: built.get("config", {}).get(k, defaults[k]) for k in wanted} == wanted:
         return folder
-    cfg = DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval, aspect_mix=aspect_mix)
+    cfg = DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval, **shape)
     print(describe(build_demo_data(cfg, progress=progress)), file=sys.stderr)
     return folder
 
@@ -336,18 +352,23 @@ def live_units(run: Path, batches: int = 16) -> int:
     return health.report()["cond_units_live"]
 
 
-def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128), parallel: int = 2) -> dict:
-    """Train every ABLATIONS setting (seed 0) and measure its crop effect into ``out/ablation.json``."""
+def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128), parallel: int = 2, settings: list[str] | None = None) -> dict:
+    """Train ABLATIONS settings (all, or the named ones; seed 0) and measure the crop effect of
+    each into ``out/ablation.json``, which keeps earlier settings' rows."""
     from microcond.demodata import PALETTE
     from microcond.inference import Model
 
+    unknown = sorted(set(settings or []) - set(ABLATIONS))
+    if unknown:
+        raise ValueError(f"unknown ablation setting(s) {unknown}; choose from {sorted(ABLATIONS)} (--settings)")
+    chosen = {name: ABLATIONS[name] for name in (settings or ABLATIONS)}
     out.mkdir(parents=True, exist_ok=True)
-    mixes = sorted({mix for _, mix, _ in ABLATIONS.values()})
-    data = {mix: ensure_demo_data(out / f"data-{mix}", aspect_mix=mix) / "train" for mix in mixes}
+    mixes = sorted({mix for _, mix, _ in chosen.values()})
+    data = {mix: ensure_demo_data(out / f"data-{mix}", **DATA_MIXES[mix]) / "train" for mix in mixes}
     for folder in data.values():
         prepare_caches(folder, {0})
-    runs = {name: out / name for name in ABLATIONS}
-    commands = {name: train_command("size-crop", data[mix], runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in ABLATIONS.items()}
+    runs = {name: out / name for name in chosen}
+    commands = {name: train_command("size-crop", data[mix], runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in chosen.items()}
     train_runs(commands, runs, budget.steps, parallel)
     path = out / "ablation.json"
     results = json.loads(path.read_text()) if path.exists() else {}
@@ -355,7 +376,7 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
         results = {"budget": asdict(budget), "real": {}, "rows": {}}
     for mix in mixes:
         results["real"].setdefault(mix, real_effect(data[mix], PALETTE))
-    for name, (setting, mix, extra) in ABLATIONS.items():
+    for name, (setting, mix, extra) in chosen.items():
         if name not in results["rows"]:
             model = Model(runs[name])
             results["rows"][name] = {"setting": setting, "aspect_mix": mix, "overrides": extra, "step": model.step, "cond_units_live": live_units(runs[name]),

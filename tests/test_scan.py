@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -255,6 +258,58 @@ def test_undecodable_file_name_is_listed_not_fatal(tmp_path):
     summary = scan([tmp_path], tmp_path / "i.parquet", workers=1, progress=False)
     assert summary.found == 2 and summary.problems == {"unreadable": 1}
     assert "UTF-8" in summary.first_problems[0][2]
+
+
+class _DeniedEntry:
+    """A listed entry whose type the system refuses to tell (a link into a folder we may not search;
+    simulated, since the tests may run as root, who is never refused)."""
+
+    def __init__(self, entry: os.DirEntry):
+        self._entry, self.name, self.path = entry, entry.name, entry.path
+
+    def is_dir(self, follow_symlinks: bool = True) -> bool:
+        if follow_symlinks:
+            raise PermissionError(errno.EACCES, "Permission denied", self.path)
+        return self._entry.is_dir(follow_symlinks=False)
+
+    is_file = stat = is_dir
+
+    def is_symlink(self) -> bool:
+        return self._entry.is_symlink()
+
+
+def test_link_loops_special_files_and_denied_entries_are_listed_and_the_index_written(tmp_path, monkeypatch):
+    d = tmp_path / "data"
+    d.mkdir()
+    _save(d / "good.png", _image(6, 7))
+    os.symlink(d / "loop_b.png", d / "loop_a.png")
+    os.symlink(d / "loop_a.png", d / "loop_b.png")
+    os.mkfifo(d / "pipe.png")
+    os.mknod(d / "socket.png", stat.S_IFSOCK | 0o600)
+    os.symlink(os.devnull, d / "device.png")
+    os.symlink(d / "good.png", d / "denied.png")
+    (d / "linked_folder.png").symlink_to(tmp_path, target_is_directory=True)  # not followed: ignored
+    real_scandir = os.scandir
+
+    @contextlib.contextmanager
+    def scandir(path):
+        with real_scandir(path) as it:
+            yield [_DeniedEntry(e) if e.name == "denied.png" else e for e in it]
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    summary = scan([d], tmp_path / "i.parquet", workers=1, progress=False)
+    rows = {Path(r["path"]).name: (r["status"], r["reason"]) for r in read_index(tmp_path / "i.parquet").to_pylist()}
+    assert rows == {
+        "good.png": ("ok", None),
+        "denied.png": ("unreadable", "cannot read its file type: Permission denied"),
+        "device.png": ("unreadable", "a character device, not a regular file"),
+        "loop_a.png": ("unreadable", "symbolic link loop (too many levels of symbolic links)"),
+        "loop_b.png": ("unreadable", "symbolic link loop (too many levels of symbolic links)"),
+        "pipe.png": ("unreadable", "a FIFO (named pipe), not a regular file"),
+        "socket.png": ("unreadable", "a socket, not a regular file"),
+    }
+    assert summary.found == 7 and summary.problems == {"unreadable": 6} and summary.ignored == 1
+    assert [name for name, _, _ in summary.first_problems] == [str(d / n) for n in sorted(rows) if n != "good.png"]
 
 
 def test_not_an_index_is_refused(tmp_path):

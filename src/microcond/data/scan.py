@@ -24,14 +24,18 @@ Accepted modes (:data:`ACCEPTED_MODES`) are those Pillow converts to RGB; 8-bit 
 Rescans are incremental: rows of files whose ``bytes`` and ``mtime_ns`` are unchanged are reused
 (not those whose problem may be passing, ``unreadable`` and ``error``), by merging the sorted
 walk with the previous index, so memory does not grow with the number of files. Symbolic links
-to files are followed, links to folders are not.
+to files are followed, links to folders are not. Entries the walk cannot use are rows with status
+``unreadable`` and a reason, never a reason to stop: broken links and link loops, FIFOs, sockets
+and devices, entries whose type the system refuses to tell (permission denied).
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
+import stat
 import sys
 import threading
 import time
@@ -47,7 +51,7 @@ IMAGE_EXTENSIONS = frozenset(
 )
 PROBLEMS = {
     "zero_bytes": "the file is empty",
-    "unreadable": "the operating system refused to read it (permission, I/O error, bad name)",
+    "unreadable": "the operating system refused to read it (permission, I/O error, bad name, link loop, not a regular file)",
     "not_image": "no image format recognised (by this scan or by Pillow)",
     "bad_header": "a known format with an invalid header or EXIF block",
     "truncated": "the file ends before its header or end marker",
@@ -85,6 +89,17 @@ def _probe_many(items: list[tuple[str, int, int]], max_pixels: int) -> list[tupl
 
 
 # ------------------------------------------------------------------------------- walk and index
+
+
+_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _os_reason(err: OSError) -> str:
+    """Why the walk cannot tell what an entry is, in words."""
+    if err.errno == errno.ELOOP:
+        return "symbolic link loop (too many levels of symbolic links)"
+    return f"cannot read its file type: {err.strerror or err}"
 
 
 class _Entry(NamedTuple):
@@ -142,18 +157,39 @@ class _Walk:
                     yield self._entry(rel, path, good)  # a file named on the command line: any extension
                 else:
                     yield from self._visit(path, rel + "/", item, good)
-            elif item.is_dir(follow_symlinks=False):
+                continue
+            try:
+                is_folder = item.is_dir(follow_symlinks=False)
+            except OSError as err:  # no type in the listing, and lstat refused
+                yield _Entry(rel, item.path, "unreadable", _os_reason(err))
+                continue
+            if is_folder:
                 yield from self._visit(item.path, rel + "/", {None: True}, good)
             elif not self.all_files and name[name.rfind(".") + 1 :].lower() not in IMAGE_EXTENSIONS:
                 self.ignored += 1
-            elif item.path in self.skip:
-                continue
-            elif item.is_file():  # file type from the folder listing: no stat here (workers stat)
-                yield self._entry(rel, item.path, good)
-            elif item.is_symlink() and not item.is_dir():
-                yield _Entry(rel, item.path, "unreadable", "broken symbolic link")
-            else:  # a link to a folder, a FIFO, a device
-                self.ignored += 1
+            elif item.path not in self.skip:
+                entry = self._listed(rel, item, good)
+                if entry is None:  # a link to a folder: not followed
+                    self.ignored += 1
+                else:
+                    yield entry
+
+    @classmethod
+    def _listed(cls, rel: str, item: os.DirEntry, name_ok: bool) -> _Entry | None:
+        """A listed entry that is not a folder: a file to probe, a problem known from its type, or
+        None for a link to a folder. Never raises: a bad entry must not stop the walk."""
+        try:
+            if item.is_file():  # file type from the folder listing: no stat here (workers stat)
+                return cls._entry(rel, item.path, name_ok)
+            if item.is_dir():
+                return None
+            mode = item.stat().st_mode  # follows links: a link to a FIFO is a FIFO
+        except FileNotFoundError:
+            return _Entry(rel, item.path, "unreadable", "broken symbolic link" if item.is_symlink() else "the file vanished during the scan")
+        except OSError as err:  # a link loop, a link into a folder we may not search
+            return _Entry(rel, item.path, "unreadable", _os_reason(err))
+        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), f"file type {stat.S_IFMT(mode):#o}")
+        return _Entry(rel, item.path, "unreadable", f"{kind}, not a regular file")
 
     @staticmethod
     def _entry(rel: str, path: str, name_ok: bool) -> _Entry:

@@ -7,8 +7,10 @@ import errno
 import io
 import os
 import stat
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -310,6 +312,41 @@ def test_link_loops_special_files_and_denied_entries_are_listed_and_the_index_wr
     }
     assert summary.found == 7 and summary.problems == {"unreadable": 6} and summary.ignored == 1
     assert [name for name, _, _ in summary.first_problems] == [str(d / n) for n in sorted(rows) if n != "good.png"]
+
+
+def _png_with_ihdr(width: int, height: int, crc_ok: bool = True) -> bytes:
+    data = bytearray(_png_bytes(_image(20, 30)))
+    data[16:24] = struct.pack(">II", width, height)
+    crc = zlib.crc32(bytes(data[12:29])) ^ (0 if crc_ok else 1)
+    data[29:33] = struct.pack(">I", crc)
+    return bytes(data)
+
+
+def _png_bytes(im: Image.Image) -> bytes:
+    out = io.BytesIO()
+    im.save(out, "PNG")
+    return out.getvalue()
+
+
+def test_absurd_header_sizes_and_a_bad_ihdr_crc_are_listed_and_the_scan_goes_on(tmp_path):
+    d = tmp_path / "data"
+    d.mkdir()
+    bmp = bytearray((_save(d / "good.bmp", _image(20, 30))).read_bytes())
+    bmp[18:22] = struct.pack("<i", -21)  # width 0xFFFFFFEB: read by Pillow (fallback), which reads it unsigned
+    (d / "wide.bmp").write_bytes(bytes(bmp))
+    (d / "wide.png").write_bytes(_png_with_ihdr(0x80000000, 20))
+    (d / "bad_crc.png").write_bytes(_png_with_ihdr(30, 20, crc_ok=False))
+    (d / "good.png").write_bytes(_png_with_ihdr(30, 20))
+    summary = scan([d], tmp_path / "i.parquet", workers=1, progress=False)
+    rows = {Path(r["path"]).name: r for r in read_index(tmp_path / "i.parquet").to_pylist()}
+    assert {name: r["status"] for name, r in rows.items()} == {
+        "good.bmp": "ok", "good.png": "ok", "wide.bmp": "bad_header", "wide.png": "bad_header",
+        "bad_crc.png": "bad_header",
+    }  # fmt: skip
+    assert "4294967275x20 (w x h)" in rows["wide.bmp"]["reason"] and "2147483648x20" in rows["wide.png"]["reason"]
+    assert "CRC" in rows["bad_crc.png"]["reason"]
+    assert all(rows[n]["width"] is None for n in ("wide.bmp", "wide.png", "bad_crc.png"))
+    assert summary.found == 5 and summary.usable == 2
 
 
 def test_not_an_index_is_refused(tmp_path):

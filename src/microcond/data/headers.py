@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import re
 import stat
+import zlib
 from struct import unpack_from
 from typing import NamedTuple
 
 # Pillow's own decompression-bomb error threshold (2 * Image.MAX_IMAGE_PIXELS).
 DEFAULT_MAX_PIXELS = 178_956_970
+# No real image has a longer side; a header claiming one is corrupt (and would not fit the index).
+MAX_SIDE = 1 << 20
 ACCEPTED_MODES = frozenset(
     "1 L LA P PA RGB RGBA RGBa RGBX CMYK YCbCr LAB HSV I F I;16 I;16L I;16B I;16N".split()
 )
@@ -47,6 +50,19 @@ class _Header(NamedTuple):
     mode: str | None  # None: a mode the fast parser knows is accepted
     orientation: int
     problem: tuple[str, str] | None  # found after the size, e.g. a missing end marker
+
+
+def size_problem(height: int, width: int) -> str | None:
+    """Why a recorded size is absurd (a side below 1 or above :data:`MAX_SIDE`); None when it is plausible."""
+    if 1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE:
+        return None
+    return f"a size of {width}x{height} (w x h): expected each side from 1 to {MAX_SIDE} pixels"
+
+
+def _absurd(height: int, width: int, fmt: str | None) -> Probe | None:
+    """The probe of a header whose size is absurd (listed, the size not stored); None when plausible."""
+    reason = size_problem(height, width)
+    return None if reason is None else Probe(None, None, fmt, "bad_header", f"{fmt} header gives {reason}")
 
 
 class _Fallback(Exception):
@@ -162,6 +178,8 @@ def _png(f: _File) -> _Header:
         raise _Problem("truncated", "PNG ends inside its IHDR chunk")
     if ihdr[4:8] != b"IHDR":
         raise _Fallback
+    if zlib.crc32(ihdr[4:21]) != unpack_from(">I", ihdr, 21)[0]:  # CRC of chunk type and data
+        raise _Problem("bad_header", "PNG IHDR chunk fails its CRC check: the header is corrupt", None, "PNG")
     w, h = unpack_from(">II", ihdr, 8)
     if h == 0 or w == 0:
         raise _Fallback
@@ -326,8 +344,8 @@ def _pillow(path: str, max_pixels: int) -> Probe:
     with im:
         w, h = im.size
         fmt = im.format
-        if h == 0 or w == 0:
-            return Probe(h, w, fmt, "bad_header", f"{fmt} header gives a size of {w}x{h} (w x h)")
+        if (absurd := _absurd(h, w, fmt)) is not None:
+            return absurd
         if w * h > max_pixels:
             return Probe(h, w, fmt, "too_large", f"{w}x{h} (w x h) = {w * h} pixels > --max-pixels {max_pixels}")
         if im.mode not in ACCEPTED_MODES:
@@ -381,8 +399,12 @@ def _probe_open(fd: int, path: str, size: int, max_pixels: int) -> Probe:
         return _pillow(path, max_pixels)
     except _Problem as p:
         h, w = p.size or (None, None)
+        if h is not None and (absurd := _absurd(h, w, p.format)) is not None:
+            return absurd
         return Probe(h, w, p.format, p.status, p.reason)
     h, w = header.height, header.width
+    if (absurd := _absurd(h, w, header.format)) is not None:  # e.g. a PNG side of 2**31: would not fit the index
+        return absurd
     if header.orientation in _SWAP_ORIENTATIONS:
         h, w = w, h
     if h * w > max_pixels:

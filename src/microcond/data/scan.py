@@ -26,7 +26,8 @@ Rescans are incremental: rows of files whose ``bytes`` and ``mtime_ns`` are unch
 walk with the previous index, so memory does not grow with the number of files. Symbolic links
 to files are followed, links to folders are not. Entries the walk cannot use are rows with status
 ``unreadable`` and a reason, never a reason to stop: broken links and link loops, FIFOs, sockets
-and devices, entries whose type the system refuses to tell (permission denied).
+and devices, entries whose type the system refuses to tell (permission denied). A header claiming
+a side below 1 or above ``headers.MAX_SIDE`` pixels is ``bad_header``, its size not stored.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ PROBLEMS = {
 }
 RETRY_STATUSES = frozenset({"unreadable", "error"})  # may pass: never reused on rescan
 INDEX_VERSION = "1"
-PARSER_VERSION = "1"  # bump when a parser changes what it records: rescans then redo every file
+PARSER_VERSION = "2"  # bump when a parser changes what it records: rescans then redo every file
 COLUMNS = ("path", "height", "width", "format", "bytes", "mtime_ns", "status", "reason")
 _CHUNK = 512  # files per task sent to a worker
 _ROW_GROUP = 65536

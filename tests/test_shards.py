@@ -102,3 +102,61 @@ def test_cli_shard_writes_shards_the_loader_reads(tmp_path, capsys):
     assert sorted(back.original_sizes.tolist()) == sorted([h, w] for h, w in zip(rows["height"], rows["width"]))
     assert sorted(back.labels.tolist()) == [0, 1, 2]
     assert main(["shard", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]) == 2
+
+
+BAD_METADATA = {  # key -> (JSON, the reason's words)
+    "k1": (b"[]", "expected a JSON object"),
+    "k2": (b'"x"', "expected a JSON object"),
+    "k3": (b'{"original_height": 1e30, "original_width": 60}', "original_height"),
+    "k4": (b'{"original_height": 0, "original_width": 0}', "original_height"),
+    "k5": (b'{"original_height": -40, "original_width": 60}', "original_height"),
+    "k6": (b'{"original_height": 40, "original_width": 60, "label": 100000000000000000000}', "class label"),
+    "k7": (b"{not json", "unreadable"),
+}
+
+
+def test_bad_sample_metadata_is_skipped_and_named_in_the_index_and_the_stream(tmp_path):
+    members = {"k0.png": png(40, 60), "k0.json": b'{"original_height": 40, "original_width": 60}'}
+    for key, (meta, _) in BAD_METADATA.items():
+        members |= {f"{key}.png": png(40, 60), f"{key}.json": meta}
+    members["k8.png"] = png(48, 32)  # no JSON: size from the header
+    shard = tar_with(tmp_path / "a.tar", members)
+    source = index_shards([shard], min_original_edge=1)
+    assert [name.rsplit(":", 1)[1] for name in source.names] == ["k0", "k8"] and source.dropped_small == 0
+    assert [name for name, _ in source.skipped] == [f"{shard}:{key}" for key in BAD_METADATA]
+    for (_, reason), (_, words) in zip(source.skipped, BAD_METADATA.values()):
+        assert words in reason, reason
+    stream = ShardStream([shard], ((32, 48), (48, 32)), 1, epochs=1)
+    ids = sorted(batch["ids"][0].tolist() for batch in stream)
+    assert ids == [[40, 60, 0, 0, 32, 48], [48, 32, 0, 0, 48, 32]]
+    assert stream.skipped == source.skipped
+
+
+def _cut(shard: Path, at_member: str, extra: int) -> Path:
+    """A copy of ``shard`` cut ``extra`` bytes after the header of member ``at_member`` begins."""
+    with tarfile.open(shard) as tar:
+        offset = tar.getmember(at_member).offset
+    cut = shard.with_name(f"cut-{at_member}-{extra}.tar")
+    cut.write_bytes(shard.read_bytes()[: offset + extra])
+    return cut
+
+
+@pytest.mark.parametrize("at_member, extra, kept", [
+    ("k2.png", 512 + 20, ["k0", "k1"]),  # inside k2's image data: k2 cut
+    ("k2.png", 0, ["k0"]),  # at a member boundary: k1 may lack members, left out
+    ("k2.json", 200, ["k0", "k1"]),  # inside the header of k2's JSON
+])
+def test_a_truncated_tar_keeps_the_intact_samples_and_reports_the_damage(tmp_path, at_member, extra, kept):
+    members = {}
+    for k in range(4):
+        members |= {f"k{k}.png": png(40, 60), f"k{k}.json": b'{"original_height": 400, "original_width": 600}'}
+    shard = _cut(tar_with(tmp_path / "a.tar", members), at_member, extra)
+    source = index_shards([shard])
+    assert [name.rsplit(":", 1)[1] for name in source.names] == kept
+    cut_key = "k1" if kept == ["k0"] else "k2"
+    assert [name for name, _ in source.skipped] == [f"{shard}:{cut_key}"]
+    assert "damaged tar" in source.skipped[0][1] and f"the {len(kept)} samples before it are kept" in source.skipped[0][1]
+    stream = ShardStream([shard], ((32, 48),), 1, epochs=1)
+    assert sorted(int(batch["index"][0]) for batch in stream) == list(range(len(kept)))
+    assert stream.skipped == [(f"{shard}:{cut_key}", source.skipped[0][1])]
+

@@ -5,15 +5,21 @@ A sample is ``KEY.EXT`` (the image file's bytes, unchanged) plus ``KEY.json`` wi
 img2dataset writes, so shards made elsewhere with pre-resized pixels keep their true original
 size (paper section 2.2; diffusers #6203 recorded the resized size instead).
 
+Members are grouped into samples as webdataset does (consecutive files sharing the key of
+``base_plus_ext``). A bad sample never stops the reading: a JSON that is not an object, an
+original size that is not an integer from 1 to ``headers.MAX_SIDE``, no image, an unreadable
+header: the sample is skipped and listed as ``shard:key`` with its reason. A damaged tar (cut
+short) keeps the samples before the damage; the sample it cuts is left out and listed.
+
 Two ways to read shards:
 
 - :func:`index_shards` reads local shards by member offset into an
   :class:`~microcond.data.loader.ImageSource`: every guarantee of
   :class:`~microcond.data.loader.BucketBatches` holds (global batches, exact split across ranks
   and workers, exact resume, the pixel cache).
-- :class:`ShardStream` streams shards with the ``webdataset`` package for data too large to
-  index or not on local disk. Each epoch the shard list is shuffled by ``(seed, epoch)``; rank
-  ``r`` takes shards ``r::world_size`` and worker ``w`` of it takes ``w::num_workers`` of those
+- :class:`ShardStream` streams shards (opened with ``webdataset.gopen``: files, URLs, pipes)
+  for data too large to index or not on local disk. Each epoch the shard list is shuffled by
+  ``(seed, epoch)``; rank ``r`` takes shards ``r::world_size`` and worker ``w`` of it takes ``w::num_workers`` of those
   (the slicing of ``webdataset.split_by_node`` / ``split_by_worker``, done here with explicit
   rank and seed). Batches fill per-bucket buffers; a partly filled buffer carries over to the
   next epoch. A restarted stream begins at ``start_epoch`` (no mid-epoch position): use
@@ -28,7 +34,7 @@ import json
 import sys
 import tarfile
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -38,6 +44,7 @@ from microcond.data.buckets import Bucket, assign_bucket
 from webdataset.tariterators import base_plus_ext
 
 from microcond.data.crop import CROP_MODES, crop, load_resized, oriented_size
+from microcond.data.headers import MAX_SIDE, size_problem
 from microcond.data.loader import SHUFFLE_STREAM, ImageSource, collate, sample_rng
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
@@ -70,25 +77,92 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
     return written
 
 
+def _tar_samples(tar: tarfile.TarFile, read: Callable[[tarfile.TarInfo], Any],
+                 damage: list[tuple[str | None, str]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(key, {ext: read(member)})`` per sample, in tar order (webdataset's grouping).
+
+    A damaged tar ends the samples: those before the damage are kept; the one it cuts may lack
+    members, so it is left out, and ``(its key, reason)`` goes to ``damage``.
+    """
+    key, files, kept = None, {}, 0
+    try:
+        for member in tar:
+            member_key, ext = base_plus_ext(member.name)  # webdataset's own KEY.EXT rule
+            if not member.isfile() or member_key is None:
+                continue
+            if member_key != key:
+                if key is not None:
+                    yield key, files
+                    kept += 1
+                key, files = member_key, {}
+            files[ext.lower()] = read(member)
+        # tarfile ends silently at a missing or partial header: only the end-of-archive block says it is whole
+        if tar.fileobj.tell() < tar.offset + tarfile.BLOCKSIZE:
+            raise tarfile.ReadError("the tar ends without its end-of-archive block (truncated)")
+    except (tarfile.TarError, OSError) as err:
+        damage.append((key, f"damaged tar ({err}): this sample and any after it are left out, "
+                            f"the {kept} samples before it are kept"))
+        return
+    if key is not None:
+        yield key, files
+
+
+def _metadata(raw: bytes | None) -> dict[str, Any]:
+    """The sample's JSON object, ``{}`` without one; ValueError when it is not an object."""
+    if raw is None:
+        return {}
+    try:
+        meta = json.loads(raw)
+    except ValueError as err:
+        raise ValueError(f"the sample's JSON is unreadable ({err})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"expected a JSON object in the sample's .json, got {type(meta).__name__} {raw[:40]!r}")
+    return meta
+
+
 def _original_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(h, w) from img2dataset-style JSON, or None when absent."""
-    if "original_height" in meta and "original_width" in meta:
-        return int(meta["original_height"]), int(meta["original_width"])
-    return None
+    """(h, w) from img2dataset-style JSON, None when absent; ValueError when not a plausible size."""
+    present = {k: meta[k] for k in ("original_height", "original_width") if meta.get(k) is not None}
+    for name, value in present.items():
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
+            raise ValueError(f"expected {name} in the sample's JSON to be an integer from 1 to {MAX_SIDE}, got {value!r}")
+    if len(present) < 2:
+        return None
+    return present["original_height"], present["original_width"]
 
 
 def _label(meta: dict[str, Any], cls: bytes | None) -> int:
-    if isinstance(meta.get("label"), int):
-        return int(meta["label"])
-    return int(cls.decode().strip()) if cls else -1
+    label = meta["label"] if isinstance(meta.get("label"), int) else int(cls.decode().strip()) if cls else -1
+    if not -1 <= label < 2**31:
+        raise ValueError(f"expected a class label from -1 to 2**31 - 1 (JSON label or .cls), got {label}")
+    return label
+
+
+def _sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[Any, tuple[int, int], bool, int]:
+    """(image member, original (h, w), whether that size is the JSON's, label) of one sample.
+
+    ``files`` maps extensions to members, ``read`` gives a member's bytes. ValueError says what is wrong.
+    """
+    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
+    if image is None:
+        raise ValueError(f"no image member (found {sorted(files)})")
+    meta = _metadata(read(files["json"]) if "json" in files else None)
+    size = _original_size(meta)
+    from_meta = size is not None
+    if size is None:
+        with open_header(read(image)) as header:
+            size = oriented_size(header)
+        if (problem := size_problem(*size)) is not None:
+            raise ValueError(f"the image header gives {problem}")
+    return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None)
 
 
 def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> ImageSource:
     """Every image of local tar shards as an ImageSource, read later by member offset.
 
     The original size comes from the sample's JSON (``original_height`` / ``original_width``)
-    when present, else from the image header. Samples without an image, with unreadable JSON or
-    header are skipped and listed.
+    when present, else from the image header. Bad samples, unreadable tars and the damage of a
+    cut tar are listed in ``skipped`` (see the module doc); the intact samples are kept.
     """
     rows: dict[str, list[Any]] = {"names": [], "sizes": [], "labels": [], "stamps": [], "locations": [], "meta": []}
     skipped: list[tuple[str, str]] = []
@@ -97,27 +171,12 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
         try:
             mtime = Path(shard).stat().st_mtime_ns
             with tarfile.open(shard, "r:") as tar:
-                members: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for member in tar:
-                    key, ext = base_plus_ext(member.name)  # webdataset's own KEY.EXT rule
-                    if member.isfile() and key is not None:
-                        members.setdefault(key, {})[ext.lower()] = member
-                for key, files in members.items():
+                damage: list[tuple[str | None, str]] = []
+                for key, files in _tar_samples(tar, lambda member: member, damage):
                     name = f"{shard}:{key}"
-                    image = next((files[e] for e in IMAGE_EXTS if e in files), None)
-                    if image is None:
-                        skipped.append((name, f"no image member (found {sorted(files)})"))
-                        continue
                     try:
-                        meta = json.loads(tar.extractfile(files["json"]).read()) if "json" in files else {}
-                        cls = tar.extractfile(files["cls"]).read() if "cls" in files else None
-                        size = _original_size(meta)
-                        from_meta = size is not None
-                        if size is None:
-                            with open_header(tar.extractfile(image).read()) as header:
-                                size = oriented_size(header)
-                        label = _label(meta, cls)
-                    except (ValueError, OSError, TypeError) as err:
+                        image, size, from_meta, label = _sample_info(files, lambda member: tar.extractfile(member).read())
+                    except (ValueError, OSError, tarfile.TarError) as err:
                         skipped.append((name, str(err)))
                         continue
                     if min(size) < min_original_edge:
@@ -129,6 +188,7 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
                     rows["stamps"].append((image.size, mtime))
                     rows["locations"].append((shard, image.offset_data, image.size))
                     rows["meta"].append(from_meta)
+                skipped += [(shard if key is None else f"{shard}:{key}", reason) for key, reason in damage]
         except (OSError, tarfile.TarError) as err:
             skipped.append((shard, f"unreadable tar ({err})"))
     n = len(rows["names"])
@@ -183,39 +243,36 @@ class ShardStream(IterableDataset):
         order = rng.permutation(len(self.shards))
         return [int(s) for s in order[self.rank::self.world_size][worker::workers]]
 
-    def samples(self, epoch: int, worker: int, workers: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(index, webdataset sample) of this worker's shards, bad tars and samples skipped and listed."""
-        from webdataset.tariterators import tarfile_samples
-
-        def handler(err: Exception) -> bool:
-            self._skip("shard", err)
-            return True
+    def samples(self, epoch: int, worker: int, workers: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
+        """(index, ``shard:key``, {ext: bytes}) of this worker's shards; unreadable tars and damage listed."""
+        from webdataset.gopen import gopen
 
         for shard in self.my_shards(epoch, worker, workers):
-            for position, sample in enumerate(tarfile_samples([{"url": self.shards[shard]}], handler=handler)):
-                yield shard * SHARD_STRIDE + position, sample
+            url, damage = self.shards[shard], []
+            try:
+                with gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+                    members = _tar_samples(tar, lambda member: tar.extractfile(member).read(), damage)
+                    for position, (key, files) in enumerate(members):
+                        yield shard * SHARD_STRIDE + position, f"{url}:{key}", files
+            except (OSError, tarfile.TarError) as err:
+                self._skip(url, f"unreadable tar ({err})")
+            for key, reason in damage:
+                self._skip(url if key is None else f"{url}:{key}", reason)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        buffers: dict[Bucket, list[tuple[int, bytes, tuple[int, int] | None, int]]] = {b: [] for b in self.buckets}
+        buffers: dict[Bucket, list[tuple[int, str, bytes, tuple[int, int] | None, int]]] = {b: [] for b in self.buckets}
         epoch = self.start_epoch
         while self.epochs is None or epoch < self.epochs:
-            for index, sample in self.samples(epoch, worker, workers):
-                name = f"{sample.get('__url__')}:{sample.get('__key__')}"
+            for index, name, files in self.samples(epoch, worker, workers):
                 try:
-                    data = next(sample[e] for e in IMAGE_EXTS if e in sample)
-                    meta = json.loads(sample["json"]) if "json" in sample else {}
-                    size = _original_size(meta)
-                    if size is None:
-                        with open_header(data) as header:
-                            size = oriented_size(header)
-                    label = _label(meta, sample.get("cls"))
-                except (StopIteration, ValueError, TypeError) as err:
-                    self._skip(name, err if not isinstance(err, StopIteration) else ValueError("no image member"))
+                    data, size, from_meta, label = _sample_info(files, lambda data: data)
+                except ValueError as err:
+                    self._skip(name, str(err))
                     continue
                 bucket = assign_bucket(size[0], size[1], self.buckets)
-                buffers[bucket].append((index, data, _original_size(meta), label))
+                buffers[bucket].append((index, name, data, size if from_meta else None, label))
                 if len(buffers[bucket]) == self.batch_size:
                     batch = self._batch(epoch, bucket, buffers[bucket])
                     buffers[bucket] = []
@@ -226,15 +283,15 @@ class ShardStream(IterableDataset):
         if waiting:
             print(f"microcond shards: {waiting} images in partly filled buckets at the end of the last epoch", file=sys.stderr)
 
-    def _batch(self, epoch: int, bucket: Bucket, items: list[tuple[int, bytes, Any, int]]) -> dict[str, torch.Tensor] | None:
+    def _batch(self, epoch: int, bucket: Bucket, items: list[tuple[int, str, bytes, Any, int]]) -> dict[str, torch.Tensor] | None:
         pixels, conds, labels, indices = [], [], [], []
-        for index, data, original, label in items:
+        for index, name, data, original, label in items:
             rng = sample_rng(self.seed, epoch, index)
             flip = bool(rng.random() < self.flip_probability)  # same draw order as the loader
             try:
                 resized, original = load_resized(data, bucket, original_size=original, background=self.background, fast=self.fast)
             except ValueError as err:
-                self._skip(f"sample {index}", err)
+                self._skip(name, str(err))
                 continue
             image, cond = crop(resized, original, bucket, rng, mode=self.crop_mode, flip=flip)
             pixels.append(image), conds.append(cond), labels.append(label), indices.append(index)
@@ -242,6 +299,6 @@ class ShardStream(IterableDataset):
             return None
         return collate(pixels, conds, labels, indices)
 
-    def _skip(self, name: str, err: Exception) -> None:
-        self.skipped.append((name, str(err)))
-        print(f"microcond shards: skipped {name}: {err}", file=sys.stderr)
+    def _skip(self, name: str, reason: str) -> None:
+        self.skipped.append((name, reason))
+        print(f"microcond shards: skipped {name}: {reason}", file=sys.stderr)

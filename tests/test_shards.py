@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
@@ -160,3 +161,10 @@ def test_a_truncated_tar_keeps_the_intact_samples_and_reports_the_damage(tmp_pat
     assert sorted(int(batch["index"][0]) for batch in stream) == list(range(len(kept)))
     assert stream.skipped == [(f"{shard}:{cut_key}", source.skipped[0][1])]
 
+
+def test_shard_json_records_the_path_relative_to_the_folder(folder_and_shards):
+    source, shards = folder_and_shards
+    with tarfile.open(shards[0]) as tar:
+        metas = [json.loads(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".json")]
+    assert [m["source"] for m in metas] == [Path(name).name for name in source.names[:5]]
+    assert not any(os.sep in m["source"] or str(source.root) in json.dumps(m) for m in metas)

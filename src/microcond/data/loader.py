@@ -71,6 +71,8 @@ class ImageSource:
         skipped: ``(name, reason)`` of every image left out (unusable in the index, or failing
             to decode later).
         dropped_small: images left out by ``min_original_edge`` (the paper's "512-only" baseline).
+        root: the folder the images were scanned in (shards record paths relative to it); None
+            for shards.
     """
 
     names: list[str]
@@ -81,6 +83,7 @@ class ImageSource:
     size_from_metadata: np.ndarray
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dropped_small: int = 0
+    root: str | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -152,6 +155,7 @@ class ImageSource:
             size_from_metadata=np.zeros(n, dtype=bool),
             skipped=skipped,
             dropped_small=dropped,
+            root=None if folder is None else str(folder),
         )
 
     @classmethod

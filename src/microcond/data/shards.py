@@ -3,7 +3,8 @@
 A sample is ``KEY.EXT`` (the image file's bytes, unchanged) plus ``KEY.json`` with
 ``original_height`` and ``original_width`` (after EXIF orientation) and ``label``, the fields
 img2dataset writes, so shards made elsewhere with pre-resized pixels keep their true original
-size (paper section 2.2; diffusers #6203 recorded the resized size instead).
+size (paper section 2.2; diffusers #6203 recorded the resized size instead). ``source`` is the
+image's path relative to the scanned folder (never an absolute local path).
 
 Members are grouped into samples as webdataset does (consecutive files sharing the key of
 ``base_plus_ext``). A bad sample never stops the reading: a JSON that is not an object, an
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 import tarfile
 from pathlib import Path
@@ -72,7 +74,9 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
             data = source.open(i)
             data = data if isinstance(data, bytes) else Path(data).read_bytes()
             h, w = (int(v) for v in source.original_sizes[i])
-            meta = {"original_height": h, "original_width": w, "label": int(source.labels[i]), "source": source.names[i]}
+            meta = {"original_height": h, "original_width": w, "label": int(source.labels[i])}
+            if source.root is not None:  # provenance without the local folder's absolute path
+                meta["source"] = Path(os.path.relpath(source.names[i], source.root)).as_posix()
             sink.write({"__key__": f"{i:09d}", ext: data, "json": json.dumps(meta).encode()})
     return written
 

@@ -55,6 +55,15 @@ def test_extreme_mix_has_only_square_and_two_to_one_originals(extreme) -> None:
     assert np.all(np.abs(ratios[~square & (np.array([min(r["original_size"]) for r in records]) >= 16)] - 2.0) < 0.1)
 
 
+def test_wide_mix_makes_every_non_square_original_landscape(tmp_path) -> None:
+    root = tmp_path / "data"
+    build_demo_data(DemoDataConfig(out=str(root), n_train=200, n_eval=10, jobs=1, aspect_mix="wide", preview=False), progress=False)
+    sizes = np.array([json.loads(line)["original_size"] for line in (root / "train" / "metadata.jsonl").read_text().splitlines()])  # (N, 2) h, w
+    square = sizes[:, 1] < 1.2 * sizes[:, 0]
+    assert 0.15 < square.mean() < 0.35
+    assert np.all(sizes[~square, 1] > 1.8 * sizes[~square, 0])  # 2:1, width first: no tall originals
+
+
 def test_real_objects_move_left_as_the_crop_moves_right(extreme) -> None:
     effect = real_effect(extreme, PALETTE)
     position = effect["position"]

@@ -195,8 +195,9 @@ def write_results(results: dict, commands: dict[str, list[str]], figures: dict[s
     lines = [
         "# Micro-conditioning at 32 px: the paper's effects, measured",
         "",
-        f"Produced by `{command}` on 2 CPU cores: {results['minutes']:.0f} minutes in all, {results.get('training_minutes', float('nan')):.0f} of them training; every number below comes from that run "
-        "and is also a row of [results.json](results.json).",
+        f"Produced by `{command}` on 2 CPU cores: {results['minutes']:.0f} minutes in all, {results.get('training_minutes', float('nan')):.0f} of them training "
+        f"({len(results['runs'])} models, two at a time) and {sum(e.get('minutes', 0) for e in results['runs'].values()):.0f} sampling and measuring; "
+        "every number below comes from that run and is also a row of [results.json](results.json).",
         "Metrics are in-domain (features of a small classifier trained on the real demo images, and a",
         "Laplacian-pyramid sliced Wasserstein distance), not Inception FID; compare them between rows, not with the paper.",
         f"{seeds} training seeds per model; sample counts: {budget['table_samples']} per Table 2 row, {budget['crop_samples']} per cut-off query and per crop offset, "
@@ -205,11 +206,12 @@ def write_results(results: dict, commands: dict[str, list[str]], figures: dict[s
         "",
         "## Data and recipe",
         "",
-        "The demo data with `--aspect-mix extreme`: the same emoji, sizes (39% with a short edge below 32 px) and formats as the web-like",
-        "default, but every non-square original is 1:2 or 2:1, so a 32 px training crop cuts up to half of the image. With the web-like mix",
-        "(shapes spread over 1:2..2:1) few crops cut anything and no recipe tried learned the crop condition (see the ablation below).",
-        "All models see the same data, so the comparisons stay fair; the real-data columns come from that data too.",
-        "The tiny preset trains with v-prediction (the ablation's winner); everything else as in wave 1.",
+        "The demo data with `--aspect-mix wide`: the same emoji, sizes (39% with a short edge below 32 px) and formats as the web-like",
+        "default; a quarter of the originals are square and every other one is 2:1 landscape, so a 32 px training crop cuts up to half",
+        "of the image and the crop offset says which half. With shapes spread over 1:2..2:1 few crops cut anything, and tall originals",
+        "share c_left = 0 with uncut images; the crop condition was learned most clearly on this mix (crop ablation below).",
+        "All models see the same data and budget, so the comparisons stay fair; the real-data columns come from that data too.",
+        "The tiny preset trains with v-prediction (the ablation's choice) at lr 1e-3; everything else as before.",
         "",
         "## Models (equal budgets: the same steps, batch and seeds)",
         "",

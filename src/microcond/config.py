@@ -33,7 +33,7 @@ class TrainConfig:
     num_classes: int = 0  # 0 = unconditional; otherwise a learned vector per class in the pooled slot
     signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
     # Objective
-    prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (the pixel presets)
+    prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (learns the crop better, loses the size effect: docs/results.md)
     beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
@@ -123,10 +123,8 @@ class TrainConfig:
 
 # Named presets: overrides of the defaults above (DiT's DiT_models, nanoGPT's GPTConfig).
 PRESETS: dict[str, dict] = {
-    # Pixel presets predict v (Salimans & Ho 2022): epsilon prediction barely weighs the noise levels
-    # where the layout, and so the crop, is decided, and its crop effect stayed flat (docs/results.md).
-    "tiny": dict(resolution=32, batch_size=32, lr=1e-3, prediction_type="v_prediction"),
-    "small": dict(resolution=64, batch_size=32, lr=5e-4, prediction_type="v_prediction"),
+    "tiny": dict(resolution=32, batch_size=32, lr=1e-3),
+    "small": dict(resolution=64, batch_size=32, lr=5e-4),
     "sdxl": dict(resolution=1024, caption_dropout=0.1, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
 }
 

@@ -48,7 +48,7 @@ def test_page_and_json_hold_the_same_numbers(tmp_path: Path) -> None:
     results = _results()
     curve = tmp_path / "curve.png"
     curve.write_bytes(b"")
-    page = write_results(results, {"size": ["microcond", "train"]}, {"curve": curve}, tmp_path, "microcond experiment paper")
+    page = write_results(results, {"size": ("all images, size conditioning", ["microcond", "train"])}, {"curve": curve}, tmp_path, "microcond experiment paper")
     text = page.read_text()
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["rows"] == rows(results)

@@ -333,7 +333,7 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
     ablation = out.parent / "ablation" / "ablation.json"
     ablation = json.loads(ablation.read_text()) if ablation.exists() else None
     command = f"microcond experiment paper --out {out}" + (f" --docs {docs}" if docs != out else "") + f" --steps {budget.steps}"
-    commands = {name: train_command(name, data / "train", out / "runs" / f"{name}-s0", budget.steps, 0) for name in MODELS}
+    commands = {name: (MODELS[name][0], train_command(name, data / "train", out / "runs" / f"{name}-s0", budget.steps, 0)) for name in MODELS}
     return write_results(results, commands, figures, docs, command, ablation)
 
 

@@ -188,8 +188,12 @@ def ablation_table(ablation: dict) -> list[str]:
     return lines
 
 
-def write_results(results: dict, commands: dict[str, list[str]], figures: dict[str, Path], docs: Path, command: str, ablation: dict | None = None) -> Path:
-    """docs/results.md (tables, figures, the exact commands) and docs/results.json (its numbers)."""
+def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], figures: dict[str, Path], docs: Path, command: str, ablation: dict | None = None) -> Path:
+    """docs/results.md (tables, figures, the exact commands) and docs/results.json (its numbers).
+
+    Args:
+        commands: model name -> (what the model sees, its training command).
+    """
     rel = lambda p: os.path.relpath(p, docs)  # noqa: E731
     budget = results["budget"]
     models = _by_model(results)
@@ -222,8 +226,8 @@ def write_results(results: dict, commands: dict[str, list[str]], figures: dict[s
         "| model | what it sees | command (seed 0; seed 1 adds `--seed 1` and its own `--out`) |",
         "| --- | --- | --- |",
     ]
-    for name, cmd in commands.items():
-        lines.append(f"| {name} | {_describe(name)} | `{' '.join(cmd)}` |")
+    for name, (description, cmd) in commands.items():
+        lines.append(f"| {name} | {description} | `{' '.join(cmd)}` |")
     lines += ["", "## Table 2: discard small images, or keep them with and without size conditioning", "",
               "Samples asked for c_size = 32x32, c_crop = (0, 0) (SDXL's inference default), classes cycled.", "",
               "| model | Frechet distance | KID | SWD x1e3 | sharpness (samples / real) | cut-off rate |", "| --- | --- | --- | --- | --- | --- |"]
@@ -276,9 +280,3 @@ def write_results(results: dict, commands: dict[str, list[str]], figures: dict[s
     path = docs / "results.md"
     path.write_text("\n".join(lines))
     return path
-
-
-def _describe(name: str) -> str:
-    from microcond.experiment import MODELS
-
-    return MODELS[name][0]

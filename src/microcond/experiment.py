@@ -353,7 +353,7 @@ def live_units(run: Path, batches: int = 16) -> int:
 
     from microcond.data.loader import open_training_data
     from microcond.runs import load_run
-    from microcond.train import ConditioningHealth
+    from microcond.model import ConditioningHealth
 
     model, cfg, _, _ = load_run(run)
     health = ConditioningHealth(model.unet)

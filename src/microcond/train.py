@@ -38,7 +38,7 @@ from microcond.checkpoint import (
 )
 from microcond.conditions import MicroCondEmbedder
 from microcond.config import TrainConfig
-from microcond.model import Denoiser, build_unet
+from microcond.model import ConditioningHealth, Denoiser, build_unet, param_groups
 
 # Process settings for CPU training, applied by re-executing once (reference/cpu-measurements.md):
 # glibc otherwise unmaps and re-faults large activation buffers every step; OpenMP threads that
@@ -119,51 +119,6 @@ def distributed() -> tuple[int, int, torch.device]:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return rank, world, device
-
-
-def param_groups(model: Denoiser, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: the UNet's conditioning MLP at ``add_embedding_lr`` when set, the rest at ``lr``.
-
-    The MLP's first layer takes 1536 Fourier features of the ids, most of them nearly constant
-    (low frequencies, the fixed target size); Adam moves each of their weights by about lr per
-    step, so together they shift a unit's pre-activation like a bias with a learning rate
-    hundreds of times lr, and at lr 1e-3 units die (docs/results.md, crop ablation).
-    """
-    special = set(map(id, model.unet.add_embedding.parameters())) if cfg.add_embedding_lr and hasattr(model.unet, "add_embedding") else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
-    groups = [{"params": rest, "lr": cfg.lr, "base_lr": cfg.lr}]
-    if special:
-        mlp = [p for p in model.unet.add_embedding.parameters() if p.requires_grad]
-        groups.append({"params": mlp, "lr": cfg.add_embedding_lr, "base_lr": cfg.add_embedding_lr})
-    return groups
-
-
-class ConditioningHealth:
-    """Live units of the conditioning MLP's hidden layer, from the batches the loop trains on.
-
-    A unit is live when its pre-activation exceeds -3 for some sample of the logging window
-    (below that SiLU is flat near zero and the unit passes on nothing: class, size and crop are
-    gone). Reported as ``cond_units_live`` of ``cond_units`` in metrics.jsonl.
-    """
-
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.live: torch.Tensor | None = None
-        layer = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
-        self.units = layer.out_features if layer is not None else 0
-        if layer is not None:
-            layer.register_forward_hook(self._observe)
-
-    def _observe(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        seen = (output.detach() > -3).flatten(0, -2).any(dim=0)  # (units,)
-        self.live = seen if self.live is None else self.live | seen
-
-    def report(self) -> dict:
-        """The window's count, then a new window."""
-        if self.live is None:
-            return {}
-        row = {"cond_units_live": int(self.live.sum()), "cond_units": self.units}
-        self.live = None
-        return row
 
 
 def diffusion_loss(

@@ -34,6 +34,7 @@ class TrainConfig:
     signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
     # Objective
     prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (learns the crop better, loses the size effect: docs/results.md)
+    loss_weight_cap: float = 0.0  # v_prediction: cap on a noise level's weight in epsilon terms (v weighs 1 + 1/SNR); 0 = none
     beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
@@ -101,6 +102,7 @@ class TrainConfig:
             (len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas", "two numbers in [0, 1), like 0.9 0.99"),
             (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 disables clipping)"),
             (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
+            (finite(self.loss_weight_cap) and (self.loss_weight_cap == 0 or self.loss_weight_cap >= 1), "loss_weight_cap", "0 (no cap) or a finite number >= 1"),
             (self.log_every >= 1 and self.sample_every >= 0, "log_every/sample_every", "log_every >= 1 and sample_every >= 0"),
             (0 <= self.seed < 2**64, "seed", "in [0, 2**64)"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),

@@ -69,6 +69,8 @@ ABLATIONS = {
     "eps-wide": ("epsilon prediction, wide mix", "wide", dict(prediction_type="epsilon")),
     "v-wide": ("v-prediction, wide mix (the paper experiment's recipe)", "wide", dict(prediction_type="v_prediction")),
     "v-wide-sq10": ("v-prediction, wide mix with 10% squares", "wide-sq10", dict(prediction_type="v_prediction")),
+    "v-wide-cap10": ("v-prediction, wide mix, loss weight capped at 10x epsilon's", "wide", dict(prediction_type="v_prediction", loss_weight_cap=10)),
+    "v-wide-cap50": ("v-prediction, wide mix, loss weight capped at 50x epsilon's", "wide", dict(prediction_type="v_prediction", loss_weight_cap=50)),
 }
 
 

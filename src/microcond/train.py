@@ -156,7 +156,13 @@ def diffusion_loss(
     target = noise if cfg.prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, t)
     ids = embedder.select(batch["ids"])  # (b, 2 * n_signals)
     pred = model(xt, t, ids, drop, labels, **text)
-    return torch.nn.functional.mse_loss(pred.float(), target)
+    if not cfg.loss_weight_cap or cfg.prediction_type == "epsilon":  # epsilon weighs every level 1, under any cap
+        return torch.nn.functional.mse_loss(pred.float(), target)
+    # The v loss is 1 + 1/SNR = 1/alpha_bar times the epsilon loss; cap that factor so the noisiest
+    # levels do not swamp the rest (cap 1 gives back the epsilon loss of the same prediction).
+    weight = torch.clamp(cfg.loss_weight_cap * scheduler.alphas_cumprod.to(device)[t], max=1.0)  # (b,)
+    per_sample = (pred.float() - target).pow(2).mean(dim=(1, 2, 3))
+    return (weight * per_sample).mean()
 
 
 @contextlib.contextmanager

@@ -388,3 +388,15 @@ def test_cli_scan_refuses_workers_below_one_in_one_line(tmp_path, capsys, worker
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--workers must be a positive number" in err and "Traceback" not in err, err
     assert not (tmp_path / "i.parquet").exists()
+
+
+def test_a_corrupt_index_is_named_in_one_line(tmp_path, capsys):
+    _save(tmp_path / "ok.png", _image(6, 7))
+    index = tmp_path / "i.parquet"
+    index.write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(ValueError, match=f"{index} is not a readable index"):
+        read_index(index)
+    assert main(["scan", str(tmp_path), "--out", str(index), "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(index) in err and "another --out" in err
+    assert index.read_bytes() == b"PAR1 this is not a parquet file"  # not ours to overwrite

@@ -173,6 +173,32 @@ def test_captions_from_metadata_sidecar_and_shards(images, cache_env, tmp_path):
                 tar.addfile(info, io.BytesIO(data))
     shard_source = ImageSource.from_shards([shard])
     assert read_captions(shard_source, shard) == (["from txt", "from json", ""], 1)
+    # A tar cut inside sample c: the intact samples keep their captions, nothing raises.
+    with tarfile.open(shard) as tar:
+        cut_at = tar.getmember("c.png").offset + 600
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(shard.read_bytes()[:cut_at])
+    cut_source = ImageSource.from_shards([cut])
+    assert [n.rsplit(":", 1)[1] for n in cut_source.names] == ["a", "b"] and len(cut_source.skipped) == 1
+    assert read_captions(cut_source, cut) == (["from txt", "from json"], 0)
+
+
+def test_pickled_weights_are_refused(tiny, tmp_path):
+    """Only safetensors load: a folder whose UNet is a pickled .bin gets one error naming the file kind."""
+    import shutil
+
+    from diffusers import UNet2DConditionModel
+
+    from microcond.conditions import MicroCondEmbedder
+    from microcond.model import build_unet
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny / "unet", folder / "unet")
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    UNet2DConditionModel.from_pretrained(tiny / "unet").save_pretrained(folder / "unet", safe_serialization=False)
+    assert (folder / "unet" / "diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(OSError, match="safetensors"):
+        build_unet("sdxl", 64, MicroCondEmbedder(), str(folder))
 
 
 def test_latent_cache_keeps_each_crop_and_matches_reencoding(tiny, images, cache_env):

@@ -241,3 +241,69 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_p
         holder.wait()
     train(tiny_cfg(steps=1), tmp_path, SyntheticBatches(4), progress=False)
     assert metric_steps(tmp_path) == [1]
+
+
+@pytest.mark.parametrize("cap", [1.0, 20.0])
+def test_loss_weight_cap_reweighs_v_loss_in_epsilon_terms(cap):
+    """v-loss x min(1, cap x alpha_bar): cap 1 is exactly the epsilon loss of the same prediction."""
+    from microcond import config as config_mod
+    from microcond.train import diffusion_loss, make_scheduler, step_generator
+
+    seen = {}
+
+    def model(x, t, ids, drop, labels):
+        seen.update(xt=x, t=t, pred=torch.linspace(-1, 1, x.numel()).reshape(x.shape))
+        return seen["pred"]
+
+    class Embedder:
+        signal_names = ("original_size", "crop_top_left", "target_size")
+
+        @staticmethod
+        def select(ids):
+            return ids
+
+    batch = {"pixels": torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8), "ids": torch.zeros(6, 6, dtype=torch.long), "labels": torch.zeros(6, dtype=torch.long)}
+    losses = {}
+    for c in (0.0, cap):
+        cfg = config_mod.resolve("tiny", overrides={"prediction_type": "v_prediction", "loss_weight_cap": c})
+        scheduler = make_scheduler(cfg)
+        losses[c] = diffusion_loss(model, scheduler, batch, cfg, step_generator(0, 3, torch.device("cpu")), slice(0, 6), 6, Embedder)
+    a = scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)  # (b, 1, 1, 1)
+    x0 = batch["pixels"].float() / 127.5 - 1
+    noise = (seen["xt"] - a.sqrt() * x0) / (1 - a).sqrt()
+    v = a.sqrt() * noise - (1 - a).sqrt() * x0
+    eps_hat = a.sqrt() * seen["pred"] + (1 - a).sqrt() * seen["xt"]  # diffusers' v -> epsilon conversion
+    assert torch.allclose(losses[0.0], (seen["pred"] - v).pow(2).mean(), rtol=1e-4)
+    per_sample_v = (seen["pred"] - v).pow(2).mean(dim=(1, 2, 3))
+    expected = (torch.clamp(cap * a.flatten(), max=1) * per_sample_v).mean()
+    assert torch.allclose(losses[cap], expected, rtol=1e-4)
+    if cap == 1.0:
+        assert torch.allclose(losses[cap], (eps_hat - noise).pow(2).mean(), rtol=1e-4)
+    assert losses[cap] < losses[0.0]
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_older_ones(tmp_path, monkeypatch):
+    from safetensors import SafetensorError
+
+    import microcond.checkpoint as ckpt
+
+    train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)  # checkpoint at step 3
+    before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "checkpoints")}
+    written = []
+
+    def full_disk(tensors, path):
+        written.append(path)
+        if len(written) == 2:  # the second file of the step-6 checkpoint
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: \"No space left on device\" })")
+        return save(tensors, path)
+
+    save = ckpt.save_file
+    monkeypatch.setattr(ckpt, "save_file", full_disk)
+    with pytest.raises(OSError, match="could not write checkpoint .*step-00000006.*No space left") as caught:
+        train(tiny_cfg(steps=6), tmp_path, SyntheticBatches(4), progress=False)
+    assert "\n" not in str(caught.value)
+    assert {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "checkpoints")} == before
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".tmp-")]
+    monkeypatch.setattr(ckpt, "save_file", save)
+    train(tiny_cfg(steps=6), tmp_path, SyntheticBatches(4), progress=False)  # space again: resumes from step 3
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-00000006"

@@ -88,18 +88,22 @@ def save_checkpoint(root: Path, step: int, tensors: dict[str, dict[str, torch.Te
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    digests = {}
-    for stem, group in tensors.items():
-        path = tmp / f"{stem}.safetensors"
-        save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(path))
-        _fsync_file(path)
-        digests[path.name] = file_sha256(path)  # read back: the bytes that reached the file
-    state = {**state, "step": step, "files": sorted(digests), "sha256": digests}
-    with open(tmp / STATE_FILE, "w") as fh:  # written last: its presence marks a complete directory
-        json.dump(state, fh, indent=2)
-        fh.flush()
-        os.fsync(fh.fileno())
-    _fsync_dir(tmp)
+    try:
+        digests = {}
+        for stem, group in tensors.items():
+            path = tmp / f"{stem}.safetensors"
+            save_file({k: v.detach().contiguous().cpu() for k, v in group.items()}, str(path))
+            _fsync_file(path)
+            digests[path.name] = file_sha256(path)  # read back: the bytes that reached the file
+        state = {**state, "step": step, "files": sorted(digests), "sha256": digests}
+        with open(tmp / STATE_FILE, "w") as fh:  # written last: its presence marks a complete directory
+            json.dump(state, fh, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+    except (OSError, SafetensorError) as err:  # disk full, quota, I/O error: the older checkpoints stay
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OSError(f"could not write checkpoint {final}: {str(err).strip()}; the checkpoints before it are untouched") from None
     if final.exists():  # a rerun of the same step after a crash between rename and prune
         shutil.rmtree(final)
     os.rename(tmp, final)

@@ -79,7 +79,7 @@ def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretra
             folder = folder / "unet"
         if not (folder / "config.json").exists():
             raise ValueError(f"--pretrained {pretrained!r} holds no UNet (expected config.json there or in unet/)")
-        unet = MicroCondUNet.from_pretrained(folder, local_files_only=True)
+        unet = MicroCondUNet.from_pretrained(folder, local_files_only=True, use_safetensors=True)  # never unpickle a .bin
         pooled = unet.add_embedding.linear_1.in_features - unet.config.addition_time_embed_dim * embedder.n_ids
         check_embedder_matches(unet, embedder, pooled)
         return unet

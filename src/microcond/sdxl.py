@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from microcond.data.loader import BucketBatches, ImageSource, ResumableLoader, default_cache_dir, make_loader
-from microcond.data.pixelcache import cache_key
+from microcond.data.pixelcache import cache_key, staged
 
 LATENT_CACHE_VERSION = 1
 TEXT_PARTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
@@ -65,7 +65,7 @@ class LatentSpace:
         from diffusers import AutoencoderKL
 
         self.folder = require_folder(folder, "--vae", "an AutoencoderKL (config.json and weights)")
-        self.vae = AutoencoderKL.from_pretrained(self.folder, local_files_only=True).to(device).eval().requires_grad_(False)
+        self.vae = AutoencoderKL.from_pretrained(self.folder, local_files_only=True, use_safetensors=True).to(device).eval().requires_grad_(False)
         cfg = self.vae.config
         self.scaling_factor = float(cfg.scaling_factor)
         self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)
@@ -104,10 +104,11 @@ class TextEncoders:
 
         self.folder = require_folder(folder, "--text-encoders", f"{', '.join(p + '/' for p in TEXT_PARTS)} (an SDXL checkpoint folder)")
         load = dict(local_files_only=True)
+        weights = dict(load, use_safetensors=True)  # never unpickle a .bin
         self.tokenizers = [CLIPTokenizer.from_pretrained(self.folder / name, **load) for name in ("tokenizer", "tokenizer_2")]
         self.encoders = [
-            CLIPTextModel.from_pretrained(self.folder / "text_encoder", **load).to(device).eval().requires_grad_(False),
-            CLIPTextModelWithProjection.from_pretrained(self.folder / "text_encoder_2", **load).to(device).eval().requires_grad_(False),
+            CLIPTextModel.from_pretrained(self.folder / "text_encoder", **weights).to(device).eval().requires_grad_(False),
+            CLIPTextModelWithProjection.from_pretrained(self.folder / "text_encoder_2", **weights).to(device).eval().requires_grad_(False),
         ]
         self.context_dim = sum(e.config.hidden_size for e in self.encoders)  # 768 + 1280 for SDXL
         self.pooled_dim = int(self.encoders[1].config.projection_dim)  # 1280 for SDXL
@@ -167,9 +168,17 @@ def read_captions(source: ImageSource, data: str | Path) -> tuple[list[str], int
 
 def _shard_captions(shard: str) -> dict[str, str]:
     """``{key: caption}`` from a tar's ``KEY.txt`` members, else ``caption``/``text`` of ``KEY.json``."""
+    found: dict[str, str] = {}
+    try:
+        _read_captions(shard, found)
+    except (tarfile.TarError, EOFError):  # truncated: index_shards listed the samples it lost
+        pass
+    return found
+
+
+def _read_captions(shard: str, found: dict[str, str]) -> None:
     from webdataset.tariterators import base_plus_ext
 
-    found: dict[str, str] = {}
     with tarfile.open(shard, "r:") as tar:
         for member in tar:
             key, ext = base_plus_ext(member.name)
@@ -186,7 +195,6 @@ def _shard_captions(shard: str) -> dict[str, str]:
                 text = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
                 if isinstance(text, str):
                     found[key] = text
-    return found
 
 
 class TextCache:
@@ -213,27 +221,19 @@ class TextCache:
         folder = Path(cache_dir) / f"text-{key}"
         if (folder / "captions.json").is_file():
             return cls(folder)
-        tmp = Path(cache_dir) / f".text-{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        context = pooled = None
-        for start in tqdm(range(0, len(distinct), batch), desc="text cache", unit="batch", disable=not progress, file=sys.stderr):
-            c, p = text.encode(distinct[start:start + batch])  # (b, L, D), (b, P)
-            if context is None:
-                context = np.lib.format.open_memmap(tmp / "context.npy", mode="w+", dtype=np.float16, shape=(len(distinct), *c.shape[1:]))
-                pooled = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(distinct), p.shape[1]))
-            context[start:start + len(c)] = c.cpu().numpy()
-            pooled[start:start + len(p)] = p.cpu().numpy()
-        context.flush()
-        pooled.flush()
-        del context, pooled
-        (tmp / "captions.json").write_text(json.dumps(distinct))  # written last: marks a complete folder
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / "captions.json").is_file():
-                raise
-            shutil.rmtree(tmp)
+        with staged(cache_dir, folder.name, "captions.json") as tmp:
+            context = pooled = None
+            for start in tqdm(range(0, len(distinct), batch), desc="text cache", unit="batch", disable=not progress, file=sys.stderr):
+                c, p = text.encode(distinct[start:start + batch])  # (b, L, D), (b, P)
+                if context is None:
+                    context = np.lib.format.open_memmap(tmp / "context.npy", mode="w+", dtype=np.float16, shape=(len(distinct), *c.shape[1:]))
+                    pooled = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(distinct), p.shape[1]))
+                context[start:start + len(c)] = c.cpu().numpy()
+                pooled[start:start + len(p)] = p.cpu().numpy()
+            context.flush()
+            pooled.flush()
+            del context, pooled
+            (tmp / "captions.json").write_text(json.dumps(distinct))  # written last: marks a complete folder
         return cls(folder)
 
     def lookup(self, captions: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,49 +291,41 @@ class LatentCache:
         targets = [dataset.buckets[b] for b in dataset.bucket_of.tolist()]
         shapes = np.array([latent_space.latent_shape(t) for t in targets], dtype=np.int64).reshape(n, 3)
         offsets = np.concatenate([[0], np.cumsum(shapes.prod(axis=1) * crops)]).astype(np.int64)
-        tmp = Path(cache_dir) / f".latents-{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        latents = np.lib.format.open_memmap(tmp / "latents.npy", mode="w+", dtype=np.float16, shape=(int(offsets[-1]),))
-        ids = np.zeros((n, crops, 6), dtype=np.int64)
-        rows = np.sort(np.concatenate(dataset.members)) if dataset.members else np.zeros(0, np.int64)
-        failures: dict[int, tuple[int, str, str]] = {}
-        jobs = [(int(i), k) for b in range(len(dataset.buckets)) for i in rows[dataset.bucket_of[rows] == b] for k in range(crops)]
-        bar = tqdm(total=len(jobs), desc="latent cache", unit="crop", disable=not progress, file=sys.stderr)
-        for start in range(0, len(jobs), batch):
-            pixels, done = [], []
-            for i, k in jobs[start:start + batch]:  # a chunk may straddle two buckets: encoded by shape below
-                try:
-                    image, cond = dataset.sample(k, i, targets[i])  # (th, tw, 3) uint8, MicroCond
-                except (OSError, ValueError) as err:
-                    failures[i] = (i, dataset.source.names[i], str(err) or type(err).__name__)
-                    continue
-                pixels.append(image)
-                done.append((i, k))
-                ids[i, k] = cond.ids
-            for shape in {p.shape for p in pixels}:
-                same = [j for j, p in enumerate(pixels) if p.shape == shape]
-                stack = torch.from_numpy(np.stack([pixels[j] for j in same])).permute(0, 3, 1, 2)  # (b, 3, th, tw)
-                encoded = latent_space.encode(stack).cpu().numpy().astype(np.float16)  # (b, C, h, w)
-                for j, z in zip(same, encoded):
-                    i, k = done[j]
-                    size = z.size
-                    latents[offsets[i] + k * size:offsets[i] + (k + 1) * size] = z.reshape(-1)
-            bar.update(len(jobs[start:start + batch]))
-        bar.close()
-        latents.flush()
-        del latents
-        np.save(tmp / "offsets.npy", offsets)
-        np.save(tmp / "shapes.npy", shapes)
-        np.save(tmp / "ids.npy", ids)
-        (tmp / "meta.json").write_text(json.dumps({"key": key, "crops": crops, "settings": settings, "images": n,
-                                                   "failures": sorted(failures.values())}, indent=1))
-        try:
-            os.replace(tmp, folder)  # atomic: a half-written cache is never found under its key
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp)
+        with staged(cache_dir, folder.name, "meta.json") as tmp:
+            latents = np.lib.format.open_memmap(tmp / "latents.npy", mode="w+", dtype=np.float16, shape=(int(offsets[-1]),))
+            ids = np.zeros((n, crops, 6), dtype=np.int64)
+            rows = np.sort(np.concatenate(dataset.members)) if dataset.members else np.zeros(0, np.int64)
+            failures: dict[int, tuple[int, str, str]] = {}
+            jobs = [(int(i), k) for b in range(len(dataset.buckets)) for i in rows[dataset.bucket_of[rows] == b] for k in range(crops)]
+            bar = tqdm(total=len(jobs), desc="latent cache", unit="crop", disable=not progress, file=sys.stderr)
+            for start in range(0, len(jobs), batch):
+                pixels, done = [], []
+                for i, k in jobs[start:start + batch]:  # a chunk may straddle two buckets: encoded by shape below
+                    try:
+                        image, cond = dataset.sample(k, i, targets[i])  # (th, tw, 3) uint8, MicroCond
+                    except (OSError, ValueError) as err:
+                        failures[i] = (i, dataset.source.names[i], str(err) or type(err).__name__)
+                        continue
+                    pixels.append(image)
+                    done.append((i, k))
+                    ids[i, k] = cond.ids
+                for shape in {p.shape for p in pixels}:
+                    same = [j for j, p in enumerate(pixels) if p.shape == shape]
+                    stack = torch.from_numpy(np.stack([pixels[j] for j in same])).permute(0, 3, 1, 2)  # (b, 3, th, tw)
+                    encoded = latent_space.encode(stack).cpu().numpy().astype(np.float16)  # (b, C, h, w)
+                    for j, z in zip(same, encoded):
+                        i, k = done[j]
+                        size = z.size
+                        latents[offsets[i] + k * size:offsets[i] + (k + 1) * size] = z.reshape(-1)
+                bar.update(len(jobs[start:start + batch]))
+            bar.close()
+            latents.flush()
+            del latents
+            np.save(tmp / "offsets.npy", offsets)
+            np.save(tmp / "shapes.npy", shapes)
+            np.save(tmp / "ids.npy", ids)
+            (tmp / "meta.json").write_text(json.dumps({"key": key, "crops": crops, "settings": settings, "images": n,
+                                                       "failures": sorted(failures.values())}, indent=1))
         return cls(folder)
 
     @property

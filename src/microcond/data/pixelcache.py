@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
@@ -26,6 +29,52 @@ if TYPE_CHECKING:
 
 # Bump when the cached content changes meaning (it is part of the key).
 CACHE_VERSION = 1
+
+# A cache folder being built: ".<kind>-<key>.tmp<pid>" (pixel, latent and text caches alike).
+_STAGING_RE = re.compile(r"^\.(?:pixels|latents|text)-[0-9a-f]+\.tmp(\d+)$")
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_staging(cache_dir: Path) -> list[Path]:
+    """Delete the staging folders of builds whose process no longer runs (killed mid-build)."""
+    stale = [p for p in cache_dir.iterdir() if (m := _STAGING_RE.match(p.name)) and int(m[1]) != os.getpid() and not _running(int(m[1]))]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+@contextmanager
+def staged(cache_dir: str | Path, name: str, marker: str) -> Iterator[Path]:
+    """Build ``cache_dir/name`` in a private folder that is renamed into place when the body ends.
+
+    A half-written cache is never found under its name: the body writes ``marker`` last, a failed
+    body (disk full, Ctrl-C) removes its folder, and folders left by killed builds go first.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(cache_dir)
+    tmp = cache_dir / f".{name}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        os.replace(tmp, cache_dir / name)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (cache_dir / name / marker).is_file():
+            raise  # else another process finished the same cache first
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def bucket_targets(source: ImageSource, buckets: Sequence[Bucket]) -> list[Bucket]:
@@ -90,7 +139,6 @@ class PixelCache:
               in_memory: bool = False, progress: bool = True) -> "PixelCache":
         """Decode every image once (``processes`` in parallel), or reuse the cache with the same key."""
         import multiprocessing
-        import shutil
 
         from tqdm import tqdm
 
@@ -103,34 +151,26 @@ class PixelCache:
         shapes = np.array([resized_size(tuple(s), t) for s, t in zip(source.original_sizes.tolist(), targets)],
                           dtype=np.int64).reshape(len(source), 2)
         offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)]).astype(np.int64)
-        tmp = Path(cache_dir) / f".pixels-{key}.tmp{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pixels = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(int(offsets[-1]),))
-        jobs = [(i, t, tuple(background), fast) for i, t in enumerate(targets)]
-        failures = []
-        bar = tqdm(total=len(jobs), desc="pixel cache", unit="img", disable=not progress, file=sys.stderr)
-        with multiprocessing.get_context("fork").Pool(max(1, processes), _init_build, (source,)) as pool:
-            for i, array, reason in pool.imap_unordered(_load_row, jobs, chunksize=16):
-                if array is None:
-                    failures.append((i, source.names[i], reason))
-                else:
-                    pixels[offsets[i]:offsets[i + 1]] = array.reshape(-1)
-                bar.update()
-        bar.close()
-        pixels.flush()
-        del pixels
-        np.save(tmp / "offsets.npy", offsets)
-        np.save(tmp / "shapes.npy", shapes)
-        meta = {"key": key, "buckets": [list(b) for b in buckets], "images": len(source),
-                "failures": sorted(failures)}
-        (tmp / "meta.json").write_text(json.dumps(meta))
-        try:
-            os.replace(tmp, folder)  # atomic: a half-written cache is never found under its key
-        except OSError:
-            if not (folder / "meta.json").is_file():
-                raise
-            shutil.rmtree(tmp)  # another process finished the same cache first
+        with staged(cache_dir, folder.name, "meta.json") as tmp:
+            pixels = np.lib.format.open_memmap(tmp / "pixels.npy", mode="w+", dtype=np.uint8, shape=(int(offsets[-1]),))
+            jobs = [(i, t, tuple(background), fast) for i, t in enumerate(targets)]
+            failures = []
+            bar = tqdm(total=len(jobs), desc="pixel cache", unit="img", disable=not progress, file=sys.stderr)
+            with multiprocessing.get_context("fork").Pool(max(1, processes), _init_build, (source,)) as pool:
+                for i, array, reason in pool.imap_unordered(_load_row, jobs, chunksize=16):
+                    if array is None:
+                        failures.append((i, source.names[i], reason))
+                    else:
+                        pixels[offsets[i]:offsets[i + 1]] = array.reshape(-1)
+                    bar.update()
+            bar.close()
+            pixels.flush()
+            del pixels
+            np.save(tmp / "offsets.npy", offsets)
+            np.save(tmp / "shapes.npy", shapes)
+            meta = {"key": key, "buckets": [list(b) for b in buckets], "images": len(source),
+                    "failures": sorted(failures)}
+            (tmp / "meta.json").write_text(json.dumps(meta))
         return cls(folder, in_memory)
 
     def __len__(self) -> int:

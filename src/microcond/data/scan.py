@@ -210,7 +210,15 @@ def _schema(max_pixels: int) -> Any:
     )  # fmt: skip
 
 
-def _check_index(schema: Any, path: Path) -> dict:
+def _check_index(path: Path) -> dict:
+    """The scan settings stored in the index at ``path``; ValueError naming the file if it is not one."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as err:
+        raise ValueError(f"{path} is not a readable index ({str(err).strip()}): delete it, or pass another --out to scan into") from None
     meta = schema.metadata or {}
     if meta.get(b"microcond.index") != INDEX_VERSION.encode():
         raise ValueError(
@@ -397,9 +405,7 @@ def scan(
     try:
         if out.exists():
             importer.join()
-            import pyarrow.parquet as pq
-
-            settings = _check_index(pq.read_schema(out), out)
+            settings = _check_index(out)
             wanted = {"max_pixels": max_pixels, "parser": PARSER_VERSION}
             if settings == wanted:
                 prior = _Prior(out)
@@ -503,7 +509,7 @@ def read_index(path: str | os.PathLike, *, usable: bool | None = None, columns: 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"expected an index written by `microcond scan --out`, found no file at {path}")
-    _check_index(pq.read_schema(path), path)
+    _check_index(path)
     columns = list(columns or COLUMNS)
     unknown = sorted(set(columns) - set(COLUMNS))
     if unknown:

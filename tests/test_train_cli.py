@@ -1,4 +1,4 @@
-"""Training through the command line on real image files: export, DDP under torchrun, SIGKILL."""
+"""Training through the command line on real image files: export, DDP under torchrun, SIGKILLs with corruptions."""
 
 from __future__ import annotations
 
@@ -70,26 +70,47 @@ def test_two_processes_match_one(tmp_path, image_folder, env):
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 3
 
 
-def test_sigkill_then_rerun_matches_uninterrupted(tmp_path, image_folder, env):
-    common = ["--data", str(image_folder), "--steps", "12", "--checkpoint-every", "1", "--keep-checkpoints", "2", "--no-progress", *FLAGS]
-    cmd = [sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "killed"), *common]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ckpts = tmp_path / "killed" / "checkpoints"
-    deadline = time.time() + 600
-    while time.time() < deadline and not list_checkpoints(ckpts) and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.2)  # somewhere inside a later step or checkpoint write
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    found = list_checkpoints(ckpts)
-    assert found, "no checkpoint was written before the kill"
-    assert found[-1].name != "step-00000012", "the run finished before it could be killed"
+def _corrupt(run: Path, kind: str) -> None:
+    """Damage what a crash or a bad disk leaves: the newest checkpoint's tensors or state, or the log."""
+    newest = list_checkpoints(run / "checkpoints")[-1]
+    if kind == "flip":
+        data = bytearray((newest / "model.safetensors").read_bytes())
+        data[len(data) // 2] ^= 0x10
+        (newest / "model.safetensors").write_bytes(bytes(data))
+    elif kind == "state":
+        (newest / "state.json").write_text((newest / "state.json").read_text()[:40])
+    elif kind == "metrics":
+        with open(run / "metrics.jsonl", "a") as fh:
+            fh.write('{"step": 99, "loss": 0.1')  # a row cut by the kill
+
+
+def test_sigkills_and_corruptions_then_rerun_match_uninterrupted(tmp_path, image_folder, env):
+    """A run killed four times, its newest checkpoint or log damaged after some kills, ends bitwise equal."""
+    common = ["--data", str(image_folder), "--steps", "12", "--checkpoint-every", "1", "--keep-checkpoints", "3", "--no-progress", *FLAGS]
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "microcond.cli", "train", "--out", str(run), *common]
+    ckpts = run / "checkpoints"
+    kills = 0
+    for delay, damage in ((0.2, None), (0.05, "flip"), (0.3, "state"), (0.1, "metrics")):
+        start = [p.name for p in list_checkpoints(ckpts)][-1:]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 600
+        while time.time() < deadline and [p.name for p in list_checkpoints(ckpts)][-1:] == start and proc.poll() is None:
+            time.sleep(0.02)
+        time.sleep(delay)  # somewhere inside a later step or checkpoint write
+        proc.send_signal(signal.SIGKILL)
+        kills += proc.wait() == -signal.SIGKILL
+        if damage and len(list_checkpoints(ckpts)) >= 2:
+            _corrupt(run, damage)
+    assert kills >= 3, "the run finished before it could be killed"
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 13))
     full = subprocess.run([sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "full"), *common], env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr
-    a, b = weights(tmp_path / "killed"), weights(tmp_path / "full")
+    a, b = weights(run), weights(tmp_path / "full")
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

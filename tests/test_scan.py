@@ -165,7 +165,17 @@ def _bad_corpus(d: Path) -> dict[str, str]:
     (d / "two_components.jpg").write_bytes(_patched_sof(jpeg, 9, 2))
     _save(d / "huge.png", _image(200, 200))
     os.symlink(d / "missing.png", d / "broken_link.png")
+    bmp_wide = bytearray(bmp)
+    bmp_wide[18:22] = struct.pack("<i", -21)  # width read unsigned: 4294967275
+    (d / "wide.bmp").write_bytes(bytes(bmp_wide))
+    (d / "wide.png").write_bytes(_png_with_ihdr(0x80000000, 20))
+    (d / "bad_crc.png").write_bytes(_png_with_ihdr(30, 20, crc_ok=False))
+    os.symlink(d / "loop_b.png", d / "loop_a.png")
+    os.symlink(d / "loop_a.png", d / "loop_b.png")
+    os.mkfifo(d / "pipe.png")
     return {
+        "wide.bmp": "bad_header", "wide.png": "bad_header", "bad_crc.png": "bad_header",
+        "loop_a.png": "unreadable", "loop_b.png": "unreadable", "pipe.png": "unreadable",
         "good.jpg": "ok", "good.png": "ok", "good.webp": "ok", "good.gif": "ok", "good.bmp": "ok", "good.tif": "ok", "cut.tif": "truncated",
         "empty.png": "zero_bytes", "cut_header.jpg": "truncated", "cut_tail.jpg": "truncated",
         "no_iend.png": "truncated", "cut.webp": "truncated", "cut.gif": "truncated", "cut.bmp": "truncated",

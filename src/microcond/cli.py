@@ -76,14 +76,15 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "experiment",
         "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data, two training seeds per "
         "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
-        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --seeds 1 --table-samples 100",
+        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --crop-steps 300 --seeds 1 --table-samples 100",
          "microcond experiment crop-ablation --out runs/ablation"],
     )
     p.add_argument("name", choices=["paper", "crop-ablation"], help="which experiment")
     p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
                                  "paper includes the ablation table when OUT/../ablation/ablation.json exists")
-    p.add_argument("--docs", help="paper: also write results.md, results.json and the pictures here (e.g. docs)")
-    p.add_argument("--steps", type=int, help=f"training steps per model (default {b.steps})")
+    p.add_argument("--docs", help="paper: write results.md, results.json and the pictures here (e.g. docs; default OUT/page)")
+    p.add_argument("--steps", type=int, help=f"training steps per model (paper: of the size recipe's models; default {b.steps})")
+    p.add_argument("--crop-steps", type=int, help=f"paper: training steps of the crop recipe's models (default {b.crop_steps})")
     p.add_argument("--seeds", type=int, default=b.seeds, help=f"training seeds per model (default {b.seeds})")
     p.add_argument("--table-samples", type=int, default=b.table_samples)
     p.add_argument("--crop-samples", type=int, help=f"samples per cut-off query and per crop offset (default {b.crop_samples}; crop-ablation 128)")
@@ -100,12 +101,12 @@ def _run_experiment(args: argparse.Namespace) -> int:
 
     from microcond.experiment import Budget, run_ablation, run_paper
 
-    for flag in ("steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps", "parallel"):
+    for flag in ("steps", "crop_steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps", "parallel"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise ValueError(f"--{flag.replace('_', '-')} must be a positive integer, got {value}")
     ablation = args.name == "crop-ablation"
-    given = {k: getattr(args, k) for k in ("steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("steps", "crop_steps", "seeds", "table_samples", "crop_samples", "curve_samples", "sampler_steps", "feature_steps") if getattr(args, k) is not None}
     if ablation:
         results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel, args.settings)
         print(f"wrote {Path(args.out or 'runs/ablation') / 'ablation.json'} ({len(results['rows'])} settings)")

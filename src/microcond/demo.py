@@ -16,6 +16,7 @@ from pathlib import Path
 from microcond.record import SIGNALS, MicroCond
 
 SHARP = (128, 128)  # "as if from a large original"
+DEMO_MIX = "wide"  # microcond.experiment.DATA_MIXES: a quarter square, the rest 2:1, so crops carry information
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
 
     start = time.time()
     out = Path(cfg.out)
-    data = ensure_demo_data(out / "data", cfg.n_train, cfg.n_eval, progress=progress)
+    data = ensure_demo_data(out / "data", DEMO_MIX, cfg.n_train, cfg.n_eval, progress=progress)
 
     run = out / "run"
     overrides = dict(data=str(data / "train"), num_classes=9, signals=SIGNALS, steps=cfg.steps, sample_every=max(cfg.steps // 3, 1), checkpoint_every=min(500, cfg.steps))

@@ -32,19 +32,25 @@ from tqdm import tqdm
 from microcond.cropeffect import CROP_LEFTS, CROP_QUERIES, TRAIN_SIZE, WIDE, model_effect, rate, real_crops, real_effect
 from microcond.record import SIGNALS, MicroCond
 
-# Every non-square original 2:1 (microcond.demodata.ASPECT_MIXES): crops cut up to half
-# of the object, so the crop condition has something to tell. All four models see this data.
-ASPECT_MIX = "wide"
-MODELS = {
-    "drop-small": ("images with a short edge below 32 px discarded, no micro-conditions (the paper's 512-only)", dict(signals=[], min_original_edge=TRAIN_SIZE)),
-    "no-cond": ("all images (small ones upscaled), no micro-conditions", dict(signals=[])),
-    "size": ("all images, size conditioning", dict(signals=["original_size"])),
-    "size-crop": ("all images, size + crop (+ target) conditioning, as SDXL", dict(signals=list(SIGNALS))),
+# Two recipes, one per question; every figure compares models that trained alike, differing only
+# in what they see (the crop ablation below shows that no single recipe of the tiny model learned
+# both effects in this budget):
+# - size: Table 2 and Fig. 3. Epsilon prediction (SDXL's objective) on the web-like mix.
+# - crop: Fig. 4 and Fig. 5. v-prediction on the wide mix, where every non-square original is 2:1
+#   (microcond.demodata.ASPECT_MIXES), so a 32 px crop cuts up to half of the image and the crop
+#   offset says which half. Epsilon prediction ignores the crop; v-prediction learns it and loses
+#   the size effect.
+RECIPES = {
+    "size": ("web", dict(prediction_type="epsilon")),
+    "crop": ("wide", dict(prediction_type="v_prediction")),
 }
-# The objective every model of the paper experiment trains with, passed explicitly so that the
-# page's commands reproduce it: v-prediction learned the crop condition best in the crop ablation
-# (and lost the size effect of Fig. 3, which epsilon prediction keeps).
-RECIPE = dict(prediction_type="v_prediction")
+MODELS = {  # name -> (what it sees, train overrides, recipe)
+    "drop-small": ("images with a short edge below 32 px discarded, no micro-conditions (the paper's 512-only)", dict(signals=[], min_original_edge=TRAIN_SIZE), "size"),
+    "no-cond": ("all images (small ones upscaled), no micro-conditions", dict(signals=[]), "size"),
+    "size": ("all images, size conditioning", dict(signals=["original_size"]), "size"),
+    "no-cond-v": ("wide mix, v-prediction, no micro-conditions (the Fig. 4 baseline)", dict(signals=[]), "crop"),
+    "size-crop-v": ("wide mix, v-prediction, size + crop (+ target) conditioning, as SDXL", dict(signals=list(SIGNALS)), "crop"),
+}
 SQUARE = MicroCond((TRAIN_SIZE, TRAIN_SIZE), (0, 0), (TRAIN_SIZE, TRAIN_SIZE))  # SDXL's inference default
 SIZE_CURVE = (8, 12, 16, 24, 32, 48, 64, 128)
 N_CLASSES = 9
@@ -78,7 +84,8 @@ ABLATIONS = {
 class Budget:
     """What one experiment spends: training steps and seeds per model, samples per measurement."""
 
-    steps: int = 2000
+    steps: int = 2000  # the size recipe's models
+    crop_steps: int = 1500  # the crop recipe's models (their crop slope at 1,500 steps equals 2,000's)
     seeds: int = 2
     table_samples: int = 500
     crop_samples: int = 200  # per cut-off query and per offset of the position sweep
@@ -87,15 +94,12 @@ class Budget:
     feature_steps: int = 300
 
 
-def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, progress: bool = True, **shape) -> Path:
-    """Build the demo data set into ``folder`` unless a finished build of the same kind is there.
-
-    Args:
-        shape: DemoDataConfig fields of the mix; default ``DATA_MIXES[ASPECT_MIX]``.
-    """
+def ensure_demo_data(folder: Path, mix: str, n_train: int = 6000, n_eval: int = 1000, progress: bool = True) -> Path:
+    """Build the demo data set of aspect ``mix`` (a :data:`DATA_MIXES` key) into ``folder`` unless
+    a finished build of the same kind is there."""
     from microcond.demodata import DemoDataConfig, build_demo_data, describe
 
-    shape = shape or DATA_MIXES[ASPECT_MIX]
+    shape = DATA_MIXES[mix]
     meta = folder / "demo-data.json"
     built = json.loads(meta.read_text()) if meta.is_file() else {}
     wanted = {"n_train": n_train, "n_eval": n_eval, **shape}
@@ -109,7 +113,7 @@ def ensure_demo_data(folder: Path, n_train: int = 6000, n_eval: int = 1000, prog
 
 def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, extra: dict | None = None) -> list[str]:
     """The ``microcond train`` command of one model (also printed in the results)."""
-    overrides = {**RECIPE, **MODELS[name][1], **(extra or {})} if name in MODELS else dict(extra or {})
+    overrides = {**RECIPES[MODELS[name][2]][1], **MODELS[name][1], **(extra or {})} if name in MODELS else dict(extra or {})
     cmd = ["microcond", "train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--num-classes", str(N_CLASSES), "--steps", str(steps), "--seed", str(seed), "--sample-every", str(max(steps // 3, 1)), "--checkpoint-every", "500"]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
@@ -133,13 +137,17 @@ def _steps_done(run: Path) -> int:
     return json.loads(rows[-1])["step"] if rows else 0
 
 
-def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: int, parallel: int = 2) -> None:
-    """Run training commands ``parallel`` at a time with one thread each; one overall progress bar."""
+def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dict[str, int], parallel: int = 2) -> None:
+    """Run training commands ``parallel`` at a time with one thread each; one overall progress bar.
+
+    Args:
+        steps: run name -> its training steps.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pending = [n for n in commands if _steps_done(runs[n]) < steps]
+    pending = [n for n in commands if _steps_done(runs[n]) < steps[n]]
     running: dict[str, subprocess.Popen] = {}
     logs = {}
-    bar = tqdm(total=steps * len(commands), desc="train models", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=sum(steps.values()), desc="train models", unit="step", dynamic_ncols=True)
     while pending or running:
         while pending and len(running) < parallel:
             name = pending.pop(0)
@@ -156,7 +164,7 @@ def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: int
                     for other in running.values():
                         other.terminate()
                     raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {runs[name] / 'train.log'}")
-        bar.n = sum(min(_steps_done(r), steps) for r in runs.values())
+        bar.n = sum(min(_steps_done(runs[n]), steps[n]) for n in commands)
         bar.refresh()
     bar.close()
 
@@ -198,12 +206,13 @@ def _save(results: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budget: Budget, progress: bool = True) -> dict:
-    """Sample every run for every measurement; results.json keeps each finished run's numbers,
-    so an interrupted measurement resumes with the next run.
+def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: Path, budget: Budget, progress: bool = True) -> dict:
+    """Sample every run for the measurements of its figures; results.json keeps each finished
+    run's numbers, so an interrupted measurement resumes with the next run.
 
     Args:
         runs: run name -> (model name, training seed, run folder).
+        data: aspect mix -> demo data folder (holding train/ and eval/).
     """
     import torch
 
@@ -218,11 +227,11 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budge
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("budget") != asdict(budget):
         results = {"budget": asdict(budget), "runs": {}}
-    train = data / "train"
+    size_data, crop_data = data[RECIPES["size"][0]], data[RECIPES["crop"][0]]
     if "real" not in results:
-        refs_eval = load_references(data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
-        results["real"] = {**real_effect(train, PALETTE), "curve": {str(k): v for k, v in real_sharpness_by_size(train).items()}, "floor": detector_floor(train, PALETTE),
-                           "reference_eval_sharpness": float(laplacian_variance(refs_eval.images).mean())}
+        refs_eval = load_references(size_data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
+        results["real"] = {**real_effect(crop_data / "train", PALETTE), "curve": {str(k): v for k, v in real_sharpness_by_size(size_data / "train").items()},
+                           "floor": detector_floor(crop_data / "train", PALETTE), "reference_eval_sharpness": float(laplacian_variance(refs_eval.images).mean())}
         _save(results, results_path)
     refs = None
 
@@ -230,29 +239,32 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budge
         if run_name in results["runs"]:
             continue
         started = time.time()
-        refs = refs or load_references(data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
         model = Model(folder)
 
         def draw(micro: MicroCond, n: int, seed0: int) -> torch.Tensor:
             query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size)
             return model.draw(query, list(range(seed0, seed0 + n)), [i % N_CLASSES for i in range(n)], steps=budget.sampler_steps, progress=progress)
 
-        # Table 2: SDXL's default query (c_size = target, uncropped) against the held-out references.
-        samples = draw(SQUARE, budget.table_samples, 0)
-        report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
-                          recipe=FeatureRecipe(steps=budget.feature_steps), progress=progress)
-        fid = report["fidelity"]
-        entry = {"model": name, "seed": seed, "step": model.step, "table": {
-            "frechet_distance": fid["frechet_distance"], "kid": fid["kid"], "kid_std": fid["kid_std"], "swd_x1e3": fid["swd_x1e3"]["mean"],
-            "sharpness_ratio": report["sharpness"]["laplacian_variance"]["ratio"], "cutoff_rate": report["cutoff_rate"]["samples"]}}
-        save_grid(samples[:64], out / "grids" / f"samples-{run_name}.png", nrow=8, title=f"{run_name}: c_size 32x32, c_crop 0,0")
-        # Fig. 4: models blind to the crop are still asked, to show that they answer alike.
-        if name != "drop-small":
+        recipe = MODELS[name][2]
+        entry = {"model": name, "seed": seed, "step": model.step, "recipe": recipe}
+        if recipe == "size":
+            # Table 2: SDXL's default query (c_size = target, uncropped) against the held-out references.
+            refs = refs or load_references(size_data / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
+            samples = draw(SQUARE, budget.table_samples, 0)
+            report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
+                              recipe=FeatureRecipe(steps=budget.feature_steps), progress=progress)
+            fid = report["fidelity"]
+            entry["table"] = {"frechet_distance": fid["frechet_distance"], "kid": fid["kid"], "kid_std": fid["kid_std"], "swd_x1e3": fid["swd_x1e3"]["mean"],
+                              "sharpness_ratio": report["sharpness"]["laplacian_variance"]["ratio"], "cutoff_rate": report["cutoff_rate"]["samples"]}
+        else:
+            # Fig. 4: the model blind to the crop is still asked, to show the base rate it gives every query.
             entry["crop"] = model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES, progress=progress)
+            samples = draw(SQUARE, 64, 0)
+        save_grid(samples[:64], out / "grids" / f"samples-{run_name}.png", nrow=8, title=f"{run_name}: c_size 32x32, c_crop 0,0")
         # Fig. 3: sharpness against the requested original size (models that see c_size).
         if "original_size" in model.cfg.signals:
             entry["curve"] = {str(s): float(laplacian_variance(draw(MicroCond((s, s), (0, 0), SQUARE.target_size), budget.curve_samples, 20_000)).mean()) for s in SIZE_CURVE}
-        else:
+        elif recipe == "size":
             entry["curve"] = {"any": float(laplacian_variance(samples).mean())}
         entry["minutes"] = (time.time() - started) / 60
         results["runs"][run_name] = entry
@@ -307,12 +319,15 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
     started = out / "started"  # the first run's start; a rerun that reuses everything reports that run's time
     if not started.exists():
         started.touch()
-    data = ensure_demo_data(out / "data")
+    data = {mix: ensure_demo_data(out / f"data-{mix}", mix) for mix, _ in RECIPES.values()}
+    mix_of = {name: RECIPES[recipe][0] for name, (_, _, recipe) in MODELS.items()}
+    steps_of = {name: budget.steps if recipe == "size" else budget.crop_steps for name, (_, _, recipe) in MODELS.items()}
     runs = {f"{name}-s{seed}": (name, seed, out / "runs" / f"{name}-s{seed}") for name in MODELS for seed in range(budget.seeds)}
-    commands = {r: train_command(name, data / "train", folder, budget.steps, seed) for r, (name, seed, folder) in runs.items()}
-    prepare_caches(data / "train", {0, TRAIN_SIZE})
+    commands = {r: train_command(name, data[mix_of[name]] / "train", folder, steps_of[name], seed) for r, (name, seed, folder) in runs.items()}
+    for mix in data:
+        prepare_caches(data[mix] / "train", {0, TRAIN_SIZE} if mix == RECIPES["size"][0] else {0})
     clock = time.time()
-    train_runs(commands, {r: v[2] for r, v in runs.items()}, budget.steps, parallel)
+    train_runs(commands, {r: v[2] for r, v in runs.items()}, {r: steps_of[v[0]] for r, v in runs.items()}, parallel)
     trained = time.time() - clock
     results = measure(runs, data, out, budget)
     results.setdefault("training_minutes", trained / 60)
@@ -320,22 +335,23 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
         results["minutes"] = (time.time() - started.stat().st_mtime) / 60
         _save(results, out / "results.json")
     figures = {"curve": plot_curve(results, SIZE_CURVE, out / "grids" / "sharpness-curve.png")}
-    figures["Fig. 5: no-cond against size-crop, same seeds"] = side_by_side(runs["no-cond-s0"][2], runs["size-crop-s0"][2], out / "grids" / "fig5-no-cond-vs-size-crop.png", steps=budget.sampler_steps)
-    for name in ("size-crop", "size", "no-cond"):
+    figures["Fig. 5: no-cond-v against size-crop-v, same seeds"] = side_by_side(runs["no-cond-v-s0"][2], runs["size-crop-v-s0"][2], out / "grids" / "fig5-no-cond-v-vs-size-crop-v.png", steps=budget.sampler_steps)
+    for name in ("size", "size-crop-v", "no-cond-v"):
         for kind, path in sweep_grids(runs[f"{name}-s0"][2], out / "grids", steps=budget.sampler_steps).items():
             figures[f"{kind} sweep, {name}-s0"] = path
     for name in MODELS:
         figures[f"samples, {name}-s0"] = out / "grids" / f"samples-{name}-s0.png"
-    docs = docs or out
-    if docs != out:  # copy the pictures next to the page so that it renders in the repository
-        import shutil
+    import shutil
 
-        (docs / "results").mkdir(parents=True, exist_ok=True)
-        figures = {k: Path(shutil.copy(p, docs / "results" / p.name)) for k, p in figures.items()}
+    docs = docs or out / "page"  # not out itself: the page's results.json would replace the measurements'
+    (docs / "results").mkdir(parents=True, exist_ok=True)
+    for old in (docs / "results").glob("*.png"):  # pictures of models the page no longer has
+        old.unlink()
+    figures = {k: Path(shutil.copy(p, docs / "results" / p.name)) for k, p in figures.items()}  # beside the page, so that it renders
     ablation = out.parent / "ablation" / "ablation.json"
     ablation = json.loads(ablation.read_text()) if ablation.exists() else None
-    command = f"microcond experiment paper --out {out}" + (f" --docs {docs}" if docs != out else "") + f" --steps {budget.steps}"
-    commands = {name: (MODELS[name][0], train_command(name, data / "train", out / "runs" / f"{name}-s0", budget.steps, 0)) for name in MODELS}
+    command = f"microcond experiment paper --out {out}" + (f" --docs {docs}" if docs != out / "page" else "") + f" --steps {budget.steps} --crop-steps {budget.crop_steps}"
+    commands = {name: (MODELS[name][0], train_command(name, data[mix_of[name]] / "train", out / "runs" / f"{name}-s0", steps_of[name], 0)) for name in MODELS}
     return write_results(results, commands, figures, docs, command, ablation)
 
 
@@ -380,12 +396,12 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
     chosen = {name: ABLATIONS[name] for name in (settings or ABLATIONS)}
     out.mkdir(parents=True, exist_ok=True)
     mixes = sorted({mix for _, mix, _ in chosen.values()})
-    data = {mix: ensure_demo_data(out / f"data-{mix}", **DATA_MIXES[mix]) / "train" for mix in mixes}
+    data = {mix: ensure_demo_data(out / f"data-{mix}", mix) / "train" for mix in mixes}
     for folder in data.values():
         prepare_caches(folder, {0})
     runs = {name: out / name for name in chosen}
-    commands = {name: train_command("size-crop", data[mix], runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in chosen.items()}
-    train_runs(commands, runs, budget.steps, parallel)
+    commands = {name: train_command("size-crop-v", data[mix], runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in chosen.items()}
+    train_runs(commands, runs, {name: budget.steps for name in chosen}, parallel)
     path = out / "ablation.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if results.get("budget") != asdict(budget):

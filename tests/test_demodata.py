@@ -209,3 +209,14 @@ def test_cli_missing_font_is_one_line_naming_the_fix(tmp_path, capsys):
     assert len(err.splitlines()) == 1
     assert "apt-get install fonts-noto-color-emoji" in err and "--font" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_ensure_demo_data_builds_a_missing_folder_of_the_default_mix(tmp_path, monkeypatch):
+    """A folder with no build record is built, even when the mix asked for is the default one."""
+    from microcond import experiment
+
+    built = []
+    monkeypatch.setattr("microcond.demodata.build_demo_data", lambda cfg, progress: built.append(cfg) or {"cfg": cfg})
+    monkeypatch.setattr("microcond.demodata.describe", lambda summary: "built")
+    experiment.ensure_demo_data(tmp_path / "data-web", "web", n_train=10, n_eval=5, progress=False)
+    assert [(c.out, c.aspect_mix, c.n_train) for c in built] == [(str(tmp_path / "data-web"), "web", 10)]

@@ -104,7 +104,7 @@ def ensure_demo_data(folder: Path, mix: str, n_train: int = 6000, n_eval: int = 
     built = json.loads(meta.read_text()) if meta.is_file() else {}
     wanted = {"n_train": n_train, "n_eval": n_eval, **shape}
     defaults = asdict(DemoDataConfig(out=""))
-    if built.get("status") != "building" and {k: built.get("config", {}).get(k, defaults[k]) for k in wanted} == wanted:
+    if built and built.get("status") != "building" and {k: built.get("config", {}).get(k, defaults[k]) for k in wanted} == wanted:
         return folder
     cfg = DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval, **shape)
     print(describe(build_demo_data(cfg, progress=progress)), file=sys.stderr)

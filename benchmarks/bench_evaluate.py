@@ -19,7 +19,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
 import tempfile
 import time
 from collections import deque

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from microcond.data.loader import BucketBatches, ImageSource, make_loader
+from microcond.data.loader import BucketBatches, make_loader
+from microcond.data.source import ImageSource
 from microcond.data.pixelcache import PixelCache
 
 

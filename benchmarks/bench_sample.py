@@ -15,8 +15,6 @@ import argparse
 import json
 import platform
 import resource
-import statistics
-import time
 
 import torch
 from torch import nn

@@ -6,7 +6,7 @@ Prints one JSON line per result. Each figure comes with its baseline from the sa
 - `loop_efficiency`: a bare forward+backward+AdamW step of the same model on one fixed batch,
   divided by the full loop's time per step (target >= 0.9);
 - `embedding_share`: the micro-condition embedding's time / the full step's time (target < 1%);
-- `runtime_env`: the full loop in a child process with none of `train.RUNTIME_ENV`, with glibc's
+- `runtime_env`: the full loop in a child process with none of `runtime.RUNTIME_ENV`, with glibc's
   allocator settings only, and with those plus OMP_WAIT_POLICY=PASSIVE (what `microcond train`
   sets for itself).
 
@@ -65,7 +65,8 @@ def bare_step(preset: str, steps: int) -> tuple[float, float]:
     """(images/s of a bare fwd+bwd+AdamW step, seconds of the embedding per step)."""
     from microcond import config as config_mod
     from microcond.conditions import MicroCond, time_ids
-    from microcond.train import build_denoiser, choose_precision
+    from microcond.model import build_denoiser
+    from microcond.runtime import choose_precision
 
     res = 32 if preset == "tiny" else 64
     cfg = config_mod.resolve(preset, overrides=dict(resolution=res, batch_size=32))
@@ -114,7 +115,7 @@ def main() -> None:
             emit(result="loop_efficiency", preset=preset, value=round(full / bare, 3), target=">= 0.9")
             emit(result="embedding_share", preset=preset, value=round(emb_s / (32 / full), 5), embedding_ms=round(emb_s * 1e3, 3), target="< 0.01")
         if not args.skip_allocator:
-            from microcond.train import RUNTIME_ENV
+            from microcond.runtime import RUNTIME_ENV
 
             allocator = {k: v for k, v in RUNTIME_ENV.items() if k.startswith("MALLOC_")}
             for setting, extra in (("none", {}), ("allocator", allocator), ("allocator+omp_passive", RUNTIME_ENV)):

@@ -25,3 +25,23 @@ def image_folder(tmp_path_factory) -> Path:
         lines.append(json.dumps({"file": name, "label": i % 2}))
     (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return folder
+
+
+class RecordingNet:
+    """A stand-in denoiser for loss tests: the real dropout draws (embedder, labels, captions) of a
+    config, and a record of what the loss hands it; returns ``output(x)`` (zeros by default)."""
+
+    def __init__(self, cfg, output=None):
+        from microcond.conditions import MicroCondEmbedder
+        from microcond.model import Denoiser
+
+        self.embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
+        self.class_dropout, self.caption_dropout = cfg.class_dropout, cfg.caption_dropout
+        self.sample_label_drop = Denoiser.sample_label_drop.__get__(self)
+        self.sample_caption_keep = Denoiser.sample_caption_keep.__get__(self)
+        self.output = output or (lambda x: x.new_zeros(x.shape))
+        self.seen: list[dict] = []
+
+    def __call__(self, x, t, ids, drop, labels, context=None, pooled=None):
+        self.seen.append({"x": x, "t": t, "ids": ids, "drop": drop, "labels": labels, "context": context, "pooled": pooled})
+        return self.output(x)

@@ -98,6 +98,9 @@ def test_split_is_disjoint_stratified_and_seeded():
         assert abs(n_eval - 0.15 * n) <= 1 and n_eval >= 1
     other = split_emoji(CATALOGUE, seed=1, eval_share=0.15)[1]
     assert {e.name for e in other} != {e.name for e in held_out}
+    few, same_eval = split_emoji(CATALOGUE, seed=0, eval_share=0.15, per_class=3)
+    assert same_eval == held_out and set(few) <= set(train)
+    assert {g: sum(e.group == g for e in few) for g in {e.group for e in CATALOGUE}} == {g: 3 for g in {e.group for e in CATALOGUE}}
 
 
 def test_same_seed_same_bytes_any_jobs_and_other_seed_differs(tmp_path):
@@ -188,7 +191,7 @@ def test_eval_uses_other_emoji_at_full_resolution(moderate):
 
 def test_cli_builds_rebuilds_and_refuses_foreign_folders(tmp_path, capsys):
     out = tmp_path / "demo"
-    argv = ["demo-data", "--out", str(out), "--n-train", "6", "--n-eval", "3", "--jobs", "2", "--no-preview"]
+    argv = ["demo-data", "--out", str(out), "--n-train", "6", "--n-eval", "3", "--jobs", "2", "--preview", "off"]
     assert main(argv) == 0
     assert f"demo data in {out}" in capsys.readouterr().out
     first = (out / "train" / "metadata.jsonl").read_bytes()
@@ -213,10 +216,10 @@ def test_cli_missing_font_is_one_line_naming_the_fix(tmp_path, capsys):
 
 def test_ensure_demo_data_builds_a_missing_folder_of_the_default_mix(tmp_path, monkeypatch):
     """A folder with no build record is built, even when the mix asked for is the default one."""
-    from microcond import experiment
+    from microcond import runner
 
     built = []
     monkeypatch.setattr("microcond.demodata.build_demo_data", lambda cfg, progress: built.append(cfg) or {"cfg": cfg})
     monkeypatch.setattr("microcond.demodata.describe", lambda summary: "built")
-    experiment.ensure_demo_data(tmp_path / "data-web", "web", n_train=10, n_eval=5, progress=False)
+    runner.ensure_demo_data(tmp_path / "data-web", "web", n_train=10, n_eval=5, progress=False)
     assert [(c.out, c.aspect_mix, c.n_train) for c in built] == [(str(tmp_path / "data-web"), "web", 10)]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from microcond.data.loader import BucketBatches, ImageSource, make_loader
+from microcond.data.loader import BucketBatches, make_loader
+from microcond.data.source import ImageSource
 from microcond.data.pixelcache import PixelCache, cache_key
 
 BUCKETS = ((32, 32), (32, 48), (48, 32))

@@ -16,12 +16,16 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import RecordingNet
 from microcond import config as config_mod
+from microcond.batch import Batch
 from microcond.cli import main
 from microcond.conditions import MicroCond
-from microcond.data.loader import BucketBatches, ImageSource
+from microcond.data.loader import BucketBatches
+from microcond.data.shards import index_shards
+from microcond.loss import DiffusionLoss
 from microcond.sdxl import LatentBatches, LatentCache, LatentSpace, TextEncoders, read_captions
-from microcond.train import diffusion_loss, make_scheduler, step_generator
+from microcond.train import step_generator
 
 BUCKETS = "64x64,48x80"
 
@@ -136,8 +140,10 @@ def test_text_cache_equals_encoding_and_frees_the_encoders(tiny, images, cache_e
     stage.captions = captions
     stage.use_text_cache()
     assert stage.text.encoders == []  # the encoders' memory is released
-    batch = stage.prepare({"pixels": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "index": torch.tensor([3, 1])})
-    torch.testing.assert_close(batch["context"], ref_context[[3, 1]], rtol=1e-3, atol=1e-3)
+    batch = stage.prepare({"pixels": torch.zeros(2, 3, 64, 64, dtype=torch.uint8), "ids": torch.zeros(2, 6, dtype=torch.long),
+                           "labels": torch.full((2,), -1), "index": torch.tensor([3, 1])})
+    torch.testing.assert_close(batch.context, ref_context[[3, 1]], rtol=1e-3, atol=1e-3)
+    assert batch.x0.shape == (2, 4, 8, 8)  # the VAE's latents of the pixels
 
 
 def test_latent_space_uses_the_vae_config(tiny):
@@ -171,14 +177,14 @@ def test_captions_from_metadata_sidecar_and_shards(images, cache_env, tmp_path):
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
-    shard_source = ImageSource.from_shards([shard])
+    shard_source = index_shards([shard])
     assert read_captions(shard_source, shard) == (["from txt", "from json", ""], 1)
     # A tar cut inside sample c: the intact samples keep their captions, nothing raises.
     with tarfile.open(shard) as tar:
         cut_at = tar.getmember("c.png").offset + 600
     cut = tmp_path / "cut.tar"
     cut.write_bytes(shard.read_bytes()[:cut_at])
-    cut_source = ImageSource.from_shards([cut])
+    cut_source = index_shards([cut])
     assert [n.rsplit(":", 1)[1] for n in cut_source.names] == ["a", "b"] and len(cut_source.skipped) == 1
     assert read_captions(cut_source, cut) == (["from txt", "from json"], 0)
 
@@ -247,32 +253,20 @@ def test_latent_cache_key_covers_every_setting_that_changes_it(tiny, images, cac
 
 
 def test_caption_dropout_zeroes_context_and_pooled_per_sample_from_the_step_generator():
-    seen = []
-
-    def model(x, t, ids, drop, labels, context, pooled):
-        seen.append((context, pooled))
-        return torch.zeros_like(x)
-
-    class Embedder:
-        signal_names = ("original_size", "crop_top_left", "target_size")
-
-        @staticmethod
-        def select(ids):
-            return ids
-
     cfg = config_mod.resolve("tiny", overrides={"caption_dropout": 0.5})
-    batch = {"latents": torch.randn(8, 4, 4, 4), "ids": torch.zeros(8, 6, dtype=torch.long), "labels": torch.zeros(8, dtype=torch.long),
-             "context": torch.ones(8, 5, 3), "pooled": torch.ones(8, 2)}
-    scheduler = make_scheduler(cfg)
-    diffusion_loss(model, scheduler, batch, cfg, step_generator(0, 7, torch.device("cpu")), slice(0, 8), 8, Embedder)
-    context, pooled = seen[-1]
+    net = RecordingNet(cfg)
+    batch = Batch(x0=torch.randn(8, 4, 4, 4), ids=torch.zeros(8, 6, dtype=torch.long), labels=torch.zeros(8, dtype=torch.long),
+                  context=torch.ones(8, 5, 3), pooled=torch.ones(8, 2))
+    loss_fn = DiffusionLoss(cfg)
+    loss_fn(net, batch, step_generator(0, 7, torch.device("cpu")), slice(0, 8), 8)
+    context, pooled = net.seen[-1]["context"], net.seen[-1]["pooled"]
     kept = context.flatten(1).amax(1) > 0  # (8,)
     assert 0 < kept.sum() < 8  # some dropped, some kept at p=0.5 for this seed
     assert torch.equal(pooled.amax(1) > 0, kept) and set(context.unique().tolist()) <= {0.0, 1.0}
     # A rank holding rows 4:8 of the optimizer batch drops exactly those rows' captions.
-    half = {k: v[4:] for k, v in batch.items()}
-    diffusion_loss(model, scheduler, half, cfg, step_generator(0, 7, torch.device("cpu")), slice(4, 8), 8, Embedder)
-    assert torch.equal(seen[-1][0].flatten(1).amax(1) > 0, kept[4:])
+    half = Batch(x0=batch.x0[4:], ids=batch.ids[4:], labels=batch.labels[4:], context=batch.context[4:], pooled=batch.pooled[4:])
+    loss_fn(net, half, step_generator(0, 7, torch.device("cpu")), slice(4, 8), 8)
+    assert torch.equal(net.seen[-1]["context"].flatten(1).amax(1) > 0, kept[4:])
 
 
 def test_errors_name_the_flag(tiny, tmp_path, cache_env, capsys):
@@ -345,6 +339,7 @@ def test_train_cached_latents_with_text_export_and_sample_in_the_sdxl_pipeline(t
 
 def test_pipeline_export_never_writes_into_a_folder_it_reads(tiny, images, cache_env, tmp_path, capsys, monkeypatch):
     from microcond import sdxl
+    from microcond.sdxl import export as sdxl_export
 
     run = tmp_path / "run"
     assert main(["train", "--preset", "sdxl", "--pretrained", str(tiny), "--data", str(images), "--out", str(run), "--resolution", "64",
@@ -361,7 +356,7 @@ def test_pipeline_export_never_writes_into_a_folder_it_reads(tiny, images, cache
         raise OSError("disk full")
 
     with monkeypatch.context() as patch:  # a failure halfway leaves nothing behind
-        patch.setattr(sdxl, "_link_or_copy", fail)
+        patch.setattr(sdxl_export, "_link_or_copy", fail)
         assert main(["export", str(run), "--pipeline", str(tmp_path / "pipe")]) == 2
     assert "disk full" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]

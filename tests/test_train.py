@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import RecordingNet
 from microcond import config as config_mod
 from microcond.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from microcond.runs import load_run
-from microcond.train import metrics_line, run_lock, train
+from microcond.monitor import metrics_line
+from microcond.runtime import run_lock
+from microcond.train import train
 
 
 class SyntheticBatches:
@@ -229,7 +231,7 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_p
         assert "\n" not in str(caught.value) and "--out" in str(caught.value)
     assert not (tmp_path / "config.json").exists()
     # Another process holds it, then is killed: the lock is taken over.
-    code = "import sys, time; from pathlib import Path; from microcond.train import run_lock\n" \
+    code = "import sys, time; from pathlib import Path; from microcond.runtime import run_lock\n" \
            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -246,37 +248,28 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_p
 @pytest.mark.parametrize("cap", [1.0, 20.0])
 def test_loss_weight_cap_reweighs_v_loss_in_epsilon_terms(cap):
     """v-loss x min(1, cap x alpha_bar): cap 1 is exactly the epsilon loss of the same prediction."""
-    from microcond import config as config_mod
-    from microcond.train import diffusion_loss, make_scheduler, step_generator
+    from microcond.batch import pixel_batch
+    from microcond.loss import DiffusionLoss
+    from microcond.train import step_generator
 
-    seen = {}
-
-    def model(x, t, ids, drop, labels):
-        seen.update(xt=x, t=t, pred=torch.linspace(-1, 1, x.numel()).reshape(x.shape))
-        return seen["pred"]
-
-    class Embedder:
-        signal_names = ("original_size", "crop_top_left", "target_size")
-
-        @staticmethod
-        def select(ids):
-            return ids
-
-    batch = {"pixels": torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8), "ids": torch.zeros(6, 6, dtype=torch.long), "labels": torch.zeros(6, dtype=torch.long)}
-    losses = {}
+    pixels = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    batch = pixel_batch({"pixels": pixels, "ids": torch.zeros(6, 6, dtype=torch.long), "labels": torch.zeros(6, dtype=torch.long)})
+    output = lambda x: torch.linspace(-1, 1, x.numel()).reshape(x.shape)  # noqa: E731
+    losses, seen = {}, {}
     for c in (0.0, cap):
         cfg = config_mod.resolve("tiny", overrides={"prediction_type": "v_prediction", "loss_weight_cap": c})
-        scheduler = make_scheduler(cfg)
-        losses[c] = diffusion_loss(model, scheduler, batch, cfg, step_generator(0, 3, torch.device("cpu")), slice(0, 6), 6, Embedder)
-    a = scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)  # (b, 1, 1, 1)
-    x0 = batch["pixels"].float() / 127.5 - 1
-    noise = (seen["xt"] - a.sqrt() * x0) / (1 - a).sqrt()
+        net = RecordingNet(cfg, output)
+        loss_fn = DiffusionLoss(cfg)
+        losses[c] = loss_fn(net, batch, step_generator(0, 3, torch.device("cpu")), slice(0, 6), 6)
+        seen = net.seen[-1]
+    a = loss_fn.scheduler.alphas_cumprod[seen["t"]].view(-1, 1, 1, 1)  # (b, 1, 1, 1)
+    pred, xt, x0 = output(seen["x"]), seen["x"], batch.x0
+    noise = (xt - a.sqrt() * x0) / (1 - a).sqrt()
     v = a.sqrt() * noise - (1 - a).sqrt() * x0
-    eps_hat = a.sqrt() * seen["pred"] + (1 - a).sqrt() * seen["xt"]  # diffusers' v -> epsilon conversion
-    assert torch.allclose(losses[0.0], (seen["pred"] - v).pow(2).mean(), rtol=1e-4)
-    per_sample_v = (seen["pred"] - v).pow(2).mean(dim=(1, 2, 3))
-    expected = (torch.clamp(cap * a.flatten(), max=1) * per_sample_v).mean()
-    assert torch.allclose(losses[cap], expected, rtol=1e-4)
+    eps_hat = a.sqrt() * pred + (1 - a).sqrt() * xt  # diffusers' v -> epsilon conversion
+    assert torch.allclose(losses[0.0], (pred - v).pow(2).mean(), rtol=1e-4)
+    per_sample_v = (pred - v).pow(2).mean(dim=(1, 2, 3))
+    assert torch.allclose(losses[cap], (torch.clamp(cap * a.flatten(), max=1) * per_sample_v).mean(), rtol=1e-4)
     if cap == 1.0:
         assert torch.allclose(losses[cap], (eps_hat - noise).pow(2).mean(), rtol=1e-4)
     assert losses[cap] < losses[0.0]

@@ -148,7 +148,7 @@ def test_a_start_that_fails_on_the_data_leaves_no_config(tmp_path, image_folder,
 
 
 def test_second_training_on_a_locked_run_is_one_line_naming_the_holder(tmp_path, image_folder, env, capsys):
-    from microcond.train import run_lock
+    from microcond.runtime import run_lock
 
     run = tmp_path / "run"
     with run_lock(run):

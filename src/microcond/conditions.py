@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from microcond.record import SIGNALS, MicroCond, resized_size
+from microcond.record import SIGNALS, MicroCond, resized_size, stack_ids
 
 __all__ = ["SIGNALS", "FOURIER_DIM", "MicroCond", "resized_size", "time_ids", "fourier_features", "MicroCondEmbedder"]
 
@@ -23,10 +23,8 @@ FOURIER_DIM = 256
 
 
 def time_ids(conds: Sequence[MicroCond], device: torch.device | str | None = None) -> torch.Tensor:
-    """(B, 6) int64 ids in SDXL order. Integer dtype, so no bf16/fp16 rounding can reach them."""
-    if len(conds) == 0:
-        raise ValueError("time_ids needs at least one MicroCond, got an empty sequence")
-    return torch.tensor([c.ids for c in conds], dtype=torch.int64, device=device)
+    """(B, 6) int64 ids in SDXL order (:func:`microcond.record.stack_ids` as a tensor)."""
+    return torch.from_numpy(stack_ids(conds)).to(device)
 
 
 def fourier_features(x: torch.Tensor, dim: int = FOURIER_DIM) -> torch.Tensor:
@@ -115,10 +113,13 @@ class MicroCondEmbedder(nn.Module):
         columns = [start[s] + k for s in self.signals for k in (0, 1)]
         return full_ids[:, columns]
 
+    @property
+    def device(self) -> torch.device:
+        return self._id_owner.device
+
     def sample_drop(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B, n_signals) bool mask of dropped signals, each True with probability ``dropout``."""
-        device = self._id_owner.device
-        u = torch.rand(batch, len(self.signal_names), generator=generator, device=device)
+        u = torch.rand(batch, len(self.signal_names), generator=generator, device=self.device)
         return u < self.dropout
 
     def null_drop(self, batch: int) -> torch.Tensor:

@@ -14,9 +14,11 @@ import json
 import math
 import os
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Sequence
 
 from microcond.data.buckets import parse_buckets
 from microcond.record import SIGNALS
@@ -212,19 +214,39 @@ def differing_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
     return [k for k in a if a[k] != b[k] and k not in RESUMABLE_CHANGES]
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field, defaulting to None so that only flags given on the command line override."""
-    for f in fields(TrainConfig):
-        kind = _field_type(f)
+def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type = TrainConfig, only: Sequence[str] | None = None,
+              helps: dict[str, str] | None = None) -> None:
+    """One flag per field of the dataclass ``cls`` (``only`` these, when given), defaulting to None
+    so that only flags given on the command line override. Used for the training config and the
+    settings of the demo, the demo data and the experiments alike."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if only is not None and f.name not in only:
+            continue
+        kind = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else None
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        shown = f"default {'on' if default else 'off'}" if kind is bool else f"default {default!r}"
+        text = helps.get(f.name, "") if helps else ""
+        text = f"{text} ({shown})" if text and default not in (None, "") else text or shown
         if typing.get_origin(kind) is tuple:
-            parser.add_argument(flag, nargs="*", default=None, metavar=f.name.upper(), help=f"default {default!r}")
+            parser.add_argument(flag, nargs="*", default=None, metavar=f.name.upper(), help=text)
         elif kind is bool:
-            parser.add_argument(flag, type=str, default=None, metavar="on|off", help=f"default {'on' if default else 'off'}")
+            parser.add_argument(flag, type=str, default=None, metavar="on|off", help=text)
         else:
-            parser.add_argument(flag, type=kind, default=None, help=f"default {default!r}")
+            parser.add_argument(flag, type=_optional_inner(kind), default=None, help=text)
 
 
-def flag_overrides(args: argparse.Namespace) -> dict:
-    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+def _optional_inner(kind: type) -> type:
+    """``str | None`` -> ``str``: the type argparse converts a given flag to."""
+    inner = [a for a in typing.get_args(kind) if a is not type(None)]
+    return inner[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(inner) == 1 else kind
+
+
+def flag_overrides(args: argparse.Namespace, cls: type = TrainConfig) -> dict:
+    """The fields of ``cls`` given as flags (typed; a TrainConfig's are typed by :func:`resolve`)."""
+    given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}
+    if cls is TrainConfig:
+        return given
+    hints = typing.get_type_hints(cls)
+    return {k: _coerce(k, v, _optional_inner(hints[k])) for k, v in given.items()}

@@ -11,7 +11,6 @@ from the background), on samples and on real crops made by the same path.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
@@ -53,11 +52,11 @@ def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
     This is the real-data value "for the same query": square originals taken whole, or 1:2
     originals resized to cover 32 px and cropped at the query's offset, in [-1, 1] like samples.
     """
-    import torch
-
     from microcond.data.crop import load_resized
+    from microcond.data.metadata import read_metadata
+    from microcond.pixels import stack_hwc
 
-    records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    records = [record for _, record in read_metadata(data)]
     want = query.original_size[1] / query.original_size[0]
     out = []
     for r in records:
@@ -73,7 +72,7 @@ def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
             break
     if not out:
         raise ValueError(f"{data} holds no training image of the query's shape {query.original_size}")
-    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, 32, 32)
+    return stack_hwc(out)  # (N, 3, 32, 32)
 
 
 def slope(offsets: Sequence[float], centres: Sequence[float]) -> dict:

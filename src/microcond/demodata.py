@@ -23,13 +23,11 @@ Every random choice derives from ``(seed, split, sample index)``, so the bytes d
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import json
 import math
 import os
-import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -41,13 +39,20 @@ from statistics import NormalDist
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont, features
+from PIL import Image
 from tqdm import tqdm
 
-FONT_PATHS = ("/usr/share/fonts/truetype/noto/NotoColorEmoji.ttf",)
-EMOJI_TEST_PATHS = ("/usr/share/unicode/emoji/emoji-test.txt",)
-FONT_STRIKES = (109, 160, 136, 128, 96, 72, 64)  # bitmap fonts load only at their strike sizes
-SKIN_TONES = frozenset(range(0x1F3FB, 0x1F400))
+from microcond.emoji import (  # noqa: F401 (SKIN_TONES, find_*: part of the demo data's API)
+    SKIN_TONES,
+    Emoji,
+    glyph_digest,
+    check_colour_font,
+    find_emoji_test,
+    find_font,
+    load_catalogue,
+    render_glyph,
+)
+
 # Backgrounds chosen for contrast with emoji: the share of opaque Noto emoji pixels within 20
 # levels (max over RGB) of each colour is 0.1-0.7 %; light grey and white reach 8-9 %.
 PALETTE = (
@@ -60,17 +65,6 @@ PALETTE = (
 )
 SPLITS = ("train", "eval")
 MIN_MARGIN_PX = 1.5  # least margin in SAVED pixels: area averaging smears the object by up to 1 px
-
-
-@dataclass(frozen=True)
-class Emoji:
-    """One emoji of ``emoji-test.txt``: its text, name and labels."""
-
-    text: str
-    name: str
-    group: str
-    subgroup: str
-    codepoints: str  # e.g. "1F468 200D 1F469", as in emoji-test.txt
 
 
 # Shapes of non-square originals. "web" spreads them over 1:2..2:1 like photos and screenshots;
@@ -99,6 +93,7 @@ class DemoDataConfig:
     jpeg_share: float = 0.5
     jpeg_quality: tuple[int, int] = (75, 95)
     eval_share: float = 0.15  # share of distinct emoji, per group, held out for evaluation
+    emoji_per_class: int = 0  # training emoji kept per class (group), chosen by seeded hash; 0 = all
     jobs: int = field(default_factory=lambda: os.cpu_count() or 1)
     font: str | None = None
     emoji_test: str | None = None
@@ -116,112 +111,25 @@ class DemoDataConfig:
             raise ValueError(f"share_below must lie strictly between 0 and 1, got {self.share_below}")
         if self.aspect_mix not in ASPECT_MIXES:
             raise ValueError(f"aspect_mix must be one of {sorted(ASPECT_MIXES)}, got {self.aspect_mix!r}: change --aspect-mix")
+        if self.emoji_per_class < 0:
+            raise ValueError(f"emoji_per_class must be 0 (all) or a positive integer, got {self.emoji_per_class}: change --emoji-per-class")
         if not 0.0 < self.eval_share < 1.0:
             raise ValueError(f"eval_share must lie strictly between 0 and 1, got {self.eval_share}")
-
-
-def _existing(given: str | None, defaults: tuple[str, ...], what: str, fix: str) -> Path:
-    candidates = (given,) if given else defaults
-    for c in candidates:
-        if Path(c).is_file():
-            return Path(c)
-    raise ValueError(f"{what} not found (looked at {', '.join(candidates)}): {fix}")
-
-
-def find_font(path: str | None = None) -> Path:
-    """The colour emoji font to render from, or a ``ValueError`` saying how to get one."""
-    return _existing(
-        path, FONT_PATHS, "colour emoji font",
-        "install it with `sudo apt-get install fonts-noto-color-emoji` (or bash scripts/setup.sh), "
-        "or pass --font PATH to another colour emoji font",
-    )
-
-
-def find_emoji_test(path: str | None = None) -> Path:
-    """The ``emoji-test.txt`` label file, or a ``ValueError`` saying how to get one."""
-    return _existing(
-        path, EMOJI_TEST_PATHS, "emoji-test.txt",
-        "install it with `sudo apt-get install unicode-data` (or bash scripts/setup.sh), "
-        "or pass --emoji-test PATH",
-    )
-
-
-_LINE = re.compile(r"^([0-9A-F ]+);\s*([a-z-]+)\s*#\s*\S+\s+E\d+\.\d+\s+(.+)$")
-
-
-def load_catalogue(path: str | Path) -> list[Emoji]:
-    """Fully-qualified emoji of ``emoji-test.txt`` without skin tones and the Component group."""
-    group = subgroup = ""
-    emoji = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if line.startswith("# group:"):
-            group = line.split(":", 1)[1].strip()
-        elif line.startswith("# subgroup:"):
-            subgroup = line.split(":", 1)[1].strip()
-        elif (m := _LINE.match(line)) and m.group(2) == "fully-qualified" and group != "Component":
-            points = [int(c, 16) for c in m.group(1).split()]
-            if SKIN_TONES.isdisjoint(points):
-                text = "".join(map(chr, points))
-                emoji.append(Emoji(text, m.group(3).strip(), group, subgroup, m.group(1).strip()))
-    if len({e.group for e in emoji}) < 2:
-        raise ValueError(f"{path} holds no emoji groups; expected Unicode's emoji-test.txt format")
-    return emoji
-
-
-@functools.lru_cache(maxsize=4)
-def load_font(path: str) -> ImageFont.FreeTypeFont:
-    """The font at its first loadable bitmap strike size, laid out with raqm."""
-    if not features.check("raqm"):
-        raise ValueError("Pillow's raqm layout is unavailable: install it with "
-                         "`sudo apt-get install libraqm0 libfribidi0` (or bash scripts/setup.sh)")
-    for size in FONT_STRIKES:
-        try:
-            return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.RAQM)
-        except OSError:
-            continue
-    raise ValueError(f"cannot load {path} at any of the sizes {FONT_STRIKES}: pass --font PATH to a colour emoji font")
-
-
-@functools.lru_cache(maxsize=128)  # per process at most 128 glyphs of 136x128 RGBA: about 9 MB
-def render_glyph(font_path: str, text: str) -> Image.Image | None:
-    """The emoji tightly cropped to its alpha, RGBA; None if the font has no single glyph for it."""
-    font = load_font(font_path)
-    single = font.getlength("\U0001F600")
-    if font.getlength(text) > 1.5 * single:  # raqm fell back to one glyph per codepoint
-        return None
-    size = math.ceil(single) + 40
-    canvas = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    ImageDraw.Draw(canvas).text((20, 10), text, font=font, embedded_color=True)
-    box = canvas.getchannel("A").getbbox()
-    return canvas.crop(box) if box else None
-
-
-def check_colour_font(font_path: str) -> None:
-    """Raise ``ValueError`` unless the font draws a colour 'grinning face'."""
-    glyph = render_glyph(font_path, "\U0001F600")
-    rgb = np.asarray(glyph.convert("RGB"), dtype=np.int16) if glyph else None
-    if rgb is None or np.abs(rgb - rgb[..., :1]).max() < 32:
-        raise ValueError(f"{font_path} draws no colour emoji: pass --font PATH to a colour emoji "
-                         "font, or install one with `sudo apt-get install fonts-noto-color-emoji`")
-
-
-def _glyph_digest(task: tuple[str, str]) -> str | None:
-    glyph = render_glyph(*task)
-    return hashlib.sha1(glyph.tobytes() + str(glyph.size).encode()).hexdigest() if glyph else None
 
 
 def _seeded_key(seed: int, name: str) -> str:
     return hashlib.sha256(f"{seed}:{name}".encode()).hexdigest()
 
 
-def split_emoji(emoji: list[Emoji], seed: int, eval_share: float) -> tuple[list[Emoji], list[Emoji]]:
-    """Train and eval emoji: per group, the ``eval_share`` with the smallest seeded hash go to eval."""
+def split_emoji(emoji: list[Emoji], seed: int, eval_share: float, per_class: int = 0) -> tuple[list[Emoji], list[Emoji]]:
+    """Train and eval emoji: per group, the ``eval_share`` with the smallest seeded hash go to eval;
+    of the rest, the first ``per_class`` (all when 0) train. The eval split is the same either way."""
     train, held_out = [], []
     for group in sorted({e.group for e in emoji}):
         members = sorted((e for e in emoji if e.group == group), key=lambda e: _seeded_key(seed, e.name))
         n_eval = min(len(members) - 1, max(1, round(eval_share * len(members))))
         held_out += members[:n_eval]
-        train += members[n_eval:]
+        train += members[n_eval:][: per_class or None]
     return train, held_out
 
 
@@ -389,7 +297,7 @@ def build_demo_data(cfg: DemoDataConfig, progress: bool = True) -> dict:
     (out / "demo-data.json").write_text(json.dumps({"status": "building", "config": asdict(cfg)}) + "\n")
     # One thread runs jobs=1 in this process, with the same pool interface.
     with Pool(cfg.jobs) if cfg.jobs > 1 else ThreadPool(1) as pool:
-        digests = pool.map(_glyph_digest, [(font, e.text) for e in catalogue], chunksize=64)
+        digests = pool.map(glyph_digest, [(font, e.text) for e in catalogue], chunksize=64)
         skipped, first, distinct = [], {}, []
         for e, digest in zip(catalogue, digests):
             if digest is None:
@@ -400,7 +308,7 @@ def build_demo_data(cfg: DemoDataConfig, progress: bool = True) -> dict:
                 first[digest] = e.name
                 distinct.append(e)
         classes = sorted({e.group for e in distinct})
-        train, held_out = split_emoji(distinct, cfg.seed, cfg.eval_share)
+        train, held_out = split_emoji(distinct, cfg.seed, cfg.eval_share, cfg.emoji_per_class)
         if not train or not held_out:
             raise ValueError(f"{font} draws only {len(distinct)} of the {len(catalogue)} emoji, too few to "
                              "split: pass --font PATH to a colour emoji font with emoji sequences")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from microcond.features import FeatureNet, FeatureRecipe, extract_features, feature_net
+from microcond.pixels import stack_hwc
 
 IN_DOMAIN = "in-domain metrics (features of a classifier trained on the references; not Inception FID)"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
@@ -338,12 +339,12 @@ class References:
 def _reference_files(root: Path) -> tuple[list[tuple[Path, int]], list[str] | None]:
     """(file, label) pairs and class names from ``metadata.jsonl`` (the demo data's layout, with
     ``classes.json`` beside or above it), else from class sub-folders, else a flat folder (-1)."""
-    meta = root / "metadata.jsonl"
-    if meta.exists():
-        records = [json.loads(line) for line in meta.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if (root / "metadata.jsonl").exists():
+        from microcond.data.metadata import read_metadata
+
         names = next((p / "classes.json" for p in (root, root.parent) if (p / "classes.json").exists()), None)
         classes = json.loads(names.read_text()) if names else None
-        return [(root / r["file"], int(r.get("label", -1))) for r in records], classes
+        return [(root / file, int(r.get("label", -1))) for file, r in read_metadata(root)], classes
     folders = sorted(p.name for p in root.iterdir() if p.is_dir())
     if folders:
         return [(f, i) for i, c in enumerate(folders) for f in sorted((root / c).iterdir()) if f.is_file()], folders
@@ -374,6 +375,6 @@ def load_references(path: str | Path, target_size: tuple[int, int], progress: bo
         labels.append(label)
     if not pixels:
         raise ValueError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r}; {len(skipped)} skipped")
-    images = torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, h, w)
+    images = stack_hwc(pixels)  # (N, 3, h, w)
     known = all(label >= 0 for label in labels)
     return References(images, labels if known else None, classes or [], skipped)

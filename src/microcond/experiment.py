@@ -21,16 +21,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from microcond.cropeffect import CROP_LEFTS, CROP_QUERIES, TRAIN_SIZE, WIDE, model_effect, rate, real_crops, real_effect
 from microcond.record import SIGNALS, MicroCond
+from microcond.runner import ensure_demo_data, prepare_caches, train_runs
 
 # Two recipes, one per question; every figure compares models that trained alike, differing only
 # in what they see (the crop ablation below shows that no single recipe of the tiny model learned
@@ -55,13 +52,6 @@ SQUARE = MicroCond((TRAIN_SIZE, TRAIN_SIZE), (0, 0), (TRAIN_SIZE, TRAIN_SIZE))  
 SIZE_CURVE = (8, 12, 16, 24, 32, 48, 64, 128)
 N_CLASSES = 9
 
-# Data of the crop ablation: DemoDataConfig fields (microcond.demodata.ASPECT_MIXES).
-DATA_MIXES = {
-    "web": dict(aspect_mix="web"),
-    "extreme": dict(aspect_mix="extreme"),
-    "wide": dict(aspect_mix="wide"),
-    "wide-sq10": dict(aspect_mix="wide", square_share=0.10),
-}
 # The crop ablation (docs/results.md): (what changes, data mix, train overrides). Everything else
 # is the tiny preset with size + crop conditioning.
 ABLATIONS = {
@@ -94,23 +84,6 @@ class Budget:
     feature_steps: int = 300
 
 
-def ensure_demo_data(folder: Path, mix: str, n_train: int = 6000, n_eval: int = 1000, progress: bool = True) -> Path:
-    """Build the demo data set of aspect ``mix`` (a :data:`DATA_MIXES` key) into ``folder`` unless
-    a finished build of the same kind is there."""
-    from microcond.demodata import DemoDataConfig, build_demo_data, describe
-
-    shape = DATA_MIXES[mix]
-    meta = folder / "demo-data.json"
-    built = json.loads(meta.read_text()) if meta.is_file() else {}
-    wanted = {"n_train": n_train, "n_eval": n_eval, **shape}
-    defaults = asdict(DemoDataConfig(out=""))
-    if built and built.get("status") != "building" and {k: built.get("config", {}).get(k, defaults[k]) for k in wanted} == wanted:
-        return folder
-    cfg = DemoDataConfig(out=str(folder), n_train=n_train, n_eval=n_eval, **shape)
-    print(describe(build_demo_data(cfg, progress=progress)), file=sys.stderr)
-    return folder
-
-
 def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, extra: dict | None = None) -> list[str]:
     """The ``microcond train`` command of one model (also printed in the results)."""
     overrides = {**RECIPES[MODELS[name][2]][1], **MODELS[name][1], **(extra or {})} if name in MODELS else dict(extra or {})
@@ -121,63 +94,16 @@ def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, e
     return cmd
 
 
-def prepare_caches(data: Path, min_edges: set[int]) -> None:
-    """Scan and fill the pixel caches once, before parallel runs would race to build them."""
-    from microcond.data.buckets import parse_buckets
-    from microcond.data.loader import default_cache_dir, open_source
-    from microcond.data.pixelcache import PixelCache
-
-    for edge in sorted(min_edges):
-        source = open_source(data, min_original_edge=edge)
-        PixelCache.build(source, parse_buckets(f"square:{TRAIN_SIZE}"), default_cache_dir())
-
-
-def _steps_done(run: Path) -> int:
-    rows = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").exists() else []
-    return json.loads(rows[-1])["step"] if rows else 0
-
-
-def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dict[str, int], parallel: int = 2) -> None:
-    """Run training commands ``parallel`` at a time with one thread each; one overall progress bar.
-
-    Args:
-        steps: run name -> its training steps.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    pending = [n for n in commands if _steps_done(runs[n]) < steps[n]]
-    running: dict[str, subprocess.Popen] = {}
-    logs = {}
-    bar = tqdm(total=sum(steps.values()), desc="train models", unit="step", dynamic_ncols=True)
-    while pending or running:
-        while pending and len(running) < parallel:
-            name = pending.pop(0)
-            runs[name].mkdir(parents=True, exist_ok=True)
-            logs[name] = open(runs[name] / "train.log", "a")
-            cmd = [sys.executable, "-m", "microcond.cli", *commands[name][1:], "--no-progress"]
-            running[name] = subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
-        time.sleep(2)
-        for name, proc in list(running.items()):
-            if proc.poll() is not None:
-                logs[name].close()
-                del running[name]
-                if proc.returncode != 0:
-                    for other in running.values():
-                        other.terminate()
-                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {runs[name] / 'train.log'}")
-        bar.n = sum(min(_steps_done(runs[n]), steps[n]) for n in commands)
-        bar.refresh()
-    bar.close()
-
-
 def real_sharpness_by_size(data: Path, bins: tuple[int, ...] = SIZE_CURVE) -> dict[int, float]:
     """Mean Laplacian variance of real 32 px training crops, by the original's short edge."""
     import numpy as np
-    import torch
 
     from microcond.data.crop import decode_crop
+    from microcond.data.metadata import read_metadata
     from microcond.evaluate import laplacian_variance
+    from microcond.pixels import stack_hwc
 
-    records = [json.loads(line) for line in (data / "metadata.jsonl").read_text().splitlines() if line.strip()]
+    records = [record for _, record in read_metadata(data)]
     groups: dict[int, list] = {b: [] for b in bins}
     for r in records:
         short = min(r["original_size"])
@@ -185,7 +111,7 @@ def real_sharpness_by_size(data: Path, bins: tuple[int, ...] = SIZE_CURVE) -> di
         if len(groups[nearest]) < 150:
             pixels, _ = decode_crop(data / r["file"], (TRAIN_SIZE, TRAIN_SIZE), np.random.default_rng(0), mode="center")
             groups[nearest].append(pixels)
-    return {b: float(laplacian_variance(torch.from_numpy(np.stack(g)).permute(0, 3, 1, 2).float() / 127.5 - 1).mean()) for b, g in groups.items() if g}
+    return {b: float(laplacian_variance(stack_hwc(g)).mean()) for b, g in groups.items() if g}
 
 
 def detector_floor(data: Path, palette, noise: float = 0.05) -> dict:
@@ -216,7 +142,7 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: 
     """
     import torch
 
-    from microcond.data.loader import default_cache_dir
+    from microcond.data.source import default_cache_dir
     from microcond.demodata import PALETTE
     from microcond.evaluate import evaluate, laplacian_variance, load_references
     from microcond.features import FeatureRecipe
@@ -272,7 +198,8 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: 
     return results
 
 
-def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), steps: int = 50, label: int = 5) -> dict[str, Path]:
+def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), steps: int = 50, label: int = 5,
+                kinds: tuple[str, ...] = ("original_size", "crop")) -> dict[str, Path]:
     """The Fig. 3 (c_size) and Fig. 4 (c_crop of a wide original) sweep grids of one run."""
     from microcond.grid import save_grid
     from microcond.inference import Model, Query
@@ -283,6 +210,8 @@ def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), 
         ("original_size", [8, 16, 32, 64, 128], Query(label=label)),
         ("crop", [(0, left) for left in CROP_LEFTS], Query(original_size=WIDE, label=label)),
     ):
+        if kind not in kinds:
+            continue
         path = out / f"sweep-{kind}-{run.name}.png"
         if not path.exists():
             images, columns = model.sweep(kind, values, seeds, query, steps=steps)

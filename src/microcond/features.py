@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from microcond.pixels import to_uint8
+
 
 @dataclass(frozen=True)
 class FeatureRecipe:
@@ -62,7 +64,7 @@ class FeatureNet(nn.Module):
 def cache_key(images: torch.Tensor, labels: torch.Tensor, recipe: FeatureRecipe) -> str:
     """Hex digest of the reference pixels (as uint8), labels and recipe."""
     digest = hashlib.sha256()
-    digest.update(((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy().tobytes())
+    digest.update(to_uint8(images).numpy().tobytes())
     digest.update(labels.to(torch.int64).numpy().tobytes())
     digest.update(json.dumps([list(images.shape), asdict(recipe)], sort_keys=True).encode())
     return digest.hexdigest()[:16]

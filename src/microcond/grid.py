@@ -9,17 +9,19 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from microcond.pixels import to_uint8
+
 GRID_CELL_PX = 128  # tiny 32 px samples are upscaled to about this, so they can be seen
 PAD = 2
 BACKGROUND = (255, 255, 255)
 TEXT = (0, 0, 0)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8."""
+def to_hwc_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, 3, H, W) in [-1, 1] -> (N, H, W, 3) uint8, grey images repeated to RGB."""
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images (N, 1 or 3, H, W), got {tuple(images.shape)}")
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # (N, C, H, W)
+    pixels = to_uint8(images)  # (N, C, H, W)
     pixels = pixels.expand(-1, 3, -1, -1) if pixels.shape[1] == 1 else pixels
     return pixels.permute(0, 2, 3, 1).numpy()  # (N, H, W, 3)
 
@@ -76,7 +78,7 @@ def save_grid(
     draw = ImageDraw.Draw(grid)
     if title:
         draw.text((PAD, PAD), title, fill=TEXT, font=row_font)
-    pixels = to_uint8(images)  # (N, H, W, 3)
+    pixels = to_hwc_uint8(images)  # (N, H, W, 3)
     for i in range(n):
         r, c = divmod(i, nrow)
         cell = Image.fromarray(pixels[i]).resize((cw, ch), Image.Resampling.NEAREST)
@@ -101,7 +103,7 @@ def save_images(images: torch.Tensor, out_dir: str | Path, names: Sequence[str])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, pixels in zip(names, to_uint8(images)):
+    for name, pixels in zip(names, to_hwc_uint8(images)):
         paths.append(out_dir / f"{name}.png")
         Image.fromarray(pixels).save(paths[-1])
     return paths

@@ -18,7 +18,7 @@ import torch
 from microcond.record import MicroCond
 from microcond.runs import denoise_fn, load_run
 from microcond.sample import crop_sweep, make_cond, original_size_sweep, sample, sweep, uncond_for
-from microcond.train import choose_precision
+from microcond.runtime import choose_precision
 
 Pair = tuple[int, int]
 

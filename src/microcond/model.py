@@ -116,11 +116,13 @@ class Denoiser(torch.nn.Module):
     encoders' ``context`` and ``pooled`` instead, and there are no class vectors.
     """
 
-    def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int, text: bool = False) -> None:
+    def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int, text: bool = False,
+                 class_dropout: float = 0.0, caption_dropout: float = 0.0) -> None:
         super().__init__()
         self.unet = unet
         self.embedder = embedder
         self.num_classes = num_classes
+        self.class_dropout, self.caption_dropout = float(class_dropout), float(caption_dropout)
         self.pooled_dim = unet.add_embedding.linear_1.in_features - embedder.out_dim
         context_dim = unet.config.cross_attention_dim
         self.context_dim = context_dim if isinstance(context_dim, int) else context_dim[0]
@@ -129,6 +131,16 @@ class Denoiser(torch.nn.Module):
             # Row num_classes is the null class (unconditional); 0 classes = always null.
             self.class_embedding = torch.nn.Embedding(num_classes + 1, self.pooled_dim)
             torch.nn.init.normal_(self.class_embedding.weight, std=0.02)
+
+    def sample_label_drop(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) bool: labels replaced by the null class, each with probability ``class_dropout``
+        (DiT's LabelEmbedder.token_drop)."""
+        return torch.rand(batch, generator=generator, device=self.embedder.device) < self.class_dropout
+
+    def sample_caption_keep(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) float 0/1: 0 where the caption is dropped to zero context and pooled text, with
+        probability ``caption_dropout`` (sgm's ucg_rate)."""
+        return (torch.rand(batch, generator=generator, device=self.embedder.device) >= self.caption_dropout).float()
 
     def forward(
         self,
@@ -199,3 +211,12 @@ class ConditioningHealth:
         row = {"cond_units_live": int(self.live.sum()), "cond_units": self.units}
         self.live = None
         return row
+
+
+def build_denoiser(cfg: TrainConfig) -> Denoiser:
+    """The denoiser a config describes: the preset's UNet (or --pretrained's) with its embedder."""
+    embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
+    unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders), class_dropout=cfg.class_dropout, caption_dropout=cfg.caption_dropout)

@@ -8,6 +8,9 @@ pixels. The ids are ordered ``original_h, original_w, crop_top, crop_left, targe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 
 SIGNALS = ("original_size", "crop_top_left", "target_size")
 
@@ -89,3 +92,10 @@ class MicroCond:
                 f"MicroCond.crop_top_left {self.crop_top_left} puts a {th}x{tw} crop outside the "
                 f"resized image {rh}x{rw} (original {self.original_size[0]}x{self.original_size[1]})"
             )
+
+
+def stack_ids(conds: Sequence[MicroCond]) -> np.ndarray:
+    """(B, 6) int64 ids in SDXL order: integers, so no bf16/fp16 rounding can reach them."""
+    if len(conds) == 0:
+        raise ValueError("stacking micro-condition ids needs at least one MicroCond, got an empty sequence")
+    return np.array([c.ids for c in conds], dtype=np.int64).reshape(len(conds), 6)

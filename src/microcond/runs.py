@@ -22,7 +22,7 @@ from microcond import config as config_mod
 from microcond.checkpoint import load_newest
 from microcond.conditions import SIGNALS
 from microcond.config import TrainConfig
-from microcond.model import Denoiser
+from microcond.model import Denoiser, build_denoiser
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -34,8 +34,6 @@ def run_config(run_dir: Path) -> TrainConfig:
 
 def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[Denoiser, TrainConfig, dict, int]:
     """(denoiser in eval mode, config, scheduler config, step) from the newest checkpoint that verifies."""
-    from microcond.train import build_denoiser
-
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     newest = load_newest(run_dir / "checkpoints", stems=("model", "ema") if ema else ("model",))

@@ -30,9 +30,8 @@ decoding path, so both give identical pixels and MicroConds for a seed.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
@@ -40,182 +39,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from microcond.conditions import MicroCond, time_ids
-from microcond.data.buckets import Bucket, assign_bucket
-from microcond.data.crop import CROP_MODES, crop, load_resized
+from microcond.data.buckets import Bucket
+from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
-
-# Stream tags of the SeedSequence, so shuffles and crops never share random numbers.
-SHUFFLE_STREAM = 0
-CROP_STREAM = 1
-
-
-def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
-    """The generator for one sample's crop and flip in one epoch (independent of workers)."""
-    return np.random.Generator(np.random.Philox(np.random.SeedSequence([seed, CROP_STREAM, epoch, index])))
-
-
-@dataclass
-class ImageSource:
-    """The usable images of a data set, one row each; ``index`` in a batch is the row.
-
-    Attributes:
-        names: a printable name per row (a file path, or ``shard.tar:key``).
-        original_sizes: (N, 2) int64, ``(height, width)`` after EXIF orientation.
-        labels: (N,) int64 class ids, -1 where the source has no label.
-        stamps: (N, 2) int64 ``(bytes, mtime_ns)`` of the file holding each row (cache key).
-        locations: per row ``(file, offset, length)``; ``offset < 0`` means the whole file.
-        size_from_metadata: (N,) bool, True where ``original_sizes`` comes from metadata and the
-            stored pixels were resized before (img2dataset shards); else the decoded pixels must
-            have exactly that size.
-        skipped: ``(name, reason)`` of every image left out (unusable in the index, or failing
-            to decode later).
-        dropped_small: images left out by ``min_original_edge`` (the paper's "512-only" baseline).
-        root: the folder the images were scanned in (shards record paths relative to it); None
-            for shards.
-    """
-
-    names: list[str]
-    original_sizes: np.ndarray
-    labels: np.ndarray
-    stamps: np.ndarray
-    locations: list[tuple[str, int, int]]
-    size_from_metadata: np.ndarray
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    dropped_small: int = 0
-    root: str | None = None
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    @classmethod
-    def from_folder(
-        cls,
-        path: str | Path,
-        index_path: str | Path | None = None,
-        labels: str | None = "metadata.jsonl",
-        min_original_edge: int = 0,
-        cache_dir: str | Path | None = None,
-    ) -> "ImageSource":
-        """The images of a folder, from its scan index (scanned into ``cache_dir`` if not given).
-
-        Args:
-            index_path: an index written by ``microcond scan``; when omitted the folder is scanned
-                incrementally into ``cache_dir`` (never into the data folder).
-            labels: a JSON-lines file in the folder with ``"file"`` (relative to the folder) and
-                ``"label"`` (int) per image; None, or a missing file, gives label -1.
-            min_original_edge: leave out images whose short original edge is below this.
-        """
-        folder = Path(os.path.abspath(path))  # read_index's paths are absolute the same way
-        if not folder.is_dir():
-            raise ValueError(f"expected an image folder, got {str(path)!r} (not a directory); pass the folder that holds the images")
-        from microcond.data import scan
-
-        if index_path is None:
-            if cache_dir is None:
-                raise ValueError(
-                    f"no index for {folder}: pass index_path (from `microcond scan`) or a cache_dir to write one in"
-                )
-            index_path = Path(cache_dir) / f"index-{_short_hash(str(folder))}.parquet"
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            print(scan.scan([folder], index_path).line(), file=sys.stderr)  # incremental: unchanged files reused
-        rows = scan.read_index(index_path).to_pydict()
-        label_of = _read_labels(folder / labels) if labels else {}
-        return cls.from_rows(rows, folder, label_of, min_original_edge)
-
-    @classmethod
-    def from_rows(
-        cls, rows: dict[str, Sequence[Any]], folder: Path | None, label_of: dict[str, int], min_original_edge: int = 0
-    ) -> "ImageSource":
-        """Build from index columns (path, height, width, bytes, mtime_ns, status, reason), paths absolute."""
-        if isinstance(min_original_edge, bool) or not isinstance(min_original_edge, int) or min_original_edge < 0:
-            raise ValueError(f"min_original_edge must be a non-negative integer of pixels, got {min_original_edge!r}")
-        names, sizes, labels, stamps, skipped, dropped = [], [], [], [], [], 0
-        for path, h, w, nbytes, mtime, status, reason in zip(
-            rows["path"], rows["height"], rows["width"], rows["bytes"], rows["mtime_ns"], rows["status"], rows["reason"]
-        ):
-            if status != "ok":
-                skipped.append((str(path), f"{status}: {reason}"))
-                continue
-            if min(h, w) < min_original_edge:
-                dropped += 1
-                continue
-            names.append(str(path))
-            sizes.append((int(h), int(w)))
-            rel = os.path.relpath(path, folder) if folder is not None else str(path)
-            labels.append(int(label_of.get(Path(rel).as_posix(), -1)))
-            stamps.append((int(nbytes), int(mtime)))
-        n = len(names)
-        return cls(
-            names=names,
-            original_sizes=np.asarray(sizes, dtype=np.int64).reshape(n, 2),
-            labels=np.asarray(labels, dtype=np.int64).reshape(n),
-            stamps=np.asarray(stamps, dtype=np.int64).reshape(n, 2),
-            locations=[(name, -1, -1) for name in names],
-            size_from_metadata=np.zeros(n, dtype=bool),
-            skipped=skipped,
-            dropped_small=dropped,
-            root=None if folder is None else str(folder),
-        )
-
-    @classmethod
-    def from_shards(cls, shards: Sequence[str | Path], min_original_edge: int = 0) -> "ImageSource":
-        """The images of local WebDataset tar shards, read by offset (see :mod:`microcond.data.shards`)."""
-        from microcond.data.shards import index_shards
-
-        return index_shards(shards, min_original_edge=min_original_edge)
-
-    def open(self, i: int) -> str | bytes:
-        """What :func:`microcond.data.crop.load_resized` reads for row ``i``: a path, or bytes of a tar member."""
-        file, offset, length = self.locations[i]
-        if offset < 0:
-            return file
-        with open(file, "rb") as f:
-            f.seek(offset)
-            return f.read(length)
-
-    def load(self, i: int, target_size: Bucket, *, background: tuple[int, int, int], fast: bool) -> np.ndarray:
-        """Row ``i`` decoded and resized to cover ``target_size``: (h, w, 3) uint8, checked.
-
-        Raises ``ValueError`` when the pixels do not match the recorded original size (the file
-        changed since it was indexed), so that a stale record never reaches a MicroCond.
-        """
-        original = tuple(int(v) for v in self.original_sizes[i])
-        given = original if self.size_from_metadata[i] else None
-        resized, decoded = load_resized(self.open(i), target_size, original_size=given, background=background, fast=fast)
-        if tuple(decoded) != original:
-            raise ValueError(f"decoded size {tuple(decoded)} differs from the indexed {original}; rescan the folder")
-        return resized  # (H, W, 3) with (H, W) == resized_size(original, target_size)
-
-    def summary(self) -> dict[str, Any]:
-        """Counts for a report: usable, skipped (with reasons listed separately), dropped as small."""
-        return {"images": len(self), "skipped": len(self.skipped), "dropped_small": self.dropped_small,
-                "labelled": int((self.labels >= 0).sum())}
-
-
-def _short_hash(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _read_labels(path: Path) -> dict[str, int]:
-    """``{"file": label}`` from a metadata.jsonl (demo data format); empty if the file is absent."""
-    if not path.is_file():
-        return {}
-    labels = {}
-    with open(path) as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if "label" in record or "caption" not in record and "text" not in record:  # caption-only records: label -1
-                    labels[Path(record["file"]).as_posix()] = int(record["label"])
-            except (ValueError, KeyError, TypeError) as err:
-                raise ValueError(f"{path}:{number}: expected a JSON object with 'file' and integer 'label', got {line.strip()[:80]!r} ({err})") from None
-    return labels
-
+from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
+from microcond.record import MicroCond
 
 @dataclass(frozen=True)
 class Position:
@@ -396,19 +224,6 @@ class BucketBatches(IterableDataset):
                 "starved_buckets": [f"{h}x{w} ({n} images)" for (h, w), n in self.starved]}
 
 
-def collate(pixels: list[np.ndarray], conds: list[MicroCond], labels: list[int], index: list[int],
-            size: int | None = None) -> dict[str, torch.Tensor]:
-    """The batch dict; samples lost to decode errors are replaced by repeats to keep ``size`` rows."""
-    count = len(pixels)
-    keep = [k % count for k in range(size or count)]
-    return {
-        "pixels": torch.from_numpy(np.stack([pixels[k] for k in keep])).permute(0, 3, 1, 2).contiguous(),  # (B, 3, H, W) uint8
-        "ids": time_ids([conds[k] for k in keep]),  # (B, 6) int64, SDXL order
-        "labels": torch.tensor([labels[k] for k in keep], dtype=torch.int64),  # (B,)
-        "index": torch.tensor([index[k] for k in keep], dtype=torch.int64),  # (B,)
-    }
-
-
 class ResumableLoader:
     """Iterates a :class:`BucketBatches` through a DataLoader and counts consumed batches."""
 
@@ -449,20 +264,16 @@ def make_loader(dataset: BucketBatches, num_workers: int = 0) -> ResumableLoader
 CACHE_MAX_AREA = 128 * 128
 
 
-def default_cache_dir() -> Path:
-    """Where scan indexes and pixel caches go: $MICROCOND_CACHE, else $XDG_CACHE_HOME/microcond."""
-    root = os.environ.get("MICROCOND_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "microcond"
-    return Path(root)
-
-
 def open_source(data: str | Path, *, min_original_edge: int = 0, cache_dir: str | Path | None = None) -> ImageSource:
     """A folder of images (index from ``microcond scan`` beside it as ``index.parquet``, else scanned
     into the cache), a ``.tar`` shard, or a folder of ``*.tar`` shards."""
+    from microcond.data.shards import index_shards
+
     path = Path(data)
     if path.is_file() and path.suffix == ".tar":
-        return ImageSource.from_shards([path], min_original_edge)
+        return index_shards([path], min_original_edge=min_original_edge)
     if path.is_dir() and any(path.glob("*.tar")):
-        return ImageSource.from_shards(sorted(path.glob("*.tar")), min_original_edge)
+        return index_shards(sorted(path.glob("*.tar")), min_original_edge=min_original_edge)
     if not path.is_dir():
         raise ValueError(f"data must be an image folder, a .tar shard or a folder of .tar shards; got {str(data)!r}")
     index = path / "index.parquet"
@@ -478,16 +289,14 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
     """
     from microcond.data.buckets import parse_buckets
 
-    dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+    from microcond.runtime import rank_zero_first
+
     buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
     cache = None
-    for turn in (0, 1):  # rank 0 alone, then everyone else (who then only read what it wrote)
-        if (rank == 0) == (turn == 0):
-            source = open_source(cfg.data, min_original_edge=cfg.min_original_edge)
-            if max(h * w for h, w in buckets) <= CACHE_MAX_AREA:
-                cache = PixelCache.build(source, buckets, default_cache_dir(), progress=rank == 0)
-        if dist:
-            torch.distributed.barrier()
+    for _ in rank_zero_first(rank):  # the other ranks only read the index and cache rank 0 wrote
+        source = open_source(cfg.data, min_original_edge=cfg.min_original_edge)
+        if max(h * w for h, w in buckets) <= CACHE_MAX_AREA:
+            cache = PixelCache.build(source, buckets, default_cache_dir(), progress=rank == 0)
     dataset = BucketBatches(source, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
                             crop_mode=cfg.crop_mode, flip_probability=cfg.flip_probability, cache=cache)
     if rank == 0:

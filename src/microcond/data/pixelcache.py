@@ -24,7 +24,7 @@ from microcond.data.crop import load_resized
 from microcond.record import resized_size
 
 if TYPE_CHECKING:
-    from microcond.data.loader import ImageSource
+    from microcond.data.source import ImageSource
 
 
 # Bump when the cached content changes meaning (it is part of the key).

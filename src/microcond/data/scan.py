@@ -33,23 +33,20 @@ a side below 1 or above ``headers.MAX_SIDE`` pixels is ``bad_header``, its size 
 from __future__ import annotations
 
 import collections
-import errno
-import json
+import itertools
 import os
-import stat
 import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, Sequence
 
 from microcond.data.headers import ACCEPTED_MODES, DEFAULT_MAX_PIXELS, Probe, _probe_file, probe_image  # noqa: F401 (part of scan's API)
+from microcond.data.index import COLUMNS, INDEX_VERSION, PARSER_VERSION, PriorIndex, index_schema, index_settings, read_index  # noqa: F401 (read_index, INDEX_VERSION: part of scan's API)
+from microcond.data.walk import IMAGE_EXTENSIONS, Entry, Walk, sort_key  # noqa: F401 (IMAGE_EXTENSIONS: part of scan's API)
 
-IMAGE_EXTENSIONS = frozenset(
-    "jpg jpeg jpe jfif png apng gif webp bmp dib tif tiff avif".split()
-)
 PROBLEMS = {
     "zero_bytes": "the file is empty",
     "unreadable": "the operating system refused to read it (permission, I/O error, bad name, link loop, not a regular file)",
@@ -61,9 +58,6 @@ PROBLEMS = {
     "error": "unexpected error in the scanner (please report it)",
 }
 RETRY_STATUSES = frozenset({"unreadable", "error"})  # may pass: never reused on rescan
-INDEX_VERSION = "1"
-PARSER_VERSION = "2"  # bump when a parser changes what it records: rescans then redo every file
-COLUMNS = ("path", "height", "width", "format", "bytes", "mtime_ns", "status", "reason")
 _CHUNK = 512  # files per task sent to a worker
 _ROW_GROUP = 65536
 
@@ -87,183 +81,6 @@ def _probe_many(items: list[tuple[str, int, int]], max_pixels: int) -> list[tupl
         except Exception as err:  # a parser bug must not stop the scan: recorded, listed
             out.append((None, None, Probe(None, None, None, "error", f"{type(err).__name__}: {err}")))
     return out
-
-
-# ------------------------------------------------------------------------------- walk and index
-
-
-_SPECIAL_FILES = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
-                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
-
-
-def _os_reason(err: OSError) -> str:
-    """Why the walk cannot tell what an entry is, in words."""
-    if err.errno == errno.ELOOP:
-        return "symbolic link loop (too many levels of symbolic links)"
-    return f"cannot read its file type: {err.strerror or err}"
-
-
-class _Entry(NamedTuple):
-    rel: str  # relative to the index's folder, "/"-separated: the stored path and sort key
-    path: str  # as given to the OS
-    status: str | None  # known without probing (bad name, broken link)
-    reason: str | None
-
-
-def _stored_name(name: str) -> tuple[str, bool]:
-    """A name Parquet can hold (UTF-8); undecodable bytes are escaped and flagged."""
-    try:
-        name.encode("utf-8")
-        return name, True
-    except UnicodeEncodeError:
-        return os.fsencode(name).decode("utf-8", "backslashreplace"), False
-
-
-def _key(rel: str) -> list[str]:
-    """Sort key of the walk and of the index: path components, so that a folder's files stay together."""
-    return rel.split("/")
-
-
-class _Walk:
-    """Sorted, streaming walk of several roots, merged into one tree of paths relative to the index."""
-
-    def __init__(self, roots: Sequence[str], index_dir: str, all_files: bool, skip: set[str]):
-        self.all_files, self.skip, self.index_dir = all_files, skip, index_dir
-        self.ignored, self.unreadable_folders = 0, []
-        self.tree: dict[Any, Any] = {}  # component -> subtree; key None marks a root
-        for root in roots:
-            node = self.tree
-            rel = os.path.relpath(root, index_dir).replace(os.sep, "/")
-            for part in [] if rel == "." else rel.split("/"):
-                node = node.setdefault(part, {})
-            node[None] = True
-
-    def __iter__(self) -> Iterator[_Entry]:
-        return self._visit(self.index_dir, "", self.tree, True)
-
-    def _visit(self, folder: str, prefix: str, virtual: dict, name_ok: bool) -> Iterator[_Entry]:
-        items: list[tuple[str, bool, Any]] = [(name, True, sub) for name, sub in virtual.items() if name is not None]
-        if virtual.get(None):
-            try:
-                with os.scandir(folder) as it:
-                    items += [(*_stored_name(e.name), e) for e in it]
-            except OSError as err:
-                self.unreadable_folders.append((prefix or "./", err.strerror or str(err)))
-        items.sort(key=lambda item: item[0])
-        for name, ok, item in items:
-            rel, good = prefix + name, name_ok and ok
-            if isinstance(item, dict):  # a root or a folder on the way to one
-                path = os.path.join(folder, name)
-                if item.get(None) and not os.path.isdir(path):
-                    yield self._entry(rel, path, good)  # a file named on the command line: any extension
-                else:
-                    yield from self._visit(path, rel + "/", item, good)
-                continue
-            try:
-                is_folder = item.is_dir(follow_symlinks=False)
-            except OSError as err:  # no type in the listing, and lstat refused
-                yield _Entry(rel, item.path, "unreadable", _os_reason(err))
-                continue
-            if is_folder:
-                yield from self._visit(item.path, rel + "/", {None: True}, good)
-            elif not self.all_files and name[name.rfind(".") + 1 :].lower() not in IMAGE_EXTENSIONS:
-                self.ignored += 1
-            elif item.path not in self.skip:
-                entry = self._listed(rel, item, good)
-                if entry is None:  # a link to a folder: not followed
-                    self.ignored += 1
-                else:
-                    yield entry
-
-    @classmethod
-    def _listed(cls, rel: str, item: os.DirEntry, name_ok: bool) -> _Entry | None:
-        """A listed entry that is not a folder: a file to probe, a problem known from its type, or
-        None for a link to a folder. Never raises: a bad entry must not stop the walk."""
-        try:
-            if item.is_file():  # file type from the folder listing: no stat here (workers stat)
-                return cls._entry(rel, item.path, name_ok)
-            if item.is_dir():
-                return None
-            mode = item.stat().st_mode  # follows links: a link to a FIFO is a FIFO
-        except FileNotFoundError:
-            return _Entry(rel, item.path, "unreadable", "broken symbolic link" if item.is_symlink() else "the file vanished during the scan")
-        except OSError as err:  # a link loop, a link into a folder we may not search
-            return _Entry(rel, item.path, "unreadable", _os_reason(err))
-        kind = next((name for test, name in _SPECIAL_FILES if test(mode)), f"file type {stat.S_IFMT(mode):#o}")
-        return _Entry(rel, item.path, "unreadable", f"{kind}, not a regular file")
-
-    @staticmethod
-    def _entry(rel: str, path: str, name_ok: bool) -> _Entry:
-        if name_ok:
-            return _Entry(rel, path, None, None)
-        return _Entry(rel, path, "unreadable", "file name is not valid UTF-8: rename it")
-
-
-def _schema(max_pixels: int) -> Any:
-    import pyarrow as pa
-
-    settings = json.dumps({"max_pixels": max_pixels, "parser": PARSER_VERSION})
-    return pa.schema(
-        [("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("format", pa.string()),
-         ("bytes", pa.int64()), ("mtime_ns", pa.int64()), ("status", pa.string()), ("reason", pa.string())],
-        metadata={"microcond.index": INDEX_VERSION, "microcond.scan": settings},
-    )  # fmt: skip
-
-
-def _check_index(path: Path) -> dict:
-    """The scan settings stored in the index at ``path``; ValueError naming the file if it is not one."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowException, OSError) as err:
-        raise ValueError(f"{path} is not a readable index ({str(err).strip()}): delete it, or pass another --out to scan into") from None
-    meta = schema.metadata or {}
-    if meta.get(b"microcond.index") != INDEX_VERSION.encode():
-        raise ValueError(
-            f"expected a microcond index (version {INDEX_VERSION}) at {path}, found a Parquet file without one: "
-            "pass the file `microcond scan --out` wrote, or another --out to scan into"
-        )
-    return json.loads(meta.get(b"microcond.scan", b"{}"))
-
-
-class _Prior:
-    """The previous index, read in row batches and merged with the (equally sorted) walk."""
-
-    def __init__(self, path: Path):
-        import pyarrow.parquet as pq
-
-        self.path, self.removed = path, 0
-        self._rows = self._iter(pq.ParquetFile(path))
-        self._row, self._key = self._next()
-
-    def _iter(self, pf: Any) -> Iterator[tuple]:
-        for batch in pf.iter_batches(batch_size=8192, columns=list(COLUMNS)):
-            yield from zip(*(batch.column(c).to_pylist() for c in COLUMNS))
-
-    def _next(self) -> tuple[tuple | None, list[str] | None]:
-        row = next(self._rows, None)
-        return row, None if row is None else _key(row[0])
-
-    def take(self, key: list[str]) -> tuple | None:
-        """The previous row of ``key``, if any; rows passed over were removed files."""
-        while self._key is not None and self._key < key:
-            self.removed += 1
-            last = self._key
-            self._row, self._key = self._next()
-            if self._key is not None and self._key <= last:
-                raise ValueError(f"expected {self.path} in scan order, found {self._row[0]!r} after "
-                                 f"{'/'.join(last)!r}: delete it (or pick another --out) to scan from scratch")
-        if self._key == key:
-            row = self._row
-            self._row, self._key = self._next()
-            return row
-        return None
-
-    def finish(self) -> None:
-        while self._key is not None:
-            self.take([chr(0x10FFFF)])
 
 
 @dataclass
@@ -352,27 +169,8 @@ class _Pool:
             self.executor.shutdown(wait=True, cancel_futures=True)
 
 
-def scan(
-    roots: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    *,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    workers: int | None = None,
-    all_files: bool = False,
-    progress: bool | None = None,
-    list_first: int = 20,
-) -> ScanSummary:
-    """Scan files and folders into the Parquet index ``out``, reusing its unchanged rows.
-
-    Args:
-        roots: image files (any extension) and folders (walked; files with
-            :data:`IMAGE_EXTENSIONS`, or every file with ``all_files``).
-        max_pixels: images with more pixels get status ``too_large``.
-        workers: processes probing files, at least 1 (default: every core); 1 probes in this process.
-        progress: a tqdm bar on stderr (default: when stderr is a terminal).
-        list_first: how many problems to keep in ``ScanSummary.first_problems``.
-    """
-    start = time.perf_counter()
+def _scan_targets(roots: Sequence[str | os.PathLike], out: str | os.PathLike, max_pixels: int, workers: int | None) -> tuple[list[str], Path]:
+    """The checked arguments of :func:`scan`: absolute roots (none inside another) and the index path."""
     if not roots:
         raise ValueError("scan: expected at least one file or folder to scan, got none")
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
@@ -389,141 +187,161 @@ def scan(
     if out.is_dir():
         raise ValueError(f"scan: --out must be a Parquet file path, found a folder at {out}: add a file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # per process: concurrent rescans never share it
+    return paths, out
+
+
+class _IndexWriter:
+    """The new index: rows buffered into row groups, written under a temporary name (per process,
+    so concurrent rescans never share it) and renamed over ``out`` only when complete."""
+
+    def __init__(self, out: Path, max_pixels: int, importer: threading.Thread):
+        self.out, self.max_pixels, self.importer = out, max_pixels, importer
+        self.tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
+        self.writer: Any = None
+        self.buffer: dict[str, list] = {c: [] for c in COLUMNS}
+
+    def add(self, row: tuple) -> None:
+        for column, value in zip(COLUMNS, row):
+            self.buffer[column].append(value)
+        if len(self.buffer["path"]) >= _ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        self.importer.join()
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        schema = index_schema(self.max_pixels)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
+        self.writer.write_table(pa.Table.from_pydict(self.buffer, schema=schema))
+        for column in self.buffer.values():
+            column.clear()
+
+    def commit(self) -> None:
+        self._flush()  # also writes the schema of an index without rows
+        self.writer.close()
+        self.writer = None
+        os.replace(self.tmp, self.out)
+
+    def discard(self) -> None:
+        """After a failure: nothing of the new index stays (a committed one is already renamed)."""
+        if self.writer is not None:
+            self.writer.close()
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+def _prior_index(out: Path, max_pixels: int, importer: threading.Thread, summary: "ScanSummary") -> PriorIndex | None:
+    """The previous index at ``out`` to reuse rows from, if it was written with the same settings."""
+    if not out.exists():
+        return None
+    importer.join()
+    settings = index_settings(out)
+    wanted = {"max_pixels": max_pixels, "parser": PARSER_VERSION}
+    if settings == wanted:
+        return PriorIndex(out)
+    summary.full_rescan = f"settings changed from {settings} to {wanted}: every file is probed again"
+    return None
+
+
+def _plan(chunk: list[Entry], prior: PriorIndex | None) -> tuple[list[tuple[Entry, tuple | None]], list[tuple[str, int, int]]]:
+    """Each entry with its previous row, and the files to probe: (path, bytes, mtime) of the previous
+    row when it may be reused unchanged, else (path, -1, -1)."""
+    plan, items = [], []
+    for entry in chunk:
+        old = prior.take(sort_key(entry.rel)) if prior is not None else None
+        plan.append((entry, old))
+        if entry.status is None:
+            reusable = old is not None and old[4] is not None and old[6] not in RETRY_STATUSES
+            items.append((entry.path, old[4], old[5]) if reusable else (entry.path, -1, -1))
+    return plan, items
+
+
+def _rows(plan: list[tuple[Entry, tuple | None]], results: Iterator) -> Iterator[tuple[Entry, tuple, str]]:
+    """(entry, its index row, new | changed | unchanged) from a plan and its probe results."""
+    for entry, old in plan:
+        if entry.status is not None:  # known from the walk: nothing to probe
+            yield entry, (entry.rel, None, None, None, None, None, entry.status, entry.reason), "new" if old is None else "changed"
+            continue
+        nbytes, mtime, p = next(results)
+        if p is None:
+            yield entry, old, "unchanged"
+        else:
+            yield entry, (entry.rel, p.height, p.width, p.format, nbytes, mtime, p.status, p.reason), "new" if old is None else "changed"
+
+
+def scan(
+    roots: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    workers: int | None = None,
+    all_files: bool = False,
+    progress: bool | None = None,
+    list_first: int = 20,
+) -> ScanSummary:
+    """Scan files and folders into the Parquet index ``out``, reusing its unchanged rows.
+
+    Walk (sorted, streaming) -> plan each chunk against the previous index -> probe headers in
+    worker processes (a few chunks in flight) -> merge rows in walk order into the new index.
+
+    Args:
+        roots: image files (any extension) and folders (walked; files with
+            :data:`IMAGE_EXTENSIONS`, or every file with ``all_files``).
+        max_pixels: images with more pixels get status ``too_large``.
+        workers: processes probing files, at least 1 (default: every core); 1 probes in this process.
+        progress: a tqdm bar on stderr (default: when stderr is a terminal).
+        list_first: how many problems to keep in ``ScanSummary.first_problems``.
+    """
+    start = time.perf_counter()
+    paths, out = _scan_targets(roots, out, max_pixels, workers)
     pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels)
     importer = threading.Thread(target=_import_pyarrow, daemon=True)
     importer.start()
     summary = ScanSummary(out)
-    walk = _Walk(paths, str(out.parent), all_files, {str(out), str(tmp)})
-    writer, buffer = None, {c: [] for c in COLUMNS}
-    prior = None
+    index = _IndexWriter(out, max_pixels, importer)
+    walk = Walk(paths, str(out.parent), all_files, {str(out), str(index.tmp)})
     bar = None
     if progress or (progress is None and sys.stderr.isatty()):
         from tqdm import tqdm
 
         bar = tqdm(unit=" files", desc="scan", file=sys.stderr, dynamic_ncols=True)
+
+    def merge(plan: list, job: Any, items: list[tuple[str, int, int]]) -> None:
+        for entry, row, count in _rows(plan, iter(pool.result(job, items))):
+            setattr(summary, count, getattr(summary, count) + 1)
+            index.add(row)
+            if row[6] != "ok":
+                summary.problems[row[6]] += 1
+                if len(summary.first_problems) < list_first:
+                    summary.first_problems.append((entry.path, row[6], row[7]))
+        summary.found += len(plan)
+        if bar is not None:
+            bar.update(len(plan))
+
     try:
-        if out.exists():
-            importer.join()
-            settings = _check_index(out)
-            wanted = {"max_pixels": max_pixels, "parser": PARSER_VERSION}
-            if settings == wanted:
-                prior = _Prior(out)
-            else:
-                summary.full_rescan = f"settings changed from {settings} to {wanted}: every file is probed again"
-
-        def flush(final: bool) -> None:
-            nonlocal writer
-            if len(buffer["path"]) < _ROW_GROUP and not final:
-                return
-            importer.join()
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-
-            schema = _schema(max_pixels)
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, schema, compression="zstd")
-            writer.write_table(pa.Table.from_pydict(buffer, schema=schema))
-            for column in buffer.values():
-                column.clear()
-
-        def finish(plan: list, job: Any, items: list[tuple[str, int, int]]) -> None:
-            results = iter(pool.result(job, items))
-            for entry, old in plan:
-                if entry.status is not None:  # known from the walk: nothing to probe
-                    row = (entry.rel, None, None, None, None, None, entry.status, entry.reason)
-                    count = "new" if old is None else "changed"
-                else:
-                    nbytes, mtime, p = next(results)
-                    if p is None:
-                        row, count = old, "unchanged"
-                    else:
-                        row = (entry.rel, p.height, p.width, p.format, nbytes, mtime, p.status, p.reason)
-                        count = "new" if old is None else "changed"
-                setattr(summary, count, getattr(summary, count) + 1)
-                for column, value in zip(COLUMNS, row):
-                    buffer[column].append(value)
-                if row[6] != "ok":
-                    summary.problems[row[6]] += 1
-                    if len(summary.first_problems) < list_first:
-                        summary.first_problems.append((entry.path, row[6], row[7]))
-            summary.found += len(plan)
-            if bar is not None:
-                bar.update(len(plan))
-            flush(False)
-
-        pending: collections.deque = collections.deque()
-
-        def submit(chunk: list[_Entry]) -> None:
-            plan, items = [], []
-            for entry in chunk:
-                old = prior.take(_key(entry.rel)) if prior is not None else None
-                plan.append((entry, old))
-                if entry.status is None:
-                    reusable = old is not None and old[4] is not None and old[6] not in RETRY_STATUSES
-                    items.append((entry.path, old[4], old[5]) if reusable else (entry.path, -1, -1))
-            pending.append((plan, pool.submit(items), items))
-            while len(pending) > 2 * pool.workers:
-                finish(*pending.popleft())
-
-        chunk: list[_Entry] = []
-        for entry in walk:
-            chunk.append(entry)
-            if len(chunk) == _CHUNK:
-                submit(chunk)
-                chunk = []
-        submit(chunk)
-        while pending:
-            finish(*pending.popleft())
+        prior = _prior_index(out, max_pixels, importer, summary)
+        in_flight: collections.deque = collections.deque()
+        walked = iter(walk)
+        while chunk := list(itertools.islice(walked, _CHUNK)):
+            plan, items = _plan(chunk, prior)
+            in_flight.append((plan, pool.submit(items), items))
+            while len(in_flight) > 2 * pool.workers:
+                merge(*in_flight.popleft())
+        while in_flight:
+            merge(*in_flight.popleft())
         if prior is not None:
             prior.finish()
             summary.removed = prior.removed
-        flush(True)
-        writer.close()
-        writer = None
-        os.replace(tmp, out)
+        index.commit()
     finally:
         pool.close()
         if bar is not None:
             bar.close()
-        if writer is not None:
-            writer.close()
-        if tmp.exists():
-            tmp.unlink()
+        index.discard()
     summary.ignored, summary.unreadable_folders = walk.ignored, walk.unreadable_folders
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def read_index(path: str | os.PathLike, *, usable: bool | None = None, columns: Sequence[str] | None = None) -> Any:
-    """The index as a ``pyarrow.Table`` with absolute paths.
-
-    Args:
-        usable: True keeps the ``ok`` rows, False the problems, None every row.
-        columns: subset of :data:`COLUMNS` to return (default all).
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"expected an index written by `microcond scan --out`, found no file at {path}")
-    _check_index(path)
-    columns = list(columns or COLUMNS)
-    unknown = sorted(set(columns) - set(COLUMNS))
-    if unknown:
-        raise ValueError(f"read_index: expected columns among {COLUMNS}, got {unknown}")
-    table = pq.read_table(path, columns=sorted(set(columns) | {"status"}, key=COLUMNS.index))
-    if usable is not None:
-        is_ok = pc.equal(table["status"], "ok")
-        table = table.filter(is_ok if usable else pc.invert(is_ok))
-    if "path" in columns:
-        base = os.path.abspath(path.parent)
-        rel = table["path"]
-        if pc.any(pc.starts_with(rel, "../")).as_py():
-            absolute = pa.array([os.path.normpath(os.path.join(base, p)) for p in rel.to_pylist()], pa.string())
-        else:
-            absolute = pc.binary_join_element_wise(base.rstrip(os.sep), rel, os.sep)
-        table = table.set_column(table.schema.get_field_index("path"), "path", absolute)
-    return table.select(columns)

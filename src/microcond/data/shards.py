@@ -15,7 +15,7 @@ short) keeps the samples before the damage; the sample it cuts is left out and l
 Two ways to read shards:
 
 - :func:`index_shards` reads local shards by member offset into an
-  :class:`~microcond.data.loader.ImageSource`: every guarantee of
+  :class:`~microcond.data.source.ImageSource`: every guarantee of
   :class:`~microcond.data.loader.BucketBatches` holds (global batches, exact split across ranks
   and workers, exact resume, the pixel cache).
 - :class:`ShardStream` streams shards (opened with ``webdataset.gopen``: files, URLs, pipes)
@@ -47,7 +47,7 @@ from webdataset.tariterators import base_plus_ext
 
 from microcond.data.crop import CROP_MODES, crop, load_resized, oriented_size
 from microcond.data.headers import MAX_SIDE, size_problem
-from microcond.data.loader import SHUFFLE_STREAM, ImageSource, collate, sample_rng
+from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, sample_rng
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 SHARD_STRIDE = 1 << 32  # a streamed sample's index is shard * SHARD_STRIDE + position in the shard

@@ -1,0 +1,185 @@
+"""Commands on a trained run: ``sample``, ``sweep``, ``evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from microcond.commands import subparser
+
+
+# ------------------------------------------------------------------------ sample, sweep, evaluate
+
+
+def _pair(text: str) -> tuple[int, int]:
+    """'TOP,LEFT' or 'H,W' (also 'HxW') -> a pair of ints, for list flags."""
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected two integers like 0,16, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def add_query_flags(p: argparse.ArgumentParser, sweep: str | None = None) -> None:
+    """Micro-condition and guidance flags shared by sample, sweep and evaluate."""
+    if sweep != "original_size":
+        p.add_argument("--original-size", nargs=2, type=int, metavar=("H", "W"), help="c_size; default: the target size")
+    if sweep != "crop":
+        p.add_argument("--crop", nargs=2, type=int, metavar=("TOP", "LEFT"), default=(0, 0), help="c_crop; default 0 0 (uncropped)")
+    p.add_argument("--target-size", nargs=2, type=int, metavar=("H", "W"), help="c_ar; default: the model's resolution")
+    p.add_argument("--class", dest="label", type=int, default=-1, help="class id (default -1: the null class)")
+    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--negative-original-size", nargs=2, type=int, metavar=("H", "W"), help="guidance partner's c_size")
+    p.add_argument("--negative-crop", nargs=2, type=int, metavar=("TOP", "LEFT"), help="guidance partner's c_crop")
+    p.add_argument("--negative-target-size", nargs=2, type=int, metavar=("H", "W"), help="guidance partner's c_ar")
+    p.add_argument("--null-micro", action="store_true", help="guidance partner uses the null (dropped) micro-conditions")
+    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
+
+
+def _check_guidance(guidance: float) -> None:
+    """The guidance scale w of ``u + w (c - u)``: finite and >= 0 (NaN would sample black images)."""
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance, 0 = the guidance partner alone), got {guidance}")
+
+
+def _query(args: argparse.Namespace):
+    from microcond.inference import Query
+
+    pair = lambda v: tuple(v) if v is not None else None  # noqa: E731
+    return Query(
+        original_size=pair(getattr(args, "original_size", None)),
+        crop_top_left=tuple(getattr(args, "crop", None) or (0, 0)),
+        target_size=pair(args.target_size),
+        label=args.label,
+        guidance=args.guidance,
+        negative_original_size=pair(args.negative_original_size),
+        negative_crop_top_left=pair(args.negative_crop),
+        negative_target_size=pair(args.negative_target_size),
+        null_micro=args.null_micro,
+    )
+
+
+def add_sample(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "sample",
+        "Sample from a trained run with chosen micro-conditions; writes a grid PNG and one PNG per sample.",
+        [
+            "microcond sample runs/demo/run-size --n 16 --out runs/demo/run-size/samples/default",
+            "microcond sample runs/demo/run-size --original-size 128 128 --class 2 --guidance 2",
+            "microcond sample runs/demo/run-crop --original-size 64 128 --crop 0 16 --null-micro --guidance 1.5",
+        ],
+    )
+    p.add_argument("run_dir", metavar="RUN", help="a run folder written by `microcond train`")
+    add_query_flags(p)
+    p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i, whatever --n or --batch-size")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--out", help="output folder (default RUN/samples/cli)")
+    p.set_defaults(run=run_sample)
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from microcond.grid import save_grid, save_images
+    from microcond.inference import Model
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    _check_guidance(args.guidance)
+    model = Model(args.run_dir)
+    seeds = list(range(args.seed, args.seed + args.n))
+    images = model.draw(_query(args), seeds, steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
+    out = Path(args.out or Path(args.run_dir) / "samples" / "cli")
+    grid = save_grid(images, out / "grid.png", nrow=min(8, args.n))
+    save_images(images, out, [f"seed-{s:06d}" for s in seeds])
+    print(f"wrote {args.n} samples to {out} (grid: {grid})")
+    return 0
+
+
+def add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "sweep",
+        "One grid: rows are seeds, columns are values of c_size (paper Fig. 3) or c_crop (Fig. 4).",
+        [
+            "microcond sweep runs/demo/run-size --original-size 8 16 32 64 128 --out fig3.png",
+            "microcond sweep runs/demo/run-crop --crop 0,0 0,8 0,16 0,32 --original-size-fixed 64 128 --out fig4.png",
+        ],
+    )
+    p.add_argument("run_dir", metavar="RUN")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--original-size", dest="sizes", nargs="+", type=int, metavar="S", help="short sides of c_size to sweep")
+    what.add_argument("--crop", dest="crops", nargs="+", type=_pair, metavar="TOP,LEFT", help="c_crop values to sweep")
+    p.add_argument("--original-size-fixed", nargs=2, type=int, metavar=("H", "W"), help="c_size held fixed in a crop sweep (default: the target)")
+    p.add_argument("--target-size", nargs=2, type=int, metavar=("H", "W"), help="c_ar; default: the model's resolution")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="one grid row per seed")
+    p.add_argument("--class", dest="label", type=int, default=-1)
+    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
+    p.add_argument("--out", help="grid PNG (default RUN/sweeps/<kind>.png)")
+    p.set_defaults(run=run_sweep)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from microcond.grid import save_grid
+    from microcond.inference import Model, Query
+
+    _check_guidance(args.guidance)
+    model = Model(args.run_dir)
+    kind, values = ("original_size", args.sizes) if args.sizes else ("crop", args.crops)
+    fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
+    query = Query(original_size=fixed, target_size=tuple(args.target_size) if args.target_size else None, label=args.label, guidance=args.guidance)
+    images, columns = model.sweep(kind, values, args.seeds, query, steps=args.steps, scheduler=args.scheduler)
+    out = Path(args.out or Path(args.run_dir) / "sweeps" / f"{kind}.png")
+    title = f"{Path(args.run_dir).name} step {model.step}: " + ("c_size sweep (paper Fig. 3)" if kind == "original_size" else f"c_crop sweep, c_size {fixed or 'target'} (paper Fig. 4)")
+    save_grid(images.flatten(0, 1), out, nrow=len(values), row_labels=[f"seed {s}" for s in args.seeds], col_labels=columns, title=title)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = subparser(
+        sub,
+        "evaluate",
+        "In-domain metrics of a run's samples against real images: sharpness, cut-off rate, FD/KID, SWD.",
+        [
+            "microcond evaluate runs/demo/run-size --ref runs/demo/data-web/eval --n 500",
+            "microcond evaluate runs/demo/run-size --ref runs/demo/data-web/eval --original-size 8 8 --n 200 --out small.json",
+        ],
+    )
+    p.add_argument("run_dir", metavar="RUN")
+    p.add_argument("--ref", required=True, metavar="DIR", help="real images (the demo data's eval split, or class sub-folders)")
+    add_query_flags(p)
+    p.add_argument("--n", type=int, default=500, help="samples to draw (default 500), classes cycled over the reference labels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--feature-steps", type=int, default=300, help="training steps of the feature classifier (cached per data and recipe)")
+    p.add_argument("--out", help="metrics JSON (default RUN/metrics/evaluate.json)")
+    p.set_defaults(run=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from microcond.data.source import default_cache_dir
+    from microcond.evaluate import evaluate, format_report, load_references
+    from microcond.features import FeatureRecipe
+    from microcond.inference import Model, palette_for, write_metrics
+
+    _check_guidance(args.guidance)
+    model = Model(args.run_dir)
+    refs = load_references(args.ref, model.shape[1:])
+    labels = [i % model.cfg.num_classes for i in range(args.n)] if model.cfg.num_classes else None
+    seeds = list(range(args.seed, args.seed + args.n))
+    samples = model.draw(_query(args), seeds, labels, steps=args.steps, scheduler=args.scheduler)
+    ref_labels = refs.labels if refs.labels is not None else [0] * len(refs.images)
+    report = evaluate(samples, refs.images, ref_labels, cache_dir=default_cache_dir() / "features", palette=palette_for(args.ref), recipe=FeatureRecipe(steps=args.feature_steps))
+    out = Path(args.out or Path(args.run_dir) / "metrics" / "evaluate.json")
+    write_metrics({"query": vars(_query(args)), **report}, out)
+    print(format_report(report))
+    print(f"wrote {out}")
+    return 0

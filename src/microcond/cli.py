@@ -34,14 +34,14 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         "Build the demo data, train two tiny models side by side, one per micro-condition (size conditioning; size + crop "
         "conditioning with v-prediction on 2:1 originals), then write sample grids, the paper's Fig. 3 and Fig. 4 sweeps and "
-        "metrics (about 12 minutes on 2 CPU cores). Running it again resumes.",
+        "metrics (about 10 minutes on 2 CPU cores). Running it again resumes.",
         ["microcond demo", "microcond demo --out runs/demo2 --steps 6000", "microcond demo --steps 20 --samples 16 --n-train 300 --n-eval 60  # a quick look"],
     )
     config_mod.add_flags(p, DemoConfig, helps={"out": "output folder", "steps": "training steps of 32 images, per model", "samples": "samples for the metrics",
                                                "sampler_steps": "DDIM steps", "n_train": "demo training images", "n_eval": "demo evaluation images",
                                                "feature_steps": "training steps of the metrics' feature classifier",
                                                "crop_samples": "samples per crop query and offset for metrics.json's crop_effect",
-                                               "emoji_per_class": "training emoji per class (0 = all 1,582)"})
+                                               "emoji_per_class": "training emoji per class, 0 = all 1,582 (with 6 the crop model learned no crop)"})
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_demo)
 

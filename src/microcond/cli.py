@@ -51,9 +51,9 @@ def _run_demo(args: argparse.Namespace) -> int:
     from microcond.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(**config_mod.flag_overrides(args, DemoConfig))
-    bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(cfg).items() if isinstance(v, int) and v < 1]
+    bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(cfg).items() if isinstance(v, int) and v < (0 if k == "emoji_per_class" else 1)]
     if bad:
-        raise ValueError(f"demo expects positive integers, got {', '.join(bad)}")
+        raise ValueError(f"demo expects positive integers (--emoji-per-class: 0 for all), got {', '.join(bad)}")
     run_demo(cfg, progress=not args.no_progress)
     return 0
 

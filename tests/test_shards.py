@@ -89,6 +89,9 @@ def test_write_refuses_a_folder_with_shards(folder_and_shards, tmp_path):
     source, shards = folder_and_shards
     with pytest.raises(ValueError, match="already holds"):
         write_shards(source, shards[0].parent, progress=False)
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match="is an existing file"):
+        write_shards(source, tmp_path / "a-file", progress=False)
 
 
 def test_cli_shard_writes_shards_the_loader_reads(tmp_path, capsys):

@@ -61,6 +61,8 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
     if not (isinstance(max_count, int) and max_count >= 1):
         raise ValueError(f"max_count must be a positive integer of samples per shard, got {max_count!r}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is an existing file; choose a new or empty folder for the shards")
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("shard-*.tar")):
         raise ValueError(f"{out} already holds shard-*.tar files; choose an empty --out folder")

@@ -127,7 +127,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         autocast = choose_precision(cfg.precision, device)
         batches = iter(data)
-        bar = tqdm(total=cfg.steps, initial=start, disable=not progress or rank != 0, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=cfg.steps * cfg.batch_size, initial=start * cfg.batch_size, disable=not progress or rank != 0, desc="train",
+                   unit="img", unit_scale=True, dynamic_ncols=True)  # progress in images seen
         row: dict = {}
         window_t, window_images, losses = time.perf_counter(), 0, []
         for step in range(start, cfg.steps):
@@ -174,9 +175,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_s']:.0f}")
+                bar.set_postfix(step=done, loss=f"{row['loss']:.4f}")
                 window_t, window_images, losses = time.perf_counter(), 0, []
-            bar.update(1)
+            bar.update(cfg.batch_size)
 
             # Checkpoint (rank 0 writes; every rank holds identical weights).
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:

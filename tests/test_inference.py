@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from microcond.cli import main
-from microcond.inference import Query
+from microcond.run import Query
 from microcond.record import MicroCond
 
 
@@ -65,3 +65,16 @@ def test_evaluate_writes_labelled_metrics(run, image_folder, tmp_path):
     assert "not Inception" in report["note"] or "in-domain" in report["note"].lower()
     assert report["n_samples"] == 8 and report["n_refs"] == 24
     assert {"sharpness", "cutoff_rate", "fidelity"} <= set(report)
+
+
+def test_run_draws_and_exports_a_unet_diffusers_loads(run, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    from microcond.run import Run
+
+    loaded = Run(run)
+    images = loaded.draw(Query(original_size=(8, 8)), [0, 1], steps=2, progress=False)
+    assert images.shape == (2, *loaded.shape) and images.abs().max() <= 1
+    out = loaded.export(tmp_path / "unet")
+    unet = UNet2DConditionModel.from_pretrained(out)
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in loaded.model.unet.parameters())

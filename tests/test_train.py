@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from conftest import RecordingNet
 from microcond import config as config_mod
 from microcond.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from microcond.runs import load_run
+from microcond.run import load_run
 from microcond.monitor import metrics_line
 from microcond.runtime import run_lock
 from microcond.train import train

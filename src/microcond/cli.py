@@ -224,7 +224,7 @@ def _run_export(args: argparse.Namespace) -> int:
         out = export_pipeline(args.run_dir, args.pipeline, ema=not args.no_ema)
         print(f"wrote {out} (load with StableDiffusionXLPipeline.from_pretrained)")
         return 0
-    from microcond.runs import export_diffusers
+    from microcond.run import export_diffusers
 
     out = export_diffusers(args.run_dir, args.diffusers, ema=not args.no_ema)
     print(f"wrote {out} (load with UNet2DConditionModel.from_pretrained)")

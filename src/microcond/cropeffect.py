@@ -121,7 +121,7 @@ def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9,
     import torch
 
     from microcond.evaluate import cut_off
-    from microcond.inference import Query
+    from microcond.run import Query
 
     seen = [i for i, signal in enumerate(SIGNALS) if signal in model.cfg.signals]
     cache: dict[tuple, torch.Tensor] = {}

@@ -49,7 +49,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     from microcond.experiment import N_CLASSES, RECIPES, sweep_grids, train_command
     from microcond.features import FeatureRecipe
     from microcond.grid import save_grid
-    from microcond.inference import Model, Query
+    from microcond.run import Run, Query
     from microcond.runner import ensure_demo_data, prepare_caches, train_runs
 
     start = time.time()
@@ -65,7 +65,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         print(f"  {runs[run]}: {RECIPE_MODELS[name][0]}")
     train_runs(commands, runs, {run: cfg.steps for run in MODELS}, progress=progress)
 
-    size_model, crop_model = Model(runs["size"]), Model(runs["crop"])
+    size_model, crop_model = Run(runs["size"]), Run(runs["crop"])
     labels = [i % N_CLASSES for i in range(64)]
     pictures = {}
     for name, query in (("default", Query()), ("sharp", Query(original_size=SHARP))):

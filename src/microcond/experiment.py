@@ -147,7 +147,7 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: 
     from microcond.evaluate import evaluate, laplacian_variance, load_references
     from microcond.features import FeatureRecipe
     from microcond.grid import save_grid
-    from microcond.inference import Model, Query
+    from microcond.run import Run, Query
 
     results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -165,7 +165,7 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: 
         if run_name in results["runs"]:
             continue
         started = time.time()
-        model = Model(folder)
+        model = Run(folder)
 
         def draw(micro: MicroCond, n: int, seed0: int) -> torch.Tensor:
             query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size)
@@ -202,9 +202,9 @@ def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), 
                 kinds: tuple[str, ...] = ("original_size", "crop")) -> dict[str, Path]:
     """The Fig. 3 (c_size) and Fig. 4 (c_crop of a wide original) sweep grids of one run."""
     from microcond.grid import save_grid
-    from microcond.inference import Model, Query
+    from microcond.run import Run, Query
 
-    model = Model(run)
+    model = Run(run)
     grids = {}
     for kind, values, query in (
         ("original_size", [8, 16, 32, 64, 128], Query(label=label)),
@@ -227,13 +227,13 @@ def side_by_side(plain: Path, conditioned: Path, path: Path, n: int = 16, steps:
     import torch
 
     from microcond.grid import save_grid
-    from microcond.inference import Model, Query
+    from microcond.run import Run, Query
 
     if path.exists():
         return path
     query = Query(original_size=(128, 128), crop_top_left=(0, 0))
     seeds, labels = list(range(30_000, 30_000 + n)), [i % N_CLASSES for i in range(n)]
-    a, b = (Model(p).draw(query, seeds, labels, steps=steps, progress=False) for p in (plain, conditioned))
+    a, b = (Run(p).draw(query, seeds, labels, steps=steps, progress=False) for p in (plain, conditioned))
     half = n // 2
     images = torch.cat([a[:half], b[:half], a[half:], b[half:]])
     rows = [plain.name, f"{conditioned.name} (128x128, crop 0,0)"] * 2
@@ -287,7 +287,7 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
 def size_response(model, n: int, steps: int, sizes: tuple[int, int] = (8, 128)) -> dict[str, float]:
     """Mean Laplacian variance of samples asked for a small and a large square original (Fig. 3's ends)."""
     from microcond.evaluate import laplacian_variance
-    from microcond.inference import Query
+    from microcond.run import Query
 
     seeds, labels = list(range(20_000, 20_000 + n)), [i % N_CLASSES for i in range(n)]
     return {str(s): float(laplacian_variance(model.draw(Query(original_size=(s, s)), seeds, labels, steps=steps, progress=False)).mean()) for s in sizes}
@@ -299,7 +299,7 @@ def live_units(run: Path, batches: int = 16) -> int:
     import torch
 
     from microcond.data.loader import open_training_data
-    from microcond.runs import load_run
+    from microcond.run import load_run
     from microcond.model import ConditioningHealth
 
     model, cfg, _, _ = load_run(run)
@@ -317,7 +317,7 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
     """Train ABLATIONS settings (all, or the named ones; seed 0) and measure the crop effect of
     each into ``out/ablation.json``, which keeps earlier settings' rows."""
     from microcond.demodata import PALETTE
-    from microcond.inference import Model
+    from microcond.run import Run
 
     unknown = sorted(set(settings or []) - set(ABLATIONS))
     if unknown:
@@ -339,7 +339,7 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
         results["real"].setdefault(mix, real_effect(data[mix], PALETTE))
     for name, (setting, mix, extra) in chosen.items():
         if name not in results["rows"]:
-            model = Model(runs[name])
+            model = Run(runs[name])
             results["rows"][name] = {"setting": setting, "aspect_mix": mix, "overrides": extra, "step": model.step, "cond_units_live": live_units(runs[name]),
                                      **model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES),
                                      "sharpness": size_response(model, budget.crop_samples, budget.sampler_steps)}

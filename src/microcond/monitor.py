@@ -72,7 +72,7 @@ def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg:
     """
     from microcond.grid import save_grid
     from microcond.record import MicroCond
-    from microcond.runs import denoise_fn
+    from microcond.run import denoise_fn
     from microcond.sample import make_cond, sample
 
     shadow = build_denoiser(cfg).to(device)

@@ -43,7 +43,7 @@ def _check_guidance(guidance: float) -> None:
 
 
 def _query(args: argparse.Namespace):
-    from microcond.inference import Query
+    from microcond.run import Query
 
     pair = lambda v: tuple(v) if v is not None else None  # noqa: E731
     return Query(
@@ -83,12 +83,12 @@ def run_sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from microcond.grid import save_grid, save_images
-    from microcond.inference import Model
+    from microcond.run import Run
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
     _check_guidance(args.guidance)
-    model = Model(args.run_dir)
+    model = Run(args.run_dir)
     seeds = list(range(args.seed, args.seed + args.n))
     images = model.draw(_query(args), seeds, steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
     out = Path(args.out or Path(args.run_dir) / "samples" / "cli")
@@ -127,10 +127,10 @@ def run_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from microcond.grid import save_grid
-    from microcond.inference import Model, Query
+    from microcond.run import Run, Query
 
     _check_guidance(args.guidance)
-    model = Model(args.run_dir)
+    model = Run(args.run_dir)
     kind, values = ("original_size", args.sizes) if args.sizes else ("crop", args.crops)
     fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
     query = Query(original_size=fixed, target_size=tuple(args.target_size) if args.target_size else None, label=args.label, guidance=args.guidance)
@@ -168,10 +168,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from microcond.data.source import default_cache_dir
     from microcond.evaluate import evaluate, format_report, load_references
     from microcond.features import FeatureRecipe
-    from microcond.inference import Model, palette_for, write_metrics
+    from microcond.run import Run, palette_for, write_metrics
 
     _check_guidance(args.guidance)
-    model = Model(args.run_dir)
+    model = Run(args.run_dir)
     refs = load_references(args.ref, model.shape[1:])
     labels = [i % model.cfg.num_classes for i in range(args.n)] if model.cfg.num_classes else None
     seeds = list(range(args.seed, args.seed + args.n))

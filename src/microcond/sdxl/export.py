@@ -15,9 +15,9 @@ def export_pipeline(run_dir: str | Path, out_dir: str | Path, ema: bool = True) 
 
     The VAE and text encoder folders are hard-linked where the file system allows (else copied);
     the scheduler is SDXL's Euler with the run's betas and prediction type. Written into a fresh
-    folder first (see :func:`microcond.runs.export_folder`): never into a folder it reads from.
+    folder first (see :func:`microcond.run.export_folder`): never into a folder it reads from.
     """
-    from microcond.runs import export_folder, run_config
+    from microcond.run import export_folder, run_config
 
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     cfg = run_config(run_dir)
@@ -35,7 +35,7 @@ def _write_pipeline(run_dir: Path, out_dir: Path, vae: Path, text: Path, ema: bo
     import diffusers
     from diffusers import EulerDiscreteScheduler
 
-    from microcond.runs import write_unet
+    from microcond.run import write_unet
 
     write_unet(run_dir, out_dir / "unet", ema=ema)
     copies = {"vae": vae, **{part: text / part for part in TEXT_PARTS}}

@@ -1,8 +1,14 @@
-"""Reading a finished (or running) training run back: the model for sampling, and export.
+"""A training run read back: its config and newest verified checkpoint, sampling with chosen
+micro-conditions (what ``microcond sample/sweep/evaluate`` do), and export.
 
 A run directory holds ``config.json``, ``scheduler_config.json``, ``metrics.jsonl``,
 ``loss.png``, ``samples/`` and ``checkpoints/step-*/`` (see :mod:`microcond.checkpoint`).
 An export is written into a fresh sibling folder and renamed into place once complete.
+
+Conditions default to SDXL's inference defaults: original size = target size = the model's
+resolution, crop (0, 0). Negative micro-conditions take the positive value of every field the
+user leaves out, so a negative crop alone is honoured (diffusers ignores it unless both
+negative sizes are given).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Iterator, Sequence
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -23,6 +30,9 @@ from microcond.checkpoint import load_newest
 from microcond.conditions import SIGNALS
 from microcond.config import TrainConfig
 from microcond.model import Denoiser, build_denoiser
+from microcond.record import MicroCond
+from microcond.runtime import choose_precision
+from microcond.sample import crop_sweep, make_cond, original_size_sweep, sample, sweep, uncond_for
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -127,3 +137,92 @@ def write_unet(run_dir: str | Path, out_dir: Path, ema: bool = True) -> None:
         save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))
     meta = {"signals": list(cfg.signals), "num_classes": cfg.num_classes, "resolution": cfg.resolution, "step": step, "ema": ema, "scheduler": scheduler_config}
     (out_dir / "microcond.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Query:
+    """One sampling request: micro-conditions, class, guidance partner."""
+
+    original_size: Pair | None = None
+    crop_top_left: Pair = (0, 0)
+    target_size: Pair | None = None
+    label: int = -1
+    guidance: float = 1.0
+    negative_original_size: Pair | None = None
+    negative_crop_top_left: Pair | None = None
+    negative_target_size: Pair | None = None
+    null_micro: bool = False
+
+    def micro(self, resolution: int) -> MicroCond:
+        target = self.target_size or (resolution, resolution)
+        return MicroCond(self.original_size or target, self.crop_top_left, target)
+
+    def negative(self, resolution: int) -> MicroCond | None:
+        given = (self.negative_original_size, self.negative_crop_top_left, self.negative_target_size)
+        if all(v is None for v in given):
+            return None
+        pos = self.micro(resolution)
+        return MicroCond(given[0] or pos.original_size, given[1] or pos.crop_top_left, given[2] or pos.target_size)
+
+
+class Run:
+    """A training run loaded once (EMA weights by default): its config, schedule and precision,
+    and what is done with it: draw samples, sweep a condition, export."""
+
+    def __init__(self, run_dir: str | Path, ema: bool = True, precision: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.model, self.cfg, self.scheduler_config, self.step = load_run(self.run_dir, ema=ema)
+        device = torch.device("cpu")
+        self.denoise = denoise_fn(self.model, choose_precision(precision or self.cfg.precision, device))
+        self.shape = (3, self.cfg.resolution, self.cfg.resolution)
+
+    def check_label(self, label: int) -> int:
+        if label >= self.cfg.num_classes or label < -1:
+            classes = f"0..{self.cfg.num_classes - 1} or -1" if self.cfg.num_classes else "-1 (the model has no classes)"
+            raise ValueError(f"--class {label} is not a class of this model; expected {classes}")
+        return label
+
+    def draw(self, query: Query, seeds: Sequence[int], labels: Sequence[int] | None = None, *, steps: int = 50, scheduler: str = "ddim", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1]: one sample per seed, all with ``query``'s conditions."""
+        micro = query.micro(self.cfg.resolution)
+        if micro.target_size != self.shape[1:]:
+            raise ValueError(f"--target-size {micro.target_size} differs from this pixel model's resolution {self.shape[1:]}")
+        labels = [self.check_label(v) for v in (labels if labels is not None else [query.label] * len(seeds))]
+        cond = make_cond(micro, labels, n=len(seeds))
+        uncond = None
+        if query.guidance != 1.0:
+            uncond = uncond_for(cond, negative=query.negative(self.cfg.resolution), null_micro=query.null_micro)
+        return sample(self.denoise, cond, shape=self.shape, seeds=seeds, scheduler=scheduler, steps=steps, guidance=query.guidance, uncond=uncond, batch_size=batch_size, scheduler_config=self.scheduler_config, progress=progress)
+
+    def sweep(self, kind: str, values: Sequence, seeds: Sequence[int], query: Query, *, steps: int = 50, scheduler: str = "ddim", progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+        """(S, V, 3, H, W) and column labels for an original-size (Fig. 3) or crop (Fig. 4) sweep."""
+        target = query.micro(self.cfg.resolution).target_size
+        if kind == "original_size":
+            conds, columns = original_size_sweep(values, target)
+        else:
+            conds, columns = crop_sweep(values, target, query.original_size)
+        images = sweep(self.denoise, conds, seeds, labels=self.check_label(query.label), shape=self.shape, guidance=query.guidance, negative=query.negative(self.cfg.resolution), null_micro=query.null_micro, steps=steps, scheduler=scheduler, scheduler_config=self.scheduler_config, progress=progress)
+        return images, columns
+
+    def export(self, out_dir: str | Path, ema: bool = True) -> Path:
+        """The run's UNet as a diffusers folder (:func:`export_diffusers`; a whole SDXL pipeline
+        folder is :func:`microcond.sdxl.export_pipeline`)."""
+        return export_diffusers(self.run_dir, out_dir, ema=ema)
+
+
+def palette_for(ref_dir: str | Path) -> tuple | None:
+    """The demo data's background palette when ``ref_dir`` is a demo-data split, else None."""
+    root = Path(ref_dir)
+    if any((p / "demo-data.json").exists() for p in (root, root.parent)):
+        from microcond.demodata import PALETTE
+
+        return PALETTE
+    return None
+
+
+def write_metrics(report: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")

@@ -55,3 +55,11 @@ def test_guidance_must_be_finite_and_not_negative(tmp_path, capsys, command, gui
     assert main([*args, "--guidance", guidance]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--guidance must be a finite number >= 0" in err and guidance in err, err
+
+
+@pytest.mark.parametrize("argv, flag", [(["demo", "--steps", "0"], "--steps 0"), (["demo", "--emoji-per-class", "-1"], "--emoji-per-class -1"),
+                                        (["experiment", "paper", "--seeds", "0"], "--seeds 0")])
+def test_demo_and_experiment_settings_below_one_are_one_line(argv, flag, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected positive integers" in err and flag in err

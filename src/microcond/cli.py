@@ -50,11 +50,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from microcond import config as config_mod
     from microcond.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(**config_mod.flag_overrides(args, DemoConfig))
-    bad = [f"--{k.replace('_', '-')} {v}" for k, v in vars(cfg).items() if isinstance(v, int) and v < (0 if k == "emoji_per_class" else 1)]
-    if bad:
-        raise ValueError(f"demo expects positive integers (--emoji-per-class: 0 for all), got {', '.join(bad)}")
-    run_demo(cfg, progress=not args.no_progress)
+    run_demo(DemoConfig(**config_mod.flag_overrides(args, DemoConfig)), progress=not args.no_progress)
     return 0
 
 
@@ -93,9 +89,9 @@ def _run_experiment(args: argparse.Namespace) -> int:
     from microcond.experiment import Budget, run_ablation, run_paper
 
     given = config_mod.flag_overrides(args, Budget)
-    bad = [f"--{k.replace('_', '-')} {v}" for k, v in {**given, "parallel": args.parallel}.items() if v < 1]
-    if bad:
-        raise ValueError(f"experiment expects positive integers, got {', '.join(bad)}")
+    Budget(**given)  # checked before any work, whatever the experiment adds to it
+    if args.parallel < 1:
+        raise ValueError(f"expected a positive number of training processes, got --parallel {args.parallel}")
     ablation = args.name == "crop-ablation"
     if ablation:
         results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel, args.settings)

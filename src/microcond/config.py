@@ -243,6 +243,14 @@ def _optional_inner(kind: type) -> type:
     return inner[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(inner) == 1 else kind
 
 
+def check_counts(settings: object, zero_ok: Sequence[str] = ()) -> None:
+    """ValueError naming the flags of a settings dataclass's integer fields below 1 (below 0 for ``zero_ok``)."""
+    bad = [f"--{f.name.replace('_', '-')} {v}" for f in fields(settings) if type(v := getattr(settings, f.name)) is int and v < (0 if f.name in zero_ok else 1)]
+    if bad:
+        zero = f" ({', '.join('--' + n.replace('_', '-') for n in zero_ok)}: 0 allowed)" if zero_ok else ""
+        raise ValueError(f"expected positive integers{zero}, got {', '.join(bad)}")
+
+
 def flag_overrides(args: argparse.Namespace, cls: type = TrainConfig) -> dict:
     """The fields of ``cls`` given as flags (typed; a TrainConfig's are typed by :func:`resolve`)."""
     given = {f.name: getattr(args, f.name) for f in fields(cls) if getattr(args, f.name, None) is not None}

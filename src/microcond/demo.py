@@ -38,6 +38,11 @@ class DemoConfig:
     crop_samples: int = 64  # per crop query and offset, for metrics.json's crop_effect
     emoji_per_class: int = 0  # training emoji per class, 0 = all (with 6 the crop model learned no crop in 1,500 steps)
 
+    def __post_init__(self) -> None:
+        from microcond.config import check_counts
+
+        check_counts(self, zero_ok=("emoji_per_class",))
+
 
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Build, train, sample, measure; return the paths to open."""

@@ -83,6 +83,11 @@ class Budget:
     sampler_steps: int = 25  # DDIM; the crop measures at 25 and 50 steps agree within their intervals
     feature_steps: int = 300
 
+    def __post_init__(self) -> None:
+        from microcond.config import check_counts
+
+        check_counts(self)
+
 
 def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, extra: dict | None = None) -> list[str]:
     """The ``microcond train`` command of one model (also printed in the results)."""

@@ -68,7 +68,8 @@ class Effective:
     ``scale``: estimated upscaling factor per axis (height, width), 1.0 for native.
     ``confidence``: 0 (a guess: flat or tiny image) to 1 (a resampling grid fits exactly).
     ``jpeg_quality``: IJG quality 1-100 whose tables are nearest to the file's; None if not JPEG.
-    ``decoded_pixels``: pixels decoded to measure, at most the budget for JPEG and PNG.
+    ``file_size``: the file's (height, width) after orientation; ``decoded_pixels``: pixels decoded
+    to measure, at most the budget for JPEG and PNG.
     """
 
     height: int
@@ -76,6 +77,7 @@ class Effective:
     confidence: float
     jpeg_quality: int | None
     scale: tuple[float, float]
+    file_size: tuple[int, int]
     decoded_pixels: int
 
 
@@ -412,5 +414,6 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
         confidence=round(min(confidence_h, confidence_w), 3),
         jpeg_quality=quality,
         scale=(round(scale_h, 4), round(scale_w, 4)),
+        file_size=(height, width),
         decoded_pixels=int(luma.size),
     )

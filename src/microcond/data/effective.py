@@ -51,6 +51,7 @@ MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 _WINDOW, _ROWS = 64, 48  # re-interpolation windows: length in pixels, rows sampled
 _GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
+_NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -227,8 +228,9 @@ def _grids(length: int, n0: int, kernel: str, starts: np.ndarray, window: int, s
     centre = (starts[:, None] + np.arange(window) + 0.5) * (n0 / length) + shift  # (B, window), original pixels
     first = np.floor(centre[:, :1]) - 4
     j = first + np.arange(int(np.ceil(window * n0 / length)) + 10)  # (B, M)
-    if kernel == "nearest":
-        weights = (j[:, None, :] == np.floor(centre)[:, :, None]).astype(np.float64)
+    if kernel == "nearest":  # Pillow steps the source coordinate by repeated addition: same rounding
+        step = np.cumsum(np.r_[0.5 * n0 / length + shift, np.full(length - 1, n0 / length)])
+        weights = (j[:, None, :] == np.floor(step[starts[:, None] + np.arange(window)])[:, :, None]).astype(np.float64)
     else:
         weights = _KERNELS[kernel][0](j[:, None, :] + 0.5 - centre[:, :, None])
     weights *= ((j >= 0) & (j < n0))[:, None, :]  # Pillow drops taps outside the image
@@ -287,22 +289,32 @@ def _grid_fit(luma: np.ndarray, axis: int, jpeg: bool) -> tuple[float, float]:
     length = y.shape[1]
     rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float64)  # (length, R)
     peaks = _peaks(luma, axis, jpeg)
-    factors = [1 / (1 - f) for f in peaks] + [1 / f for f in peaks]
-    factors += [2.0, 3.0, 4.0] + ([4 / 3, 8 / 5, 8 / 3] if jpeg else [])
     window = min(_WINDOW, length - 16)
     starts = _starts(length, window)
-    # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
-    originals = sorted({n0 for s in factors if 1.1 <= s <= 8 and (n0 := round(length / s)) * window < (window - 10) * length})
-    names, scored = ("nearest", *_KERNELS), [(1.0, 1.0)]
-    for n0 in originals:  # one batch per grid size: all kernels and windows at once
-        aligned = _misfits(rows, np.concatenate([_grids(length, n0, k, starts, window, 0.0) for k in names]))
-        kernel = names[int(np.argmin(aligned))]
+    fixed = [2.0, 3.0, 4.0]
+    # A peak locates n0 = length / s within about a pixel: its neighbours are tried too.
+    families = {round(length / s): (0,) for s in fixed}
+    families.update({round(length / s): (-1, 0, 1) for f in peaks for s in (1 / (1 - f), 1 / f)})
+    names, scored = ("nearest", *_KERNELS), []
+    for centre, offsets in sorted(families.items()):
+        # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
+        options = [(centre + d, k) for d in offsets for k in names if 8 <= centre + d and (centre + d) * window < (window - 10) * length]
+        if not options:
+            continue
+        grids = [_grids(length, n0, k, starts, window, 0.0) for n0, k in options]
+        width = max(g.shape[2] for g in grids)  # zero columns pad the batch: they change no fit
+        aligned = _misfits(rows, np.concatenate([np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]))) for g in grids]))
+        n0, kernel = options[int(np.argmin(aligned))]
         shifted = _misfits(rows, _grids(length, n0, kernel, starts, window, 0.5))[0]
-        scored.append(((shifted + _NOISE) / (aligned.min() + _NOISE), length / n0))
-    best = max(gain for gain, _ in scored)
-    # A finer grid also contains a coarser one: among near-equal fits the coarsest is the original.
-    factor = max(s for gain, s in scored if gain >= best / 1.05)
-    return (factor if best >= _GAIN else 1.0), best
+        fit = (aligned.min() + _NOISE) / (1 - n0 / length) ** 0.5  # per degree of freedom left: grids compare
+        scored.append(((shifted + _NOISE) / (aligned.min() + _NOISE), length / n0, fit))
+    best = max((gain for gain, _, _ in scored), default=1.0)
+    fitting = [(s, fit) for gain, s, fit in scored if gain >= _GAIN]
+    if not fitting:
+        return 1.0, best
+    # A finer grid also contains a coarser one: the coarsest grid that fits about as well is the original.
+    least = min(fit for _, fit in fitting)
+    return max(s for s, fit in fitting if fit <= _NESTED * least), best
 
 
 _N_FFT = 128  # Welch segment length: 64 frequency bins

@@ -53,7 +53,7 @@ MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 _WINDOW, _WINDOWS, _ROWS = 48, 4, 48  # re-interpolation: window length in pixels, windows, rows sampled
 _GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
-_GAIN_FIXED = 1.6  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
+_GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
@@ -358,7 +358,7 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
         width=min(width, max(1, round(width / scale_w))),
         confidence=round(min(confidence_h, confidence_w), 3),
         jpeg_quality=quality,
-        scale=(round(scale_h, 4), round(scale_w, 4)),
+        scale=(round(float(scale_h), 4), round(float(scale_w), 4)),
         file_size=(height, width),
         decoded_pixels=int(luma.size),
     )

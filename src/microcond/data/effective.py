@@ -51,7 +51,7 @@ MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
-_WINDOW, _WINDOWS, _ROWS = 48, 4, 48  # re-interpolation: window length in pixels, windows, rows sampled
+_WINDOW, _WINDOWS, _ROWS = 48, 3, 48  # re-interpolation: window length in pixels, windows, rows sampled
 _GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
@@ -211,33 +211,36 @@ def jpeg_quality(image: Image.Image) -> int | None:
 
 
 
-def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 3, least: float = 8.0) -> list[float]:
+def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 2, least: float = 8.0) -> list[float]:
     """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
-    difference| along ``axis``, at least ``least`` times the median of its spectrum."""
+    difference| and of the mean |first difference| along ``axis`` (a nearest-neighbour upscale near
+    2x repeats pixel pairs: only the first difference sees it), each at least ``least`` times the
+    median of its spectrum."""
     y = np.moveaxis(luma, axis, 1)
-    d2 = np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]).mean(axis=0) + 1e-3  # (n-2,)
-    smooth = np.convolve(np.pad(d2, 7, mode="reflect"), np.ones(15) / 15, mode="valid")
-    m = d2 / smooth - 1  # relative modulation: strong and weak texture count alike
-    n = len(m)
-    if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
-        phase = (np.arange(n) + 1) % 8
-        for lo in range(0, n, 64):
-            part = slice(lo, lo + 64)
-            means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
-            m[part] -= means[phase[part]]
-    power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
-    f = np.arange(len(power)) / (4 * n)
-    keep = f >= 0.1
-    if jpeg:
-        keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
-    f, power = f[keep], power[keep]
-    floor = np.median(power)
     found: list[float] = []
-    for i in np.argsort(power)[::-1]:
-        if len(found) == top or power[i] < least * floor:
-            break
-        if all(abs(f[i] - g) > 3.0 / n for g in found):
-            found.append(float(f[i]))
+    for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
+        d = difference.mean(axis=0) + 1e-3  # (n,)
+        m = d / np.convolve(np.pad(d, 7, mode="reflect"), np.ones(15) / 15, mode="valid") - 1  # relative modulation
+        n = len(m)
+        if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
+            phase = (np.arange(n) + 1) % 8
+            for lo in range(0, n, 64):
+                part = slice(lo, lo + 64)
+                means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
+                m[part] -= means[phase[part]]
+        power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
+        f = np.arange(len(power)) / (4 * n)
+        keep = f >= 0.1
+        if jpeg:
+            keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
+        f, power = f[keep], power[keep]
+        floor, mine = np.median(power), []
+        for i in np.argsort(power)[::-1]:
+            if len(mine) == top or power[i] < least * floor:
+                break
+            if all(abs(f[i] - g) > 3.0 / n for g in mine + found):
+                mine.append(float(f[i]))
+        found += mine
     return found
 
 
@@ -253,28 +256,26 @@ def _grid_fit(luma: np.ndarray, axis: int, jpeg: bool) -> tuple[float, float]:
     rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float64)  # (length, R)
     window = min(_WINDOW, length - 16)
     starts = window_starts(length, window, _WINDOWS)
-    # Each periodic peak gives two factors; its original length n0 is known within about a pixel.
-    families = {round(length / s): (0,) for s in (2.0, 3.0, 4.0)}
-    families.update({round(length / s): (-1, 0, 1) for f in _peaks(luma, axis, jpeg) for s in (1 / (1 - f), 1 / f)})
-    needed = {c: _GAIN if len(offsets) > 1 else _GAIN_FIXED for c, offsets in families.items()}
+    # Each periodic peak gives two factors, each an original length n0 known within about a pixel.
+    families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
+    families.update({round(length / s): _GAIN for f in _peaks(luma, axis, jpeg) for s in (1 / (1 - f), 1 / f)})
     # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
-    tried = [(c, c + d) for c, offsets in sorted(families.items()) for d in offsets
-             if 8 <= c + d and (c + d) * window < (window - 10) * length]
-    if not tried:
+    usable = lambda n0: 8 <= n0 and n0 * window < (window - 8) * length  # noqa: E731
+    centres = np.array([c for c in sorted(families) if usable(c)])
+    if not len(centres):
         return 1.0, 1.0
-    originals = np.array([n0 for _, n0 in tried])
-    aligned = misfits(rows, _padded([grids(length, originals, k, starts, window) for k in NAMES]), starts)
-    aligned = aligned.reshape(len(NAMES), len(tried))  # (kernels, grids)
+    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side.
+    tried = [(int(c), int(c) + d) for c in centres for d in ((-1, 0, 1) if families[c] == _GAIN else (0,)) if usable(c + d)]
+    aligned = misfits(rows, _padded([grids(length, np.array([n0 for _, n0 in tried]), k, starts, window) for k in NAMES]), starts)
     best: dict[int, tuple[float, int, int]] = {}  # family -> (misfit, kernel, n0)
-    for (family, n0), column in zip(tried, aligned.T):
-        k = int(np.argmin(column))
-        if family not in best or column[k] < best[family][0]:
-            best[family] = (float(column[k]), k, n0)
+    for (c, n0), column in zip(tried, aligned.reshape(len(NAMES), len(tried)).T):
+        if c not in best or column.min() < best[c][0]:
+            best[c] = (float(column.min()), int(column.argmin()), n0)
     shifted = {}
     for k in {k for _, k, _ in best.values()}:  # the winners shifted by half an original pixel
         chosen = [n0 for _, kk, n0 in best.values() if kk == k]
         shifted.update(zip(chosen, misfits(rows, grids(length, np.array(chosen), NAMES[k], starts, window, 0.5), starts)))
-    scored = [((shifted[n0] + _NOISE) / (fit + _NOISE), length / n0, (fit + _NOISE) / (1 - n0 / length) ** 0.5, needed[c])
+    scored = [((shifted[n0] + _NOISE) / (fit + _NOISE), length / n0, (fit + _NOISE) / (1 - n0 / length) ** 0.5, families[c])
               for c, (fit, _, n0) in best.items()]  # third: misfit per degree of freedom left, comparable across grids
     gain = max(g for g, _, _, _ in scored)
     fitting = [(s, fit) for g, s, fit, least in scored if g >= least]

@@ -50,6 +50,7 @@ ESTIMATOR_VERSION = "1"  # bump when estimates change: scans then measure every 
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
+_ANALYSED = 1 << 19  # pixels analysed per axis at most (evenly spaced lines of the decoded band)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 _WINDOW, _WINDOWS, _ROWS = 48, 3, 48  # re-interpolation: window length in pixels, windows, rows sampled
 _GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
@@ -211,12 +212,11 @@ def jpeg_quality(image: Image.Image) -> int | None:
 
 
 
-def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 2, least: float = 8.0) -> list[float]:
+def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 8.0) -> list[float]:
     """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
-    difference| and of the mean |first difference| along ``axis`` (a nearest-neighbour upscale near
-    2x repeats pixel pairs: only the first difference sees it), each at least ``least`` times the
-    median of its spectrum."""
-    y = np.moveaxis(luma, axis, 1)
+    difference| and of the mean |first difference| along the lines ``y`` (count, length) (a
+    nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it), each
+    at least ``least`` times the median of its spectrum."""
     found: list[float] = []
     for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
         d = difference.mean(axis=0) + 1e-3  # (n,)
@@ -249,28 +249,33 @@ def _padded(matrices: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]))) for m in matrices])
 
 
-def _grid_fit(luma: np.ndarray, axis: int, jpeg: bool) -> tuple[float, float]:
-    """(factor, gain) of the best-fitting upscale grid along ``axis``; (1.0, gain) if none fits."""
-    y = np.moveaxis(luma, axis, 1)
+def _grid_fit(y: np.ndarray, jpeg: bool) -> tuple[float, float]:
+    """(factor, gain) of the best-fitting upscale grid along the lines ``y`` (count, length);
+    (1.0, gain) if none fits."""
     length = y.shape[1]
-    rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float64)  # (length, R)
+    rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float32)  # (length, R)
     window = min(_WINDOW, length - 16)
     starts = window_starts(length, window, _WINDOWS)
     # Each periodic peak gives two factors, each an original length n0 known within about a pixel.
     families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
-    families.update({round(length / s): _GAIN for f in _peaks(luma, axis, jpeg) for s in (1 / (1 - f), 1 / f)})
+    families.update({round(length / s): _GAIN for f in _peaks(y, jpeg) for s in (1 / (1 - f), 1 / f)})
     # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
     usable = lambda n0: 8 <= n0 and n0 * window < (window - 8) * length  # noqa: E731
     centres = np.array([c for c in sorted(families) if usable(c)])
     if not len(centres):
         return 1.0, 1.0
-    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side.
-    tried = [(int(c), int(c) + d) for c in centres for d in ((-1, 0, 1) if families[c] == _GAIN else (0,)) if usable(c + d)]
-    aligned = misfits(rows, _padded([grids(length, np.array([n0 for _, n0 in tried]), k, starts, window) for k in NAMES]), starts)
-    best: dict[int, tuple[float, int, int]] = {}  # family -> (misfit, kernel, n0)
-    for (c, n0), column in zip(tried, aligned.reshape(len(NAMES), len(tried)).T):
-        if c not in best or column.min() < best[c][0]:
-            best[c] = (float(column.min()), int(column.argmin()), n0)
+    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side, with the
+    # two kernels that fit it best.
+    aligned = misfits(rows, _padded([grids(length, centres, k, starts, window) for k in NAMES]), starts)
+    aligned = aligned.reshape(len(NAMES), len(centres))
+    best = {int(c): (float(aligned[:, i].min()), int(aligned[:, i].argmin()), int(c)) for i, c in enumerate(centres)}
+    near = [(int(c), int(c) + d, int(k)) for i, c in enumerate(centres) if families[c] == _GAIN
+            for k in np.argsort(aligned[:, i])[:2] for d in (-1, 1) if usable(c + d)]
+    for k in {k for _, _, k in near}:
+        chosen = [(c, n0) for c, n0, kk in near if kk == k]
+        for (c, n0), fit in zip(chosen, misfits(rows, grids(length, np.array([n0 for _, n0 in chosen]), NAMES[k], starts, window), starts)):
+            if fit < best[c][0]:
+                best[c] = (float(fit), k, n0)
     shifted = {}
     for k in {k for _, k, _ in best.values()}:  # the winners shifted by half an original pixel
         chosen = [n0 for _, kk, n0 in best.values() if kk == k]
@@ -292,9 +297,8 @@ _SCALES = tuple(np.exp(np.arange(np.log(1.25), np.log(8.0), np.log(1.03))))
 _SPECTRAL_RATIO = 20.0  # upscale model fits this much better than the native one: upscaled
 
 
-def _spectrum(luma: np.ndarray, axis: int) -> np.ndarray:
-    """Welch power spectrum of the first difference along ``axis`` (whitens f^-2 images). (F,)"""
-    y = np.moveaxis(luma, axis, 1)
+def _spectrum(y: np.ndarray) -> np.ndarray:
+    """Welch power spectrum of the first difference along the lines ``y`` (whitens f^-2 images). (F,)"""
     rows = y[np.linspace(0, y.shape[0] - 1, min(128, y.shape[0])).astype(int)]
     d = np.diff(rows, axis=1)
     segments = d[:, : d.shape[1] // _N_FFT * _N_FFT].reshape(-1, _N_FFT)
@@ -329,12 +333,15 @@ def measure_axis(luma: np.ndarray, axis: int, jpeg: bool = False) -> tuple[float
     height, measured down the columns; 1: the width, along the rows)."""
     if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 8:
         return 1.0, 0.0
-    factor, gain = _grid_fit(luma, axis, jpeg)
+    y = np.moveaxis(luma, axis, 1)
+    if y.size > _ANALYSED:  # evenly spaced lines: the work per axis is bounded
+        y = y[np.linspace(0, len(y) - 1, max(8, _ANALYSED // y.shape[1])).astype(int)]
+    factor, gain = _grid_fit(y, jpeg)
     if factor > 1.0:
         return factor, min(1.0, 1.3 - 1.0 / gain**2)  # gain 1.3: 0.71, 2: 1.0
-    if luma.shape[axis] <= _N_FFT:
+    if y.shape[1] <= _N_FFT:
         return 1.0, 0.0
-    power = _spectrum(luma, axis)
+    power = _spectrum(y)
     factor, ratio = _spectral_fit(power, jpeg)
     if ratio >= _SPECTRAL_RATIO:
         return factor, 0.5 * (1.0 - _SPECTRAL_RATIO / ratio)

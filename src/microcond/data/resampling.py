@@ -63,7 +63,7 @@ def grids(length: int, originals: np.ndarray, kernel: str, starts: np.ndarray, w
         weights = KERNELS[kernel](j + 0.5 - centre)
     weights = weights * ((j >= 0) & (j < n0))  # Pillow drops taps outside the image
     weights /= np.maximum(weights.sum(axis=-1, keepdims=True), 1e-12)
-    return weights.reshape(-1, window, width)
+    return weights.reshape(-1, window, width).astype(np.float32)
 
 
 def misfits(lines: np.ndarray, matrices: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -73,7 +73,7 @@ def misfits(lines: np.ndarray, matrices: np.ndarray, starts: np.ndarray) -> np.n
     x = np.stack([lines[s : s + window] for s in starts])  # (B, window, R)
     x = np.broadcast_to(x, (len(matrices) // len(starts), *x.shape)).reshape(-1, *x.shape[1:])
     transposed = matrices.transpose(0, 2, 1)
-    gram = transposed @ matrices + 1e-6 * np.eye(matrices.shape[2])  # a small ridge: zero columns stay zero
+    gram = transposed @ matrices + 1e-5 * np.eye(matrices.shape[2], dtype=matrices.dtype)  # a small ridge: zero columns stay zero
     rest = x - matrices @ np.linalg.solve(gram, transposed @ x)
     return np.sqrt((rest * rest).reshape(-1, len(starts) * rest[0].size).mean(axis=1))
 

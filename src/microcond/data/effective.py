@@ -264,13 +264,13 @@ def _grid_fit(y: np.ndarray, jpeg: bool) -> tuple[float, float]:
     centres = np.array([c for c in sorted(families) if usable(c)])
     if not len(centres):
         return 1.0, 1.0
-    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side, with the
-    # two kernels that fit it best.
+    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side (at a wrong
+    # n0 the right kernel need not fit best, so every kernel again).
     aligned = misfits(rows, _padded([grids(length, centres, k, starts, window) for k in NAMES]), starts)
     aligned = aligned.reshape(len(NAMES), len(centres))
     best = {int(c): (float(aligned[:, i].min()), int(aligned[:, i].argmin()), int(c)) for i, c in enumerate(centres)}
     near = [(int(c), int(c) + d, int(k)) for i, c in enumerate(centres) if families[c] == _GAIN
-            for k in np.argsort(aligned[:, i])[:2] for d in (-1, 1) if usable(c + d)]
+            for k in range(len(NAMES)) for d in (-1, 1) if usable(c + d)]
     for k in {k for _, _, k in near}:
         chosen = [(c, n0) for c, n0, kk in near if kk == k]
         for (c, n0), fit in zip(chosen, misfits(rows, grids(length, np.array([n0 for _, n0 in chosen]), NAMES[k], starts, window), starts)):

@@ -1,19 +1,15 @@
-"""What an upscale does to a signal: the resampling matrices of common resizers and the spectra
-they leave. The models :mod:`microcond.data.effective` fits to measure an image's upscaling.
+"""What an upscale does to a signal: the resampling matrices of common resizers, the models
+:mod:`microcond.data.effective` fits to measure an image's upscaling.
 
 An upscale from ``n0`` to ``length`` samples places output ``x`` at original coordinate
 ``(x + 0.5) n0 / length - 0.5`` (centre-aligned: Pillow, OpenCV, most resizers) and weights the
 originals around it by a kernel, normalised per output (Pillow's ``Resample.c``; its nearest
 neighbour takes the original under the coordinate, stepped by repeated addition as
 ``Geometry.c`` does). :func:`grids` builds rows of that matrix for windows of an axis;
-:func:`misfits` measures how far rows of pixels are from its span; :func:`spectral_models`
-gives the whitened power spectrum an upscale by ``s`` leaves (sum of the kernel-weighted
-aliases of a power-law spectrum), against which a measured spectrum is compared.
+:func:`misfits` measures how far rows of pixels are from its span.
 """
 
 from __future__ import annotations
-
-import functools
 
 import numpy as np
 
@@ -76,39 +72,3 @@ def misfits(lines: np.ndarray, matrices: np.ndarray, starts: np.ndarray) -> np.n
     gram = transposed @ matrices + 1e-5 * np.eye(matrices.shape[2], dtype=matrices.dtype)  # a small ridge: zero columns stay zero
     rest = x - matrices @ np.linalg.solve(gram, transposed @ x)
     return np.sqrt((rest * rest).reshape(-1, len(starts) * rest[0].size).mean(axis=1))
-
-
-@functools.lru_cache(maxsize=4)
-def spectral_models(n: int, scales: tuple[float, ...], alphas: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Whitened (first difference) power spectra on the ``n``-point frequency grid: frequencies
-    (F,), native power laws (A, F) and upscales (S, K * A, F), each the sum over aliases ``m`` of
-    ``|H(s (f + m))|^2 fold(s (f + m))^-alpha x 4 sin^2(pi f)`` for kernel K's response ``H``."""
-    f = np.arange(1, n // 2 + 1) / n
-    t = np.linspace(-3, 3, 1537)
-    nu = np.arange(0, 32, 1 / 128)
-    cosines = np.cos(2 * np.pi * nu[:, None] * t[None, :]) * (t[1] - t[0])
-    responses = [np.abs(cosines @ kernel(t)) ** 2 for kernel in KERNELS.values()]
-    whiten = 4 * np.sin(np.pi * f) ** 2
-    native = np.array([whiten * f**-alpha for alpha in alphas])
-    upscaled = np.zeros((len(scales), len(responses) * len(alphas), len(f)))
-    for i, s in enumerate(scales):
-        for m in range(-3, 4):
-            v = np.abs(s * (f + m))
-            fold = np.maximum(np.abs(v - np.round(v)), 0.01)
-            for k, response in enumerate(responses):
-                gain = np.interp(v, nu, response, right=0.0)
-                for a, alpha in enumerate(alphas):
-                    upscaled[i, k * len(alphas) + a] += gain * fold**-alpha * whiten
-    return f, native, upscaled
-
-
-def log_misfits(power: np.ndarray, models: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Mean squared log error of ``a * model + b * noise`` fitted to ``power`` (relative least
-    squares, a, b >= 0), per model. models (..., F) -> (...)."""
-    a, b = models / power, noise / power
-    aa, ab, bb, a1, b1 = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(), a.sum(-1), b.sum()
-    det = aa * bb - ab * ab
-    scale, floor = (a1 * bb - b1 * ab) / det, (aa * b1 - ab * a1) / det
-    scale, floor = np.where(floor < 0, a1 / aa, scale), np.maximum(floor, 0)
-    fitted = np.maximum(scale, 1e-30)[..., None] * models + floor[..., None] * noise
-    return (np.log(fitted / power) ** 2).mean(-1)

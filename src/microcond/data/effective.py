@@ -60,7 +60,7 @@ MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
 _ANALYSED = 1 << 19  # pixels analysed per axis at most (evenly spaced lines of the decoded band)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 _WINDOW, _WINDOWS, _ROWS = 48, 3, 48  # re-interpolation: window length in pixels, windows, rows sampled
-_GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
+_GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
@@ -219,7 +219,7 @@ def jpeg_quality(image: Image.Image) -> int | None:
 
 
 
-def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 8.0) -> list[float]:
+def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 15.0) -> list[float]:
     """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
     difference| and of the mean |first difference| along the lines ``y`` (count, length) (a
     nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it), each
@@ -333,7 +333,7 @@ def measure_axis(luma: np.ndarray, axis: int, jpeg: bool = False, length: int | 
         y = y[np.linspace(0, len(y) - 1, max(8, _ANALYSED // y.shape[1])).astype(int)]
     factor, gain = _grid_fit(y, jpeg, length or y.shape[1])
     if factor > 1.0:
-        return factor, min(1.0, 1.3 - 1.0 / gain**2)  # gain 1.3: 0.71, 2: 1.0
+        return factor, min(1.0, 1.3 - 1.0 / gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
     if y.shape[1] <= _N_FFT:
         return 1.0, 0.0
     return 1.0, _detail(_spectrum(y))

@@ -92,7 +92,6 @@ def _figure(width: float = 7.0, height: float = 5.0) -> Any:
 
 def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
     from matplotlib.colors import LogNorm
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
 
     lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
     hi = int(max(heights.max(), widths.max()) * 1.1) + 1
@@ -113,13 +112,20 @@ def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -
                 fontsize=8, color="tab:red", ha="right", zorder=5,
                 bbox=dict(facecolor="white", alpha=0.9, edgecolor="tab:red", lw=0.5))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls=":")
-    ticks = [2**k for k in range(0, 16) if lo <= 2**k <= hi]  # pixel sizes read better than 10^k
+    _pixel_ticks(ax, lo, hi)
+    fig.savefig(path)
+
+
+def _pixel_ticks(ax: Any, lo: float, hi: float) -> None:
+    """Log axes ticked at powers of two: pixel sizes read better than 10^k."""
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    ticks = [2**k for k in range(0, 17) if lo <= 2**k <= hi]
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_major_locator(FixedLocator(ticks))
         axis.set_major_formatter(FixedFormatter([str(t) for t in ticks]))
         axis.set_minor_formatter(NullFormatter())
     ax.grid(True, which="major", alpha=0.3)
-    fig.savefig(path)
 
 
 def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray, edges: Sequence[int] = MIN_EDGES) -> None:
@@ -189,7 +195,7 @@ def _plot_effective(path: Path, long_edge: np.ndarray, effective_edge: np.ndarra
            title=f"File vs effective size: {100 * float((factors > UPSCALED).mean()):.1f}% of {len(factors):,} "
                  f"upscaled > {UPSCALED}x")
     ax.legend(loc="upper left", fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
+    _pixel_ticks(ax, lo, hi)
     fig.savefig(path)
 
 

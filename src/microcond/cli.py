@@ -158,6 +158,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "microcond train --preset tiny --data demo-data/train --out runs/tiny",
             "microcond train run.toml --out runs/a --steps 5000",
             "microcond train --preset tiny --data DIR --signals original_size --out runs/size-only",
+            "microcond train --preset tiny --data 'pipe:cat shards/shard-{000000..000009}.tar' --out runs/streamed",
             "torchrun --nproc_per_node=2 -m microcond.cli train --preset tiny --data DIR --out runs/ddp",
             "microcond train --preset sdxl --pretrained /models/sdxl-base --data DIR --out runs/ft --dry-run",
         ],
@@ -183,7 +184,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("train needs --out RUN_FOLDER (or --dry-run to only print the config)")
     if not cfg.data:
-        raise ValueError("train needs --data: a folder of images or WebDataset shards")
+        raise ValueError("train needs --data: a folder of images, WebDataset shards, or shards to stream (pipe:, URLs, {000..009})")
     from microcond.train import train
 
     row = train(cfg, args.out, progress=not args.no_progress)

@@ -33,7 +33,7 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +43,11 @@ from microcond.data.buckets import Bucket
 from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
 from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
+from microcond.data.urls import expand_urls, is_stream
 from microcond.record import MicroCond
+
+if TYPE_CHECKING:
+    from microcond.data.stream import StreamLoader
 
 @dataclass(frozen=True)
 class Position:
@@ -184,7 +188,7 @@ class BucketBatches(IterableDataset):
 
     def sample(self, epoch: int, i: int, target: Bucket) -> tuple[np.ndarray, MicroCond]:
         """Sample ``i`` cropped to ``target``: (th, tw, 3) uint8 and its MicroCond."""
-        rng = sample_rng(self.seed, epoch, i)
+        rng = sample_rng(self.seed, epoch, self.source.key(i))
         flip = bool(rng.random() < self.flip_probability)  # drawn first, whatever the path
         if self.cache is not None:
             resized = self.cache.get(i)
@@ -292,6 +296,8 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
     from microcond.runtime import rank_zero_first
 
     buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
+    if is_stream(cfg.data):
+        return open_stream(cfg, buckets, rank=rank, world_size=world_size, batch_size=batch_size)
     cache = None
     for _ in rank_zero_first(rank):  # the other ranks only read the index and cache rank 0 wrote
         source = open_source(cfg.data, min_original_edge=cfg.min_original_edge)
@@ -310,3 +316,17 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
         for bucket in summary["starved_buckets"]:
             print(f"data: bucket {bucket} holds fewer images than one global batch: they wait, unused", file=sys.stderr)
     return make_loader(dataset, num_workers=cfg.workers)
+
+
+def open_stream(cfg: Any, buckets: Sequence[Bucket], *, rank: int, world_size: int, batch_size: int) -> "StreamLoader":
+    """Streamed shards (``cfg.data`` a pipe, URL, brace pattern or ``::`` list): no index, no cache."""
+    from microcond.data.stream import ShardStream, StreamLoader
+
+    urls = expand_urls(cfg.data)
+    stream = ShardStream(urls, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size, crop_mode=cfg.crop_mode,
+                         flip_probability=cfg.flip_probability, shuffle_buffer=cfg.shuffle_buffer,
+                         min_original_edge=cfg.min_original_edge)
+    if rank == 0:
+        print(f"data: streaming {len(urls)} shards, shuffle buffer {cfg.shuffle_buffer} samples, {cfg.workers} workers per rank",
+              file=sys.stderr)
+    return StreamLoader(stream, num_workers=cfg.workers)

@@ -51,6 +51,8 @@ class ImageSource:
         dropped_small: images left out by ``min_original_edge`` (the paper's "512-only" baseline).
         root: the folder the images were scanned in (shards record paths relative to it); None
             for shards.
+        keys: (N,) int64 keys of the per-sample generators (:func:`sample_rng`); None means the
+            row. Shards set their samples' keys, so the indexed and the streamed reader agree.
     """
 
     names: list[str]
@@ -62,6 +64,7 @@ class ImageSource:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     dropped_small: int = 0
     root: str | None = None
+    keys: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -136,6 +139,10 @@ class ImageSource:
             dropped_small=dropped,
             root=None if folder is None else str(folder),
         )
+
+    def key(self, i: int) -> int:
+        """The key of row ``i``'s crop and flip generator."""
+        return i if self.keys is None else int(self.keys[i])
 
     def open(self, i: int) -> str | bytes:
         """What :func:`microcond.data.crop.load_resized` reads for row ``i``: a path, or bytes of a tar member."""

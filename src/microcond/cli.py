@@ -167,6 +167,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder: config, checkpoints, metrics, loss curve, sample grids")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    p.add_argument("--procs", type=int, default=0, metavar="N",
+                   help="CPU: train as N data-parallel processes on this machine, one thread each. Default (0): the "
+                        "cores free to this process decide (one process per free core that divides the batch), unless "
+                        "OMP_NUM_THREADS is set, torchrun launched it, or a GPU is present (then one process)")
     group = p.add_argument_group("config fields (each overrides the preset and the TOML file)")
     config_mod.add_flags(group)
     p.set_defaults(run=_run_train)
@@ -185,12 +189,44 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError("train needs --out RUN_FOLDER (or --dry-run to only print the config)")
     if not cfg.data:
         raise ValueError("train needs --data: a folder of images, WebDataset shards, or shards to stream (pipe:, URLs, {000..009})")
+    layout = _cpu_layout(args, cfg)
+    if layout is not None:
+        from microcond.runtime import launch_local
+
+        processes, threads = layout
+        if processes > 1:
+            print(f"train: {processes} data-parallel processes x {threads} thread{'s' * (threads > 1)} "
+                  "(--procs N to choose)", file=sys.stderr)
+            return launch_local([*args.argv, "--procs", "1"], processes, threads)  # each rank: this command, torchrun's variables
+        import torch
+
+        torch.set_num_threads(threads)
     from microcond.train import train
 
     row = train(cfg, args.out, progress=not args.no_progress)
-    if row:
+    if row and os.environ.get("RANK", "0") == "0":
         print(f"trained to step {row['step']} ({row['images_seen']} images), loss {row['loss']:.4f}; run in {args.out}")
     return 0
+
+
+def _cpu_layout(args: argparse.Namespace, cfg) -> tuple[int, int] | None:
+    """(processes, threads) for ``train`` on CPU, or None to train here as the environment says:
+    under torchrun, on a GPU, with OMP_NUM_THREADS set, or called from Python (``main([...])``)."""
+    import torch
+
+    from microcond.runtime import free_cores, plan_layout
+
+    here = args.argv is None or "WORLD_SIZE" in os.environ or torch.cuda.is_available()
+    if args.procs < 0 or (args.procs > 1 and here):
+        raise ValueError(f"--procs {args.procs}: expected N >= 1 processes, launched by the microcond command on CPU "
+                         "(outside torchrun, which chooses its own)")
+    if here or (not args.procs and os.environ.get("OMP_NUM_THREADS")):
+        return None
+    if args.procs:
+        if cfg.batch_size % (args.procs * cfg.grad_accumulation):
+            raise ValueError(f"--procs {args.procs} must divide batch_size {cfg.batch_size} / grad_accumulation {cfg.grad_accumulation}")
+        return args.procs, max(1, free_cores() // args.procs)
+    return plan_layout(free_cores(), cfg.batch_size, cfg.grad_accumulation)
 
 
 # --------------------------------------------------------------------------------------- export
@@ -265,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``microcond`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else None  # process-level choices only for the console command
     if argv is None and args.command in REEXEC_COMMANDS and not getattr(args, "dry_run", False):
         from microcond.runtime import ensure_runtime_env
 

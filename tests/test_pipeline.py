@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
+from diffusers.callbacks import SDXLCFGCutoffCallback
 
 from microcond.conditions import fourier_features
 from microcond.pipeline import MicroCondXLPipeline, micro_conditions
@@ -98,7 +99,8 @@ NEGATIVE_IDS = ids_of((16, 16), (24, 8), (32, 48))
     dict(guidance_scale=1.0),
     dict(prompt=[PROMPT, "a blue ball"], seeds=[0, 1]),  # no negatives: the rows cannot mis-pair
     dict(original_size=(1023, 517), crops_coords_top_left=(40, 0), guidance_rescale=0.7, **NEGATIVES),
-], ids=["defaults", "all-negatives", "no-guidance", "two-prompts-no-negatives", "odd-ids-rescale"])
+    dict(callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0), **NEGATIVES),  # guidance off after step 0
+], ids=["defaults", "all-negatives", "no-guidance", "two-prompts-no-negatives", "odd-ids-rescale", "cfg-cutoff"])
 def test_agrees_with_stock_where_stock_has_no_bug(stock, ours, setting):
     setting = {"prompt": PROMPT, "seeds": [0], **setting}
     prompt, seeds = setting.pop("prompt"), setting.pop("seeds")
@@ -126,8 +128,9 @@ def test_each_image_is_paired_with_its_own_rows_for_any_batch(stock, ours):
         alone_ours = draw(ours, prompt, [seed], **NEGATIVES)[0]
         torch.testing.assert_close(alone_ours, alone_stock, atol=1e-6, rtol=0)  # one image: no bug
         torch.testing.assert_close(batch_ours[image], alone_ours, atol=1e-4, rtol=0)
-        if image in (0, 1, 2):  # stock's rows 1-3 of the cond block get the negative ids
-            assert (batch_stock[image] - alone_stock).abs().max() > 0.05, image
+        # Stock gives images 0 and 2 the negative ids in their conditional row, 1 and 3 the
+        # positive ids in their unconditional row.
+        assert (batch_stock[image] - alone_stock).abs().max() > 0.05, image
 
 
 def test_micro_conditions_may_differ_per_prompt(ours):

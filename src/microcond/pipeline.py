@@ -83,17 +83,19 @@ def micro_conditions(
     Each negative field left ``None`` is the positive field; the negatives are ``None`` when no
     negative field is given (the unconditional rows then use the positive micro-conditions).
     """
-    per_image = [_per_image(v, name, batch_size, num_images_per_prompt) for name, v in (
-        ("original_size", original_size), ("crops_coords_top_left", crops_coords_top_left), ("target_size", target_size))]
-    positive = [MicroCond(_or(o, size), c, _or(t, size)) for o, c, t in zip(*per_image)]
-    fields = {"negative_original_size": negative_original_size, "negative_crops_coords_top_left": negative_crops_coords_top_left,
-              "negative_target_size": negative_target_size}
-    if all(v is None for v in fields.values()):
+    def each(field: str, value: Pair | Sequence[Pair] | None) -> list[Pair | None]:
+        return _per_image(value, field, batch_size, num_images_per_prompt)
+
+    positive = [MicroCond(_or(original, size), crop, _or(target, size)) for original, crop, target in zip(
+        each("original_size", original_size), each("crops_coords_top_left", crops_coords_top_left), each("target_size", target_size))]
+    if negative_original_size is None and negative_crops_coords_top_left is None and negative_target_size is None:
         return positive, None
-    o, c, t = (_per_image(v, name, batch_size, num_images_per_prompt) for name, v in fields.items())
+    negatives = zip(each("negative_original_size", negative_original_size),
+                    each("negative_crops_coords_top_left", negative_crops_coords_top_left),
+                    each("negative_target_size", negative_target_size))
     try:
-        negative = [MicroCond(_or(o[i], p.original_size), _or(c[i], p.crop_top_left), _or(t[i], p.target_size))
-                    for i, p in enumerate(positive)]
+        negative = [MicroCond(_or(original, p.original_size), _or(crop, p.crop_top_left), _or(target, p.target_size))
+                    for p, (original, crop, target) in zip(positive, negatives)]
     except ValueError as err:
         raise ValueError(f"negative micro-conditions: {err}") from None
     return positive, negative
@@ -103,7 +105,7 @@ def micro_conditions(
 def _embeds_time_ids_with(unet: UNet2DConditionModel, embedder: MicroCondEmbedder, drop: torch.Tensor) -> Iterator[None]:
     """Within the block ``unet`` embeds its ``time_ids`` with ``embedder``: float32, ``drop``-ped signals zero.
 
-    ``drop`` is (B, n_signals) for the B rows of every UNet call made inside the block.
+    ``drop`` is (B, n_signals) for the B rows of the UNet call made inside the block.
     """
 
     def embed(module: torch.nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> torch.Tensor:
@@ -211,7 +213,8 @@ class MicroCondXLPipeline(StableDiffusionXLPipeline):
                 (:func:`microcond.guidance.combine_guidance`); it needs negative or null
                 micro-conditions to guide away from.
             callback_on_step_end: tensors are stacked by branch, ``[uncond, micro_uncond, cond]``
-                (the branches in use), each one row per image.
+                (the branches in use), each one row per image. A callback that sets guidance off
+                and keeps the last rows, as ``SDXLCFGCutoffCallback`` does, ends guidance there.
         """
         if kwargs:
             raise ValueError(f"MicroCondXLPipeline takes no {sorted(kwargs)}; for per-step callbacks use callback_on_step_end")
@@ -288,25 +291,31 @@ class MicroCondXLPipeline(StableDiffusionXLPipeline):
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
         num_warmup_steps = max(len(timesteps) - num_inference_steps * self.scheduler.order, 0)
-        with self.progress_bar(total=num_inference_steps) as progress_bar, _embeds_time_ids_with(self.unet, embedder, micro_drop):
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
             for i, t in enumerate(timesteps):
                 if self.interrupt:
                     continue
+                if guided and not self.do_classifier_free_guidance:
+                    # A callback turned guidance off (diffusers' SDXLCFGCutoffCallback): it kept the
+                    # last rows of each tensor, the conditional block.
+                    guided, branches, micro_drop = False, {"cond": BRANCHES["cond"]}, micro_drop[-n:]
+                    image_embeds = [e[-n:] for e in image_embeds] if image_embeds is not None else None
                 model_input = self.scheduler.scale_model_input(torch.cat([latents] * len(branches)), t)
                 added_cond_kwargs = {"text_embeds": add_text_embeds, "time_ids": add_time_ids}
                 if image_embeds is not None:
                     added_cond_kwargs["image_embeds"] = image_embeds
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
-                                       cross_attention_kwargs=cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
-                                       return_dict=False)[0]
+                with _embeds_time_ids_with(self.unet, embedder, micro_drop):
+                    noise_pred = self.unet(model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
+                                           cross_attention_kwargs=cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
+                                           return_dict=False)[0]
                 pred = dict(zip(branches, noise_pred.chunk(len(branches))))  # each (n, C, h, w)
                 noise_pred = pred["cond"]
                 if len(branches) > 1:
                     noise_pred = combine_guidance(pred.get("uncond", pred.get("micro_uncond")), pred["cond"],
-                                                  guidance_scale if guided else 1.0, micro_uncond=pred.get("micro_uncond"),
+                                                  self.guidance_scale if guided else 1.0, micro_uncond=pred.get("micro_uncond"),
                                                   micro_scale=micro_condition_guidance_scale)
-                if guided and guidance_rescale > 0.0:
-                    noise_pred = rescale_noise_cfg(noise_pred, pred["cond"], guidance_rescale=guidance_rescale)
+                if guided and self.guidance_rescale > 0.0:
+                    noise_pred = rescale_noise_cfg(noise_pred, pred["cond"], guidance_rescale=self.guidance_rescale)
                 latents = self.scheduler.step(noise_pred, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
                 if callback_on_step_end is not None:

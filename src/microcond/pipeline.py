@@ -20,11 +20,13 @@ and fixes each:
 It adds micro-condition guidance (:func:`microcond.guidance.combine_guidance`), off by default.
 
 How the embedding reaches the UNet: ``UNet2DConditionModel`` embeds ``time_ids`` in its
-``add_time_proj`` module and concatenates the result with the pooled text. During sampling a
-forward hook replaces that module's output with :class:`MicroCondEmbedder`'s embedding of the
+``add_time_proj`` module and concatenates the result with the pooled text. For each UNet call
+a forward hook replaces that module's output with :class:`MicroCondEmbedder`'s embedding of the
 same float32 ids, with the null rows zeroed. The UNet's class, parameters and the rest of its
-forward pass stay diffusers' own, so any SDXL folder (a ``microcond export --pipeline`` or a
-stock checkpoint), LoRA weights and offloading hooks work unchanged.
+forward pass stay diffusers' own, so any SDXL folder loads as it is (a ``microcond export
+--pipeline`` or a stock checkpoint). Float32 ids alone would fix the precision, but no ids give
+the null embedding; :class:`microcond.model.MicroCondUNet` takes the features directly, but
+would have to replace the loaded UNet's class.
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ NEGATIVE_IDS = ids_of((16, 16), (24, 8), (32, 48))
     dict(prompt=[PROMPT, "a blue ball"], seeds=[0, 1]),  # no negatives: the rows cannot mis-pair
     dict(original_size=(1023, 517), crops_coords_top_left=(40, 0), guidance_rescale=0.7, **NEGATIVES),
     dict(callback_on_step_end=SDXLCFGCutoffCallback(cutoff_step_ratio=None, cutoff_step_index=0), **NEGATIVES),  # guidance off after step 0
-], ids=["defaults", "all-negatives", "no-guidance", "two-prompts-no-negatives", "odd-ids-rescale", "cfg-cutoff"])
+    dict(num_inference_steps=4, denoising_end=0.5),
+], ids=["defaults", "all-negatives", "no-guidance", "two-prompts-no-negatives", "odd-ids-rescale", "cfg-cutoff", "denoising-end"])
 def test_agrees_with_stock_where_stock_has_no_bug(stock, ours, setting):
     setting = {"prompt": PROMPT, "seeds": [0], **setting}
     prompt, seeds = setting.pop("prompt"), setting.pop("seeds")

@@ -280,7 +280,8 @@ class MicroCondXLPipeline(StableDiffusionXLPipeline):
             image_embeds = [torch.cat([half[t] for t, _ in branches.values()]) for half in halves]
 
         if denoising_end is not None and 0 < denoising_end < 1:
-            cutoff = int(round(self.scheduler.config.num_train_timesteps * (1 - denoising_end)))
+            train_steps = self.scheduler.config.num_train_timesteps
+            cutoff = int(round(train_steps - denoising_end * train_steps))  # the parent's arithmetic
             num_inference_steps = len([t for t in timesteps if t >= cutoff])
             timesteps = timesteps[:num_inference_steps]
         timestep_cond = None

@@ -67,9 +67,12 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data, two training seeds per "
         "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
         ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --crop-steps 300 --seeds 1 --table-samples 100",
-         "microcond experiment crop-ablation --out runs/ablation"],
+         "microcond experiment crop-ablation --out runs/ablation",
+         "microcond experiment micro-guidance --run runs/paper/runs/size-s0 --out runs/micro-guidance"],
     )
-    p.add_argument("name", choices=["paper", "crop-ablation"], help="which experiment")
+    p.add_argument("name", choices=["paper", "crop-ablation", "micro-guidance"], help="which experiment (micro-guidance: the Fig. 3 "
+                   "response of a size-conditioned run against the micro-condition guidance scale)")
+    p.add_argument("--run", dest="run_dir", help="micro-guidance: the run to sample (a size-conditioned pixel run)")
     p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
                                  "paper includes the ablation table when OUT/../ablation/ablation.json exists")
     p.add_argument("--docs", help="paper: write results.md, results.json and the pictures here (e.g. docs; default OUT/page)")
@@ -92,6 +95,18 @@ def _run_experiment(args: argparse.Namespace) -> int:
     Budget(**given)  # checked before any work, whatever the experiment adds to it
     if args.parallel < 1:
         raise ValueError(f"expected a positive number of training processes, got --parallel {args.parallel}")
+    if args.name == "micro-guidance":
+        from microcond.guidance_study import run_study
+
+        if not args.run_dir:
+            raise ValueError("experiment micro-guidance needs --run RUN, a size-conditioned run (e.g. runs/paper/runs/size-s0)")
+        out = Path(args.out or Path(args.run_dir) / "micro-guidance")
+        results = run_study(Path(args.run_dir), out, n=given.get("curve_samples", 64), steps=given.get("sampler_steps", 25))
+        for row in results["rows"]:
+            print(f"micro-condition scale {row['micro_guidance']:>4}: c_size 128/8 sharpness {row['ratio_largest_to_smallest']:.2f}x, "
+                  f"Spearman {row['spearman']:.2f}, colour shift vs off {row['colour_shift_vs_off']:.4f}")
+        print(f"wrote {out / 'micro-guidance.json'}")
+        return 0
     ablation = args.name == "crop-ablation"
     if ablation:
         results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel, args.settings)

@@ -263,6 +263,18 @@ class Run:
             images = self._pixels(images.flatten(0, 1)).unflatten(0, images.shape[:2])
         return images, columns
 
+    def sweep_grid(self, kind: str, values: Sequence, seeds: Sequence[int], query: Query, path: str | Path, *,
+                   prompts: Sequence[str] | None = None, steps: int = 50, scheduler: str = "ddim", progress: bool = True) -> Path:
+        """:meth:`sweep` written as a labelled grid PNG: a row per seed, a column per value."""
+        from microcond.grid import save_grid
+
+        images, columns = self.sweep(kind, values, seeds, query, prompts=prompts, steps=steps, scheduler=scheduler, progress=progress)
+        fixed = query.original_size
+        what = "c_size sweep (paper Fig. 3)" if kind == "original_size" else \
+            f"c_crop sweep, c_size {f'{fixed[0]}x{fixed[1]}' if fixed else 'target'} (paper Fig. 4)"
+        return save_grid(images.flatten(0, 1), path, nrow=len(values), row_labels=[f"seed {s}" for s in seeds], col_labels=columns,
+                         title=f"{self.run_dir.name} step {self.step}: {what}")
+
     def export(self, out_dir: str | Path, ema: bool = True) -> Path:
         """The run's UNet as a diffusers folder (:func:`export_diffusers`; a whole SDXL pipeline
         folder is :func:`microcond.sdxl.export_pipeline`)."""

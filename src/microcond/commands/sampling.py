@@ -156,7 +156,6 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from microcond.grid import save_grid
     from microcond.run import Run, Query
 
     _check_guidance(args.guidance, args.micro_guidance)
@@ -165,10 +164,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
     query = Query(original_size=fixed, target_size=tuple(args.target_size) if args.target_size else None, label=args.label,
                   guidance=args.guidance, micro_guidance=args.micro_guidance, negative_prompt=args.negative_prompt)
-    images, columns = model.sweep(kind, values, args.seeds, query, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler)
     out = Path(args.out or Path(args.run_dir) / "sweeps" / f"{kind}.png")
-    title = f"{Path(args.run_dir).name} step {model.step}: " + ("c_size sweep (paper Fig. 3)" if kind == "original_size" else f"c_crop sweep, c_size {fixed or 'target'} (paper Fig. 4)")
-    save_grid(images.flatten(0, 1), out, nrow=len(values), row_labels=[f"seed {s}" for s in args.seeds], col_labels=columns, title=title)
+    model.sweep_grid(kind, values, args.seeds, query, out, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler)
     print(f"wrote {out}")
     return 0
 

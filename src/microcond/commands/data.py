@@ -53,11 +53,13 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
         sub,
         "scan",
         "Record every image's original size (height, width after EXIF orientation) from its header, "
-        "into a Parquet index; bad files are listed with their reason. Rescans redo changed files only.",
+        "into a Parquet index; bad files are listed with their reason. Rescans redo changed files only. "
+        "--effective also measures the size each image had before it was upscaled, and its JPEG quality.",
         [
             "microcond scan photos --out photos/index.parquet",
             "microcond scan photos more/extra.jpg --out index.parquet --list-problems",
             "microcond scan photos --out index.parquet --max-pixels 50000000 --workers 4",
+            "microcond scan photos --out photos/index.parquet --effective",
         ],
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked) and image files")
@@ -67,6 +69,8 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes reading headers (default: every core)")
     p.add_argument("--all-files", action="store_true", help="probe every file, not only image extensions")
     p.add_argument("--list-problems", action="store_true", help="print every unusable file (default: the first 20)")
+    p.add_argument("--effective", action="store_true",
+                   help="also measure effective sizes (before upscaling) and JPEG quality: decodes part of each image")
     p.set_defaults(run=run_scan)
 
 
@@ -74,9 +78,11 @@ def run_scan(args: argparse.Namespace) -> int:
     from microcond.data.scan import read_index, scan
 
     limit = {} if args.max_pixels is None else {"max_pixels": args.max_pixels}
-    summary = scan(args.paths, args.out, workers=args.workers, all_files=args.all_files, **limit)
-    if summary.full_rescan:
-        print(f"note: {summary.full_rescan}")
+    summary = scan(args.paths, args.out, workers=args.workers, all_files=args.all_files, effective=args.effective,
+                   progress=None, **limit)
+    for note in (summary.full_rescan, summary.effective_note):
+        if note:
+            print(f"note: {note}")
     for folder, reason in summary.unreadable_folders:
         print(f"warning: cannot list folder {folder}: {reason}")
     problems = summary.first_problems
@@ -88,6 +94,14 @@ def run_scan(args: argparse.Namespace) -> int:
     shown, total = len(problems), sum(summary.problems.values())
     if shown < total:
         print(f"... {total - shown} more unusable files: --list-problems prints all (each row of the index has its reason)")
+    unmeasured = summary.first_not_measured
+    if args.list_problems and args.effective:
+        table = read_index(args.out, usable=True, columns=["path", "effective_reason"]).to_pydict()
+        unmeasured = [(p, r) for p, r in zip(table["path"], table["effective_reason"]) if r is not None]
+    for path, reason in unmeasured:
+        print(f"{'effective':<11} {path}: {reason} (usable; effective size unknown)")
+    if len(unmeasured) < summary.not_measured:
+        print(f"... {summary.not_measured - len(unmeasured)} more files without an effective size: --list-problems prints all")
     print(summary.line())
     return 0
 

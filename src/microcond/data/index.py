@@ -1,7 +1,17 @@
 """The scan index: a Parquet file, one row per file found, in walk order (columns :data:`COLUMNS`,
-described in :mod:`microcond.data.scan`), with the scan's settings in its metadata. Written by
-:func:`microcond.data.scan.scan`; read by :func:`read_index` (absolute paths) and, row batch by
-row batch, by a rescan that reuses unchanged rows."""
+plus :data:`EFFECTIVE_COLUMNS` when scanned with ``--effective``; described in
+:mod:`microcond.data.scan`), with the scan's settings in its metadata (``effective``: the
+estimator version, present only then). Written by :func:`microcond.data.scan.scan`; read by
+:func:`read_index` (absolute paths) and, row batch by row batch, by a rescan that reuses
+unchanged rows.
+
+Effective columns (:mod:`microcond.data.effective`, measured in the scan's workers from a bounded
+band of each usable image): ``effective_height``, ``effective_width`` (after orientation, at most
+``height``/``width``), ``effective_confidence`` (0..1), ``jpeg_quality`` (IJG 1-100, null if not
+JPEG) and ``effective_reason`` (why a usable file could not be measured: its row stays usable, the
+other effective columns null). Unchanged files keep their measures; an index scanned without them,
+or by another estimator version, is measured on the next ``--effective`` rescan with its header
+rows reused. A scan without ``--effective`` writes an index without these columns."""
 
 from __future__ import annotations
 
@@ -14,18 +24,23 @@ from microcond.data.walk import sort_key
 
 INDEX_VERSION = "1"
 COLUMNS = ("path", "height", "width", "format", "bytes", "mtime_ns", "status", "reason")
+EFFECTIVE_COLUMNS = ("effective_height", "effective_width", "effective_confidence", "jpeg_quality", "effective_reason")
 PARSER_VERSION = "2"  # bump when a parser changes what it records: rescans then redo every file
 
 
-def index_schema(max_pixels: int) -> Any:
+def index_schema(max_pixels: int, effective: str | None = None) -> Any:
+    """The index's Arrow schema; ``effective``: the estimator version when the scan measures
+    effective sizes (adds :data:`EFFECTIVE_COLUMNS`), else None."""
     import pyarrow as pa
 
-    settings = json.dumps({"max_pixels": max_pixels, "parser": PARSER_VERSION})
-    return pa.schema(
-        [("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("format", pa.string()),
-         ("bytes", pa.int64()), ("mtime_ns", pa.int64()), ("status", pa.string()), ("reason", pa.string())],
-        metadata={"microcond.index": INDEX_VERSION, "microcond.scan": settings},
-    )  # fmt: skip
+    settings = {"max_pixels": max_pixels, "parser": PARSER_VERSION}
+    fields = [("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()), ("format", pa.string()),
+              ("bytes", pa.int64()), ("mtime_ns", pa.int64()), ("status", pa.string()), ("reason", pa.string())]
+    if effective is not None:
+        settings["effective"] = effective
+        fields += [("effective_height", pa.int32()), ("effective_width", pa.int32()),
+                   ("effective_confidence", pa.float32()), ("jpeg_quality", pa.int8()), ("effective_reason", pa.string())]
+    return pa.schema(fields, metadata={"microcond.index": INDEX_VERSION, "microcond.scan": json.dumps(settings)})  # fmt: skip
 
 
 def index_settings(path: Path) -> dict:
@@ -46,19 +61,38 @@ def index_settings(path: Path) -> dict:
     return json.loads(meta.get(b"microcond.scan", b"{}"))
 
 
+def effective_columns(path: str, height: int, width: int) -> tuple:
+    """The :data:`EFFECTIVE_COLUMNS` of one usable file whose header gave (height, width); a failure
+    is a reason in the last column, never an exception (a scan worker calls it)."""
+    from microcond.data.effective import estimate
+
+    try:
+        e = estimate(path)
+    except ValueError as err:
+        return (None, None, None, None, str(err).removeprefix(f"{path}: "))
+    except Exception as err:  # an estimator bug must not stop the scan: recorded, listed
+        return (None, None, None, None, f"estimator error ({type(err).__name__}: {err})")
+    if e.file_size == (width, height) != (height, width):  # orientation read differently: follow the header
+        return (e.width, e.height, e.confidence, e.jpeg_quality, None)
+    if e.file_size != (height, width):
+        return (None, None, None, e.jpeg_quality, f"decoded size {e.file_size} differs from the header's {(height, width)}")
+    return (e.height, e.width, e.confidence, e.jpeg_quality, None)
+
+
 class PriorIndex:
     """The previous index, read in row batches and merged with the (equally sorted) walk."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, effective: bool = False):
+        """``effective``: rows carry the previous :data:`EFFECTIVE_COLUMNS` (else they are cut)."""
         import pyarrow.parquet as pq
 
         self.path, self.removed = path, 0
-        self._rows = self._iter(pq.ParquetFile(path))
+        self._rows = self._iter(pq.ParquetFile(path), COLUMNS + (EFFECTIVE_COLUMNS if effective else ()))
         self._row, self._key = self._next()
 
-    def _iter(self, pf: Any) -> Iterator[tuple]:
-        for batch in pf.iter_batches(batch_size=8192, columns=list(COLUMNS)):
-            yield from zip(*(batch.column(c).to_pylist() for c in COLUMNS))
+    def _iter(self, pf: Any, columns: tuple[str, ...]) -> Iterator[tuple]:
+        for batch in pf.iter_batches(batch_size=8192, columns=list(columns)):
+            yield from zip(*(batch.column(c).to_pylist() for c in columns))
 
     def _next(self) -> tuple[tuple | None, list[str] | None]:
         row = next(self._rows, None)
@@ -89,7 +123,8 @@ def read_index(path: str | os.PathLike, *, usable: bool | None = None, columns: 
 
     Args:
         usable: True keeps the ``ok`` rows, False the problems, None every row.
-        columns: subset of :data:`COLUMNS` to return (default all).
+        columns: subset of :data:`COLUMNS` (and of :data:`EFFECTIVE_COLUMNS` when the index was
+            scanned with ``--effective``) to return (default all there are).
     """
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -98,12 +133,14 @@ def read_index(path: str | os.PathLike, *, usable: bool | None = None, columns: 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"expected an index written by `microcond scan --out`, found no file at {path}")
-    index_settings(path)
-    columns = list(columns or COLUMNS)
-    unknown = sorted(set(columns) - set(COLUMNS))
-    if unknown:
-        raise ValueError(f"read_index: expected columns among {COLUMNS}, got {unknown}")
-    table = pq.read_table(path, columns=sorted(set(columns) | {"status"}, key=COLUMNS.index))
+    present = COLUMNS + (EFFECTIVE_COLUMNS if "effective" in index_settings(path) else ())
+    columns = list(columns or present)
+    if missing := sorted(set(columns) & set(EFFECTIVE_COLUMNS) - set(present)):
+        raise ValueError(f"{path} has no effective sizes ({', '.join(missing)}): scan again with "
+                         "`microcond scan --effective` to measure them")
+    if unknown := sorted(set(columns) - set(present)):
+        raise ValueError(f"read_index: expected columns among {present}, got {unknown}")
+    table = pq.read_table(path, columns=sorted(set(columns) | {"status"}, key=present.index))
     if usable is not None:
         is_ok = pc.equal(table["status"], "ok")
         table = table.filter(is_ok if usable else pc.invert(is_ok))

@@ -9,7 +9,10 @@ SDXL (section 2.2, Fig. 2) shows how much of a training set a minimum-size filte
   discards, for N in :data:`MIN_EDGES`;
 * ``aspect.png`` and a table: the aspect-ratio (width / height) distribution;
 * ``buckets.png`` and a table: how a bucket set (``microcond.data.buckets``) would be filled, and
-  how many images would be upscaled into their bucket (original smaller than the bucket).
+  how many images would be upscaled into their bucket (original smaller than the bucket);
+* ``effective.png`` and a table, when the index was scanned with ``--effective``: file size against
+  effective size (the size before any upscaling, :mod:`microcond.data.effective`) and the share of
+  images upscaled by more than :data:`UPSCALED` on an axis.
 
 Everything goes to ``DIR/report.md``; the tables are also returned as text. Numpy and matplotlib
 only: no torch.
@@ -31,6 +34,7 @@ from microcond.data.scan import read_index
 MIN_EDGES = (64, 128, 256, 512, 1024)  # the filter thresholds of the table, in pixels
 MAX_MIN_EDGE = 65536  # largest threshold accepted: JPEG sides end at 65535 px
 PAPER_CUT = 256  # paper Fig. 2: discarding images below 256 px would drop 39% of SDXL's data
+UPSCALED = 1.25  # file size / effective size above this on an axis: the file was upscaled
 # Aspect classes (width / height), edges between them; names say what the shapes look like.
 ASPECT_EDGES = (1 / 4, 1 / 2, 3 / 4, 4 / 3, 2, 4)
 ASPECT_NAMES = ("taller than 1:4", "1:4 - 1:2", "1:2 - 3:4", "3:4 - 4:3 (near square)", "4:3 - 2:1", "2:1 - 4:1",
@@ -73,6 +77,11 @@ def bucket_fill(heights: np.ndarray, widths: np.ndarray, buckets: Sequence[tuple
             fill[bucket][0] += n
             fill[bucket][1] += n if (h < bucket[0] or w < bucket[1]) else 0
     return {b: (n, up) for b, (n, up) in fill.items()}
+
+
+def upscale_factors(heights: np.ndarray, widths: np.ndarray, effective_heights: np.ndarray, effective_widths: np.ndarray) -> np.ndarray:
+    """Per image, the larger of file size / effective size over the two axes (1 = native)."""
+    return np.maximum(heights / np.maximum(effective_heights, 1), widths / np.maximum(effective_widths, 1))
 
 
 def _figure(width: float = 7.0, height: float = 5.0) -> Any:
@@ -163,6 +172,58 @@ def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec
     fig.savefig(path)
 
 
+def _plot_effective(path: Path, long_edge: np.ndarray, effective_edge: np.ndarray, factors: np.ndarray) -> None:
+    from matplotlib.colors import LogNorm
+
+    lo, hi = max(1, int(effective_edge.min() * 0.9)), int(long_edge.max() * 1.1) + 1
+    edges = np.geomspace(lo, hi, 61)
+    counts, _, _ = np.histogram2d(long_edge, effective_edge, bins=[edges, edges])
+    fig = _figure(6.6, 5.4)
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(edges, edges, np.ma.masked_equal(counts.T, 0), norm=LogNorm(), cmap="viridis")
+    fig.colorbar(mesh, ax=ax, label="images per bin (log scale)")
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls=":", label="effective = file (native)")
+    ax.plot([lo, hi], [lo / UPSCALED, hi / UPSCALED], color="tab:red", lw=0.8, ls="--", label=f"upscaled {UPSCALED}x")
+    ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="file size, longer edge (px, log scale)",
+           ylabel="effective size on that edge (px, log scale)",
+           title=f"File vs effective size: {100 * float((factors > UPSCALED).mean()):.1f}% of {len(factors):,} "
+                 f"upscaled > {UPSCALED}x")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    fig.savefig(path)
+
+
+def _effective_section(index: str | os.PathLike, out: Path) -> list[str]:
+    """The report's effective-size part (and ``effective.png``) from the usable rows."""
+    import pyarrow.compute as pc
+
+    table = read_index(index, usable=True, columns=["height", "width", "effective_height", "effective_width",
+                                                    "effective_confidence", "jpeg_quality", "effective_reason"])
+    measured = table.filter(pc.is_valid(table["effective_height"]))
+    parts = ["", "## Effective size (before upscaling; `microcond scan --effective`)", ""]
+    if not len(measured):
+        return parts + [f"None of the {len(table)} usable images could be measured (see the index's effective_reason)."]
+    h, w, eh, ew = (measured[c].to_numpy().astype(np.int64) for c in ("height", "width", "effective_height", "effective_width"))
+    factors = upscale_factors(h, w, eh, ew)
+    wide = w >= h
+    _plot_effective(out / "effective.png", np.where(wide, w, h), np.where(wide, ew, eh), factors)
+    confidence = measured["effective_confidence"].to_numpy()
+    quality = table["jpeg_quality"].drop_null().to_numpy()
+    rows = [[f"upscaled > {f}x on an axis", int((factors > f).sum()), _pct((factors > f).sum(), len(factors))]
+            for f in (UPSCALED, 2, 4)]
+    rows.append([f"upscaled > {UPSCALED}x, confidence >= 0.5", int(((factors > UPSCALED) & (confidence >= 0.5)).sum()),
+                 _pct(((factors > UPSCALED) & (confidence >= 0.5)).sum(), len(factors))])
+    parts += ["![effective](effective.png)", "",
+              f"{len(measured)} of {len(table)} usable images measured ({len(table) - len(measured)} could not be: "
+              f"see the index's effective_reason); median confidence {float(np.median(confidence)):.2f}.", "",
+              _table(["", "images", "share of measured"], rows)]
+    if len(quality):
+        q = np.percentile(quality, [5, 25, 50, 75, 95]).round().astype(int)
+        parts += ["", f"JPEG quality ({len(quality)} JPEG files) percentiles 5/25/50/75/95: {' / '.join(map(str, q))}; "
+                  f"below 75: {_pct((quality < 75).sum(), len(quality))}."]
+    return parts
+
+
 def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: str = "sdxl", min_edges: Sequence[int] = MIN_EDGES) -> str:
     """Write ``report.md`` and the PNGs into ``out_dir``; return the report as text.
 
@@ -177,6 +238,9 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
     min_edges = sorted({int(e) for e in min_edges})
     import pyarrow.compute as pc
 
+    from microcond.data.index import index_settings
+
+    effective = "effective" in index_settings(Path(index)) if Path(index).is_file() else False
     table = read_index(index, columns=["height", "width", "status"])
     status = collections.Counter({v["values"]: v["counts"] for v in pc.value_counts(table["status"]).to_pylist()})
     usable = table.filter(pc.equal(table["status"], "ok"))
@@ -217,10 +281,13 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
               "on a side, the case size conditioning was made for.", "",
               _table(["bucket (h x w)", "aspect w:h", "images", "share", "upscaled"],
                      [[f"{h}x{w}", f"{w / h:.2f}", n, _pct(n, len(ok)), _pct(up, n)] for (h, w), n, up in used])]
+    if effective:
+        parts += _effective_section(index, out)
     _plot_sizes(out / "sizes.png", heights, widths, PAPER_CUT)
     _plot_min_edge(out / "min_edge.png", heights, widths, min_edges)
     _plot_aspect(out / "aspect.png", heights, widths)
     _plot_buckets(out / "buckets.png", fill, buckets)
     text = "\n".join(parts) + "\n"
     (out / "report.md").write_text(text)
-    return text + f"\nwrote {out / 'report.md'} and sizes.png, min_edge.png, aspect.png, buckets.png"
+    pictures = "sizes.png, min_edge.png, aspect.png, buckets.png" + (", effective.png" if (out / "effective.png").exists() else "")
+    return text + f"\nwrote {out / 'report.md'} and {pictures}"

@@ -28,6 +28,9 @@ to files are followed, links to folders are not. Entries the walk cannot use are
 ``unreadable`` and a reason, never a reason to stop: broken links and link loops, FIFOs, sockets
 and devices, entries whose type the system refuses to tell (permission denied). A header claiming
 a side below 1 or above ``headers.MAX_SIDE`` pixels is ``bad_header``, its size not stored.
+
+``effective=True`` (``--effective``) also measures each usable image's effective size in the
+workers: the columns :data:`EFFECTIVE_COLUMNS`, described in :mod:`microcond.data.index`.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from microcond.data.headers import ACCEPTED_MODES, DEFAULT_MAX_PIXELS, Probe, _probe_file, probe_image  # noqa: F401 (part of scan's API)
-from microcond.data.index import COLUMNS, INDEX_VERSION, PARSER_VERSION, PriorIndex, index_schema, index_settings, read_index  # noqa: F401 (read_index, INDEX_VERSION: part of scan's API)
+from microcond.data.index import COLUMNS, EFFECTIVE_COLUMNS, INDEX_VERSION, effective_columns, PARSER_VERSION, PriorIndex, index_schema, index_settings, read_index  # noqa: F401 (read_index, INDEX_VERSION: part of scan's API)
 from microcond.data.walk import IMAGE_EXTENSIONS, Entry, Walk, sort_key  # noqa: F401 (IMAGE_EXTENSIONS: part of scan's API)
 
 PROBLEMS = {
@@ -59,15 +62,18 @@ PROBLEMS = {
 }
 RETRY_STATUSES = frozenset({"unreadable", "error"})  # may pass: never reused on rescan
 _CHUNK = 512  # files per task sent to a worker
+_EFFECTIVE_CHUNK = 16  # files per task when measuring effective sizes (tens of ms each)
 _ROW_GROUP = 65536
+_NOT_MEASURED = (None,) * len(EFFECTIVE_COLUMNS)
+
+Item = tuple[str, int, int, "tuple[int, int] | None"]  # path, old bytes, old mtime_ns (-1: none), size to measure
 
 
-
-def _probe_many(items: list[tuple[str, int, int]], max_pixels: int) -> list[tuple[int | None, int | None, Probe | None]]:
-    """Worker task: (path, previous bytes, previous mtime_ns; -1 when none) -> (bytes, mtime_ns,
-    probe), probe None when bytes and mtime are unchanged. Never raises for one bad file."""
+def _probe_many(items: list[Item], max_pixels: int, effective: bool) -> list[tuple[int | None, int | None, Probe | None, tuple | None]]:
+    """Worker task: items -> (bytes, mtime_ns, probe, effective columns); probe None when bytes and
+    mtime are unchanged, effective columns None when not measured. Never raises for one bad file."""
     out = []
-    for path, old_bytes, old_mtime in items:
+    for path, old_bytes, old_mtime, old_size in items:
         try:
             if old_bytes >= 0:
                 try:
@@ -75,11 +81,13 @@ def _probe_many(items: list[tuple[str, int, int]], max_pixels: int) -> list[tupl
                 except OSError:
                     st = None  # the probe records why
                 if st is not None and st.st_size == old_bytes and st.st_mtime_ns == old_mtime:
-                    out.append((old_bytes, old_mtime, None))
+                    out.append((old_bytes, old_mtime, None, effective_columns(path, *old_size) if old_size else None))
                     continue
-            out.append(_probe_file(path, max_pixels))
+            nbytes, mtime, probe = _probe_file(path, max_pixels)
+            measured = effective_columns(path, probe.height, probe.width) if effective and probe.status == "ok" else None
+            out.append((nbytes, mtime, probe, measured))
         except Exception as err:  # a parser bug must not stop the scan: recorded, listed
-            out.append((None, None, Probe(None, None, None, "error", f"{type(err).__name__}: {err}")))
+            out.append((None, None, Probe(None, None, None, "error", f"{type(err).__name__}: {err}"), None))
     return out
 
 
@@ -98,6 +106,11 @@ class ScanSummary:
     unreadable_folders: list[tuple[str, str]] = field(default_factory=list)
     first_problems: list[tuple[str, str, str]] = field(default_factory=list)
     full_rescan: str | None = None
+    effective: bool = False
+    measured: int = 0  # effective sizes measured by this scan (the others reused)
+    not_measured: int = 0  # usable files whose effective size could not be measured
+    first_not_measured: list[tuple[str, str]] = field(default_factory=list)
+    effective_note: str | None = None
     seconds: float = 0.0
 
     @property
@@ -112,6 +125,9 @@ class ScanSummary:
                 f"unchanged {self.unchanged}, removed {self.removed}] in {self.seconds:.2f} s ({rate:,.0f} files/s)")
         if self.ignored:
             text += f"; ignored {self.ignored} other files (not image extensions; --all-files scans them)"
+        if self.effective:
+            text += (f"; effective size measured for {self.measured} files"
+                     f"{f', {self.not_measured} usable files not measurable (effective_reason)' if self.not_measured else ''}")
         return text
 
 
@@ -122,10 +138,10 @@ def _import_pyarrow() -> None:
 class _Pool:
     """Worker processes probing chunks of files; a crashing file is isolated and recorded."""
 
-    def __init__(self, workers: int, max_pixels: int):
+    def __init__(self, workers: int, max_pixels: int, effective: bool):
         import multiprocessing
 
-        self.workers, self.max_pixels = workers, max_pixels
+        self.workers, self.max_pixels, self.effective = workers, max_pixels, effective
         # fork: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the
         # caller's script. They run only this module's parsers and Pillow, never a library whose
         # threads (pyarrow's, torch's) may have held a lock at fork time.
@@ -137,12 +153,12 @@ class _Pool:
         executor.submit(int).result()  # start the workers now, before the pyarrow import thread
         return executor
 
-    def submit(self, items: list[tuple[str, int, int]]) -> Future | list:
+    def submit(self, items: list[Item]) -> Future | list:
         if self.executor is None or not items:
-            return _probe_many(items, self.max_pixels)
-        return self.executor.submit(_probe_many, items, self.max_pixels)
+            return _probe_many(items, self.max_pixels, self.effective)
+        return self.executor.submit(_probe_many, items, self.max_pixels, self.effective)
 
-    def result(self, job: Future | list, items: list[tuple[str, int, int]]) -> list:
+    def result(self, job: Future | list, items: list[Item]) -> list:
         from concurrent.futures.process import BrokenProcessPool
 
         if isinstance(job, list):
@@ -154,9 +170,9 @@ class _Pool:
             for item in items:
                 self._restart_if_broken()
                 try:
-                    out.extend(self.executor.submit(_probe_many, [item], self.max_pixels).result())
+                    out.extend(self.executor.submit(_probe_many, [item], self.max_pixels, self.effective).result())
                 except BrokenProcessPool:
-                    out.append((None, None, Probe(None, None, None, "error", "the scanner process crashed reading this file")))
+                    out.append((None, None, Probe(None, None, None, "error", "the scanner process crashed reading this file"), None))
             return out
 
     def _restart_if_broken(self) -> None:
@@ -194,14 +210,15 @@ class _IndexWriter:
     """The new index: rows buffered into row groups, written under a temporary name (per process,
     so concurrent rescans never share it) and renamed over ``out`` only when complete."""
 
-    def __init__(self, out: Path, max_pixels: int, importer: threading.Thread):
-        self.out, self.max_pixels, self.importer = out, max_pixels, importer
+    def __init__(self, out: Path, max_pixels: int, effective: bool, importer: threading.Thread):
+        self.out, self.max_pixels, self.effective, self.importer = out, max_pixels, effective, importer
         self.tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
         self.writer: Any = None
-        self.buffer: dict[str, list] = {c: [] for c in COLUMNS}
+        self.columns = COLUMNS + (EFFECTIVE_COLUMNS if effective else ())
+        self.buffer: dict[str, list] = {c: [] for c in self.columns}
 
     def add(self, row: tuple) -> None:
-        for column, value in zip(COLUMNS, row):
+        for column, value in zip(self.columns, row, strict=True):
             self.buffer[column].append(value)
         if len(self.buffer["path"]) >= _ROW_GROUP:
             self._flush()
@@ -211,7 +228,9 @@ class _IndexWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        schema = index_schema(self.max_pixels)
+        from microcond.data.effective import ESTIMATOR_VERSION
+
+        schema = index_schema(self.max_pixels, ESTIMATOR_VERSION if self.effective else None)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self.writer.write_table(pa.Table.from_pydict(self.buffer, schema=schema))
@@ -232,43 +251,60 @@ class _IndexWriter:
             self.tmp.unlink()
 
 
-def _prior_index(out: Path, max_pixels: int, importer: threading.Thread, summary: "ScanSummary") -> PriorIndex | None:
-    """The previous index at ``out`` to reuse rows from, if it was written with the same settings."""
+def _prior_index(out: Path, max_pixels: int, effective: bool, importer: threading.Thread, summary: "ScanSummary") -> PriorIndex | None:
+    """The previous index at ``out`` to reuse rows from, if it was written with the same header
+    settings; its rows carry effective columns when they may be reused too (same estimator)."""
+    from microcond.data.effective import ESTIMATOR_VERSION
+
     if not out.exists():
         return None
     importer.join()
     settings = index_settings(out)
+    measured = settings.pop("effective", None)
     wanted = {"max_pixels": max_pixels, "parser": PARSER_VERSION}
-    if settings == wanted:
-        return PriorIndex(out)
-    summary.full_rescan = f"settings changed from {settings} to {wanted}: every file is probed again"
-    return None
+    if settings != wanted:
+        summary.full_rescan = f"settings changed from {settings} to {wanted}: every file is probed again"
+        return None
+    if measured is not None and not effective:
+        summary.effective_note = "the index had effective sizes; this scan without --effective leaves them out"
+    elif measured not in (None, ESTIMATOR_VERSION) and effective:
+        summary.effective_note = f"effective sizes came from estimator {measured}, this is {ESTIMATOR_VERSION}: every file is measured again"
+    return PriorIndex(out, effective=effective and measured == ESTIMATOR_VERSION)
 
 
-def _plan(chunk: list[Entry], prior: PriorIndex | None) -> tuple[list[tuple[Entry, tuple | None]], list[tuple[str, int, int]]]:
-    """Each entry with its previous row, and the files to probe: (path, bytes, mtime) of the previous
-    row when it may be reused unchanged, else (path, -1, -1)."""
+def _plan(chunk: list[Entry], prior: PriorIndex | None, effective: bool) -> tuple[list[tuple[Entry, tuple | None]], list[Item]]:
+    """Each entry with its previous row, and the files to probe: (path, bytes, mtime, size) of the
+    previous row when it may be reused unchanged (size: to measure, when its row has no effective
+    columns yet), else (path, -1, -1, None)."""
     plan, items = [], []
     for entry in chunk:
         old = prior.take(sort_key(entry.rel)) if prior is not None else None
         plan.append((entry, old))
         if entry.status is None:
-            reusable = old is not None and old[4] is not None and old[6] not in RETRY_STATUSES
-            items.append((entry.path, old[4], old[5]) if reusable else (entry.path, -1, -1))
+            if old is not None and old[4] is not None and old[6] not in RETRY_STATUSES:
+                unmeasured = effective and old[6] == "ok" and len(old) == len(COLUMNS)
+                items.append((entry.path, old[4], old[5], (old[1], old[2]) if unmeasured else None))
+            else:
+                items.append((entry.path, -1, -1, None))
     return plan, items
 
 
-def _rows(plan: list[tuple[Entry, tuple | None]], results: Iterator) -> Iterator[tuple[Entry, tuple, str]]:
-    """(entry, its index row, new | changed | unchanged) from a plan and its probe results."""
+def _rows(plan: list[tuple[Entry, tuple | None]], results: Iterator, effective: bool) -> Iterator[tuple[Entry, tuple, str, bool]]:
+    """(entry, its index row, new | changed | unchanged, effective size measured now) from a plan
+    and its probe results."""
+    blank = _NOT_MEASURED if effective else ()
     for entry, old in plan:
         if entry.status is not None:  # known from the walk: nothing to probe
-            yield entry, (entry.rel, None, None, None, None, None, entry.status, entry.reason), "new" if old is None else "changed"
+            row = (entry.rel, None, None, None, None, None, entry.status, entry.reason) + blank
+            yield entry, row, "new" if old is None else "changed", False
             continue
-        nbytes, mtime, p = next(results)
+        nbytes, mtime, p, measured = next(results)
         if p is None:
-            yield entry, old, "unchanged"
+            kept = old if len(old) == len(COLUMNS) + len(blank) else old[: len(COLUMNS)] + blank
+            yield entry, kept if measured is None else old[: len(COLUMNS)] + measured, "unchanged", measured is not None
         else:
-            yield entry, (entry.rel, p.height, p.width, p.format, nbytes, mtime, p.status, p.reason), "new" if old is None else "changed"
+            row = (entry.rel, p.height, p.width, p.format, nbytes, mtime, p.status, p.reason)
+            yield entry, row + (measured or blank), "new" if old is None else "changed", measured is not None
 
 
 def scan(
@@ -280,6 +316,7 @@ def scan(
     all_files: bool = False,
     progress: bool | None = None,
     list_first: int = 20,
+    effective: bool = False,
 ) -> ScanSummary:
     """Scan files and folders into the Parquet index ``out``, reusing its unchanged rows.
 
@@ -293,14 +330,15 @@ def scan(
         workers: processes probing files, at least 1 (default: every core); 1 probes in this process.
         progress: a tqdm bar on stderr (default: when stderr is a terminal).
         list_first: how many problems to keep in ``ScanSummary.first_problems``.
+        effective: also measure each usable image's effective size (decodes a band of it).
     """
     start = time.perf_counter()
     paths, out = _scan_targets(roots, out, max_pixels, workers)
-    pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels)
+    pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels, effective)
     importer = threading.Thread(target=_import_pyarrow, daemon=True)
     importer.start()
-    summary = ScanSummary(out)
-    index = _IndexWriter(out, max_pixels, importer)
+    summary = ScanSummary(out, effective=effective)
+    index = _IndexWriter(out, max_pixels, effective, importer)
     walk = Walk(paths, str(out.parent), all_files, {str(out), str(index.tmp)})
     bar = None
     if progress or (progress is None and sys.stderr.isatty()):
@@ -308,24 +346,29 @@ def scan(
 
         bar = tqdm(unit=" files", desc="scan", file=sys.stderr, dynamic_ncols=True)
 
-    def merge(plan: list, job: Any, items: list[tuple[str, int, int]]) -> None:
-        for entry, row, count in _rows(plan, iter(pool.result(job, items))):
+    def merge(plan: list, job: Any, items: list[Item]) -> None:
+        for entry, row, count, measured in _rows(plan, iter(pool.result(job, items)), effective):
             setattr(summary, count, getattr(summary, count) + 1)
+            summary.measured += measured
             index.add(row)
             if row[6] != "ok":
                 summary.problems[row[6]] += 1
                 if len(summary.first_problems) < list_first:
                     summary.first_problems.append((entry.path, row[6], row[7]))
+            elif effective and row[-1] is not None:
+                summary.not_measured += 1
+                if len(summary.first_not_measured) < list_first:
+                    summary.first_not_measured.append((entry.path, row[-1]))
         summary.found += len(plan)
         if bar is not None:
             bar.update(len(plan))
 
     try:
-        prior = _prior_index(out, max_pixels, importer, summary)
+        prior = _prior_index(out, max_pixels, effective, importer, summary)
         in_flight: collections.deque = collections.deque()
         walked = iter(walk)
-        while chunk := list(itertools.islice(walked, _CHUNK)):
-            plan, items = _plan(chunk, prior)
+        while chunk := list(itertools.islice(walked, _EFFECTIVE_CHUNK if effective else _CHUNK)):
+            plan, items = _plan(chunk, prior, effective)
             in_flight.append((plan, pool.submit(items), items))
             while len(in_flight) > 2 * pool.workers:
                 merge(*in_flight.popleft())

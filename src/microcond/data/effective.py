@@ -1,0 +1,431 @@
+"""Effective original size: the size an image had before it was upscaled, measured from its pixels.
+
+A file's size says how many pixels it has, not how much detail: a 400 px photo saved at 1600 px
+claims 1600. :func:`estimate` measures, per axis, the factor ``s >= 1`` by which the luma was
+upscaled and returns the effective size ``round(file size / s)``, with a confidence, plus the
+JPEG quality read from the quantization tables (header only).
+
+Method, per axis (rows for the width, columns for the height):
+
+1. Resampling periodicity. Resizing by ``s`` places output pixels at a phase that repeats every
+   ``s`` pixels, on every row alike, so the row-average of ``|second difference|`` is periodic and
+   its spectrum peaks at ``1/s`` folded into [0, 1/2] (Gallagher 2005; Kirchner 2008). A peak at
+   ``f`` gives the pair ``1/(1-f)`` and ``1/f``; JPEG's 8-px block grid is removed first (per-phase
+   means over 64-px windows) and its own frequencies k/8 are ignored.
+2. Re-interpolation. For each candidate original length ``n0`` and each common kernel (nearest,
+   bilinear, bicubic a=-0.5, Lanczos-3; the centre-aligned grid of Pillow, OpenCV and most
+   resizers), the rows are projected on the span of the upscaled grid by least squares, in a few
+   64-px windows. An upscaled row lies in that span up to rounding and compression noise; shifting
+   the grid by half an original pixel breaks the fit. The candidate whose aligned fit beats its
+   shifted fit the most wins (a native image fits both equally badly); among equals the coarser
+   grid wins, since a finer grid also contains the coarser one. Factors 2, 3 and 4 (and the JPEG
+   block frequencies) are always tried: their phase pattern is symmetric or hidden by the blocks.
+3. Spectral fall-off, only when no grid fits: the whitened (first difference) power spectrum is
+   matched to an upscale model ``|H(s f)|^2 f^-alpha`` of the smooth kernels against the native
+   model; a much better fit gives ``s`` with a lower confidence (it cannot tell blur from upscale).
+
+Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are decoded. A larger
+baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone
+(the decoder stops there; JPEG as luma only); other formats (WebP, interlaced PNG, GIF, TIFF)
+larger than ``max_pixels`` are decoded whole up to :data:`MAX_WHOLE_PIXELS` and refused above it.
+Numpy and Pillow only; measured by ``benchmarks/bench_effective.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
+
+import numpy as np
+from PIL import Image
+
+ESTIMATOR_VERSION = "1"  # bump when estimates change: scans then measure every file again
+MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
+MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
+MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
+_SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
+_WINDOW, _ROWS = 64, 48  # re-interpolation windows: length in pixels, rows sampled
+_GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
+_NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
+_NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
+# IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
+_IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]),
+        np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66]
+                 + [99] * 38))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Effective:
+    """What :func:`estimate` measured; sizes after EXIF orientation, like the scan's.
+
+    ``height``/``width``: effective size, ``round(file size / scale)``, 1 <= it <= file size.
+    ``scale``: estimated upscaling factor per axis (height, width), 1.0 for native.
+    ``confidence``: 0 (a guess: flat or tiny image) to 1 (a resampling grid fits exactly).
+    ``jpeg_quality``: IJG quality 1-100 whose tables are nearest to the file's; None if not JPEG.
+    ``file_size``: the file's (height, width) after orientation; ``decoded_pixels``: pixels decoded
+    to measure, at most the budget for JPEG and PNG.
+    """
+
+    height: int
+    width: int
+    confidence: float
+    jpeg_quality: int | None
+    scale: tuple[float, float]
+    file_size: tuple[int, int]
+    decoded_pixels: int
+
+
+
+def _name(source: object) -> str:
+    return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else os.fspath(source)  # type: ignore[arg-type]
+
+
+def _idat(fp: BinaryIO, offset: int) -> Iterator[bytes]:
+    """The PNG image data from the first IDAT chunk (header at ``offset - 8``), chunk by chunk."""
+    fp.seek(offset - 8)
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            return
+        length, kind = struct.unpack(">I4s", head)
+        if kind != b"IDAT":
+            return
+        yield fp.read(length)
+        fp.read(4)  # CRC
+
+
+def _decode_rows(image: Image.Image, rows: int) -> Image.Image:
+    """The top ``rows`` rows of a lazily opened single-tile JPEG or PNG, decoded alone.
+
+    Pillow's decoders stop once the tile's extent is filled; libjpeg then reports the unread
+    rest as an error, which is expected here. Running out of data inside the band is not.
+    """
+    (codec, _, offset, args), = image.tile
+    band = Image.new(image.mode, (image.width, rows))
+    decoder = Image._getdecoder(image.mode, codec, args, image.decoderconfig)
+    decoder.setimage(band.im, (0, 0, image.width, rows))
+    image.fp.seek(offset)
+    chunks = _idat(image.fp, offset) if image.format == "PNG" else iter(functools.partial(image.fp.read, 1 << 16), b"")
+    data, done = b"", False
+    try:
+        for chunk in chunks:
+            data += chunk
+            consumed, _ = decoder.decode(data)
+            if consumed < 0:
+                done = True
+                break
+            data = data[consumed:]
+    finally:
+        decoder.cleanup()
+    if not done:
+        raise ValueError("the file ends inside the rows measured (truncated)")
+    if image.mode == "P":
+        band.putpalette(image.getpalette() or [])
+    return band
+
+
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation as the scan reads it, without decoding: Pillow's ``getexif`` decodes a
+    PNG to look for an eXIf chunk after the image data, found here in the file's tail instead."""
+    if image.format == "TIFF":  # Pillow reports TIFF sizes upright already
+        return 1
+    if image.format != "PNG" or "exif" in image.info:
+        return image.getexif().get(0x0112, 1)
+    image.fp.seek(max(0, image.fp.seek(0, os.SEEK_END) - 4096))
+    tail = image.fp.read()
+    at = tail.rfind(b"eXIf")
+    if at < 4:
+        return 1
+    exif = Image.Exif()
+    exif.load(tail[at + 4 : at + 4 + struct.unpack(">I", tail[at - 4 : at])[0]])
+    return exif.get(0x0112, 1)
+
+
+def _luma(image: Image.Image) -> np.ndarray:
+    """Luma (ITU-R 601, as Pillow's "L") in 0..255 as float32 (H, W); 16-bit modes scaled down."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return np.asarray(image.convert("F"), np.float32) * np.float32(255 / (65535 if image.mode != "F" else 1))
+    return np.asarray(image if image.mode == "L" else image.convert("L"), np.float32)
+
+
+def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], int, int | None]:
+    """(luma band, file size (h, w) before orientation, EXIF orientation, JPEG quality)."""
+    name = _name(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except Image.UnidentifiedImageError:
+        raise ValueError(f"{name}: not a recognised image format") from None
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as err:
+        raise ValueError(f"{name}: not a readable image ({type(err).__name__}: {err})") from None
+    with image:
+        width, height = image.size
+        try:  # a header that opened may still fail to decode: the same one-line error
+            quality = jpeg_quality(image)
+            orientation = _orientation(image)
+            partial = (image.format in ("JPEG", "PNG") and len(image.tile) == 1 and not image.info.get("interlace")
+                       and image.mode != "CMYK")
+            if image.format == "JPEG" and partial:
+                image.draft("L", image.size)  # luma straight from libjpeg, no scaling
+            if partial and width * height > max_pixels:
+                luma = _luma(_decode_rows(image, max(1, min(height, max_pixels // width))))
+            elif width * height > MAX_WHOLE_PIXELS:
+                raise ValueError(f"{image.format} of {width}x{height} (w x h) cannot be measured in part and is above "
+                                 f"{MAX_WHOLE_PIXELS} pixels")
+            else:
+                image.load()
+                luma = _luma(image)
+        except ValueError as err:
+            raise ValueError(f"{name}: {err}") from None
+        except (OSError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error) as err:
+            raise ValueError(f"{name}: cannot decode ({type(err).__name__}: {err})") from None
+    return luma, (height, width), orientation if orientation in range(1, 9) else 1, quality
+
+
+def jpeg_quality(image: Image.Image) -> int | None:
+    """The IJG quality (1-100) whose scaled standard tables are nearest to this JPEG's; header only."""
+    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
+    if not tables:
+        return None
+    found = [np.asarray(tables[i], np.float64) for i in sorted(tables)[:2]]
+    qualities = np.arange(1, 101)
+    scale = np.where(qualities < 50, 5000 // qualities, 200 - 2 * qualities)[:, None]  # libjpeg jcparam.c
+    error = np.zeros(len(qualities))
+    for table, base in zip(found, _IJG):
+        scaled = np.clip((base[None, :] * scale + 50) // 100, 1, 255)  # (100, 64)
+        error += np.abs(np.log(scaled / np.maximum(table[None, :], 1))).mean(axis=1)
+    return int(qualities[np.argmin(error)])
+
+
+
+def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
+    t = np.abs(t)
+    return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1, np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
+
+
+# name -> (kernel of the distance in original pixels, support); Pillow's filters for upscaling.
+_KERNELS = {
+    "bilinear": (lambda t: np.clip(1 - np.abs(t), 0, None), 1.0),
+    "bicubic": (_keys, 2.0),
+    "lanczos": (lambda t: np.where(np.abs(t) < 3, np.sinc(t) * np.sinc(t / 3), 0.0), 3.0),
+}
+
+
+def _grids(length: int, n0: int, kernel: str, starts: np.ndarray, window: int, shift: float) -> np.ndarray:
+    """Rows ``lo:lo+window`` (for each ``lo`` in ``starts``) of the matrix that upscales ``n0``
+    samples to ``length``: centre-aligned, weights normalised per output like Pillow's resampler,
+    over the inputs in reach (unused ones are zero columns). (len(starts), window, M)"""
+    centre = (starts[:, None] + np.arange(window) + 0.5) * (n0 / length) + shift  # (B, window), original pixels
+    first = np.floor(centre[:, :1]) - 4
+    j = first + np.arange(int(np.ceil(window * n0 / length)) + 10)  # (B, M)
+    if kernel == "nearest":  # Pillow steps the source coordinate by repeated addition: same rounding
+        step = np.cumsum(np.r_[0.5 * n0 / length + shift, np.full(length - 1, n0 / length)])
+        weights = (j[:, None, :] == np.floor(step[starts[:, None] + np.arange(window)])[:, :, None]).astype(np.float64)
+    else:
+        weights = _KERNELS[kernel][0](j[:, None, :] + 0.5 - centre[:, :, None])
+    weights *= ((j >= 0) & (j < n0))[:, None, :]  # Pillow drops taps outside the image
+    return weights / np.maximum(weights.sum(axis=2, keepdims=True), 1e-12)
+
+
+def _misfits(lines: np.ndarray, grids: np.ndarray) -> np.ndarray:
+    """RMS of the windows of ``lines`` (length, R) left after least-squares projection on each
+    grid; one value per consecutive group of three windows. grids (G*3, window, M) -> (G,)"""
+    window = grids.shape[1]
+    x = np.stack([lines[lo : lo + window] for lo in _starts(lines.shape[0], window)] * (len(grids) // 3))
+    gram = grids.transpose(0, 2, 1) @ grids + 1e-6 * np.eye(grids.shape[2])  # ridge: zero columns stay zero
+    coef = np.linalg.solve(gram, grids.transpose(0, 2, 1) @ x)
+    rest = x - grids @ coef
+    return np.sqrt((rest * rest).reshape(-1, 3 * rest[0].size).mean(axis=1))
+
+
+def _starts(length: int, window: int) -> np.ndarray:  # three windows spread over the axis
+    return np.linspace(8, length - window - 8, 3).astype(int)
+
+
+
+def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 3, least: float = 8.0) -> list[float]:
+    """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
+    difference| along ``axis``, at least ``least`` times the median of its spectrum."""
+    y = np.moveaxis(luma, axis, 1)
+    d2 = np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]).mean(axis=0) + 1e-3  # (n-2,)
+    smooth = np.convolve(np.pad(d2, 7, mode="reflect"), np.ones(15) / 15, mode="valid")
+    m = d2 / smooth - 1  # relative modulation: strong and weak texture count alike
+    n = len(m)
+    if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
+        phase = (np.arange(n) + 1) % 8
+        for lo in range(0, n, 64):
+            part = slice(lo, lo + 64)
+            means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
+            m[part] -= means[phase[part]]
+    power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
+    f = np.arange(len(power)) / (4 * n)
+    keep = f >= 0.1
+    if jpeg:
+        keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
+    f, power = f[keep], power[keep]
+    floor = np.median(power)
+    found: list[float] = []
+    for i in np.argsort(power)[::-1]:
+        if len(found) == top or power[i] < least * floor:
+            break
+        if all(abs(f[i] - g) > 3.0 / n for g in found):
+            found.append(float(f[i]))
+    return found
+
+
+def _grid_fit(luma: np.ndarray, axis: int, jpeg: bool) -> tuple[float, float]:
+    """(factor, gain) of the best-fitting upscale grid along ``axis``; (1.0, gain) if none fits."""
+    y = np.moveaxis(luma, axis, 1)
+    length = y.shape[1]
+    rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float64)  # (length, R)
+    peaks = _peaks(luma, axis, jpeg)
+    window = min(_WINDOW, length - 16)
+    starts = _starts(length, window)
+    fixed = [2.0, 3.0, 4.0]
+    # A peak locates n0 = length / s within about a pixel: its neighbours are tried too.
+    families = {round(length / s): (0,) for s in fixed}
+    families.update({round(length / s): (-1, 0, 1) for f in peaks for s in (1 / (1 - f), 1 / f)})
+    names, scored = ("nearest", *_KERNELS), []
+    for centre, offsets in sorted(families.items()):
+        # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
+        options = [(centre + d, k) for d in offsets for k in names if 8 <= centre + d and (centre + d) * window < (window - 10) * length]
+        if not options:
+            continue
+        grids = [_grids(length, n0, k, starts, window, 0.0) for n0, k in options]
+        width = max(g.shape[2] for g in grids)  # zero columns pad the batch: they change no fit
+        aligned = _misfits(rows, np.concatenate([np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]))) for g in grids]))
+        n0, kernel = options[int(np.argmin(aligned))]
+        shifted = _misfits(rows, _grids(length, n0, kernel, starts, window, 0.5))[0]
+        fit = (aligned.min() + _NOISE) / (1 - n0 / length) ** 0.5  # per degree of freedom left: grids compare
+        scored.append(((shifted + _NOISE) / (aligned.min() + _NOISE), length / n0, fit))
+    best = max((gain for gain, _, _ in scored), default=1.0)
+    fitting = [(s, fit) for gain, s, fit in scored if gain >= _GAIN]
+    if not fitting:
+        return 1.0, best
+    # A finer grid also contains a coarser one: the coarsest grid that fits about as well is the original.
+    least = min(fit for _, fit in fitting)
+    return max(s for s, fit in fitting if fit <= _NESTED * least), best
+
+
+_N_FFT = 128  # Welch segment length: 64 frequency bins
+_ALPHAS = (1.5, 2.0, 2.5, 3.0)  # natural images: power ~ f^-alpha
+_SCALES = np.exp(np.arange(np.log(1.25), np.log(8.0), np.log(1.03)))
+_SPECTRAL_RATIO = 20.0  # upscale model fits this much better than the native one: upscaled
+
+
+@functools.lru_cache(maxsize=4)
+def _models(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Frequencies (F,), native models (A, F) and upscale models (S, K*A, F) of the whitened
+    spectrum: sum over aliases m of |H(s (f + m))|^2 fold(s (f + m))^-alpha x 4 sin^2(pi f)."""
+    f = np.arange(1, n // 2 + 1) / n
+    t = np.linspace(-3, 3, 1537)
+    nu = np.arange(0, 32, 1 / 128)
+    responses = [np.abs((function(t)[None, :] * np.cos(2 * np.pi * nu[:, None] * t[None, :])).sum(axis=1) * (t[1] - t[0])) ** 2
+                 for function, _ in _KERNELS.values()]  # fmt: skip
+    whiten = 4 * np.sin(np.pi * f) ** 2
+    native = np.array([whiten * f**-alpha for alpha in _ALPHAS])
+    upscaled = np.zeros((len(_SCALES), len(responses) * len(_ALPHAS), len(f)))
+    for i, s in enumerate(_SCALES):
+        for m in range(-3, 4):
+            v = np.abs(s * (f + m))
+            fold = np.maximum(np.abs(v - np.round(v)), 0.01)
+            for k, response in enumerate(responses):
+                gain = np.interp(v, nu, response, right=0.0)
+                for a, alpha in enumerate(_ALPHAS):
+                    upscaled[i, k * len(_ALPHAS) + a] += gain * fold**-alpha * whiten
+    return f, native, upscaled
+
+
+def _spectrum(luma: np.ndarray, axis: int) -> np.ndarray:
+    """Welch power spectrum of the first difference along ``axis`` (whitens f^-2 images). (F,)"""
+    y = np.moveaxis(luma, axis, 1)
+    rows = y[np.linspace(0, y.shape[0] - 1, min(128, y.shape[0])).astype(int)]
+    d = np.diff(rows, axis=1)
+    segments = d[:, : d.shape[1] // _N_FFT * _N_FFT].reshape(-1, _N_FFT)
+    segments = (segments - segments.mean(axis=1, keepdims=True)) * np.hanning(_N_FFT)
+    return (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)[1:] + 1e-9
+
+
+def _misfit_log(power: np.ndarray, models: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """Mean squared log error of ``a * model + b * noise`` fitted to ``power`` (relative least
+    squares, a, b >= 0), per model. models (..., F) -> (...)"""
+    a, b = models / power, noise / power
+    aa, ab, bb, a1, b1 = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(), a.sum(-1), b.sum()
+    det = aa * bb - ab * ab
+    scale, floor = (a1 * bb - b1 * ab) / det, (aa * b1 - ab * a1) / det
+    scale, floor = np.where(floor < 0, a1 / aa, scale), np.maximum(floor, 0)
+    fitted = np.maximum(scale, 1e-30)[..., None] * models + floor[..., None] * noise
+    return (np.log(fitted / power) ** 2).mean(-1)
+
+
+def _spectral_fit(power: np.ndarray, jpeg: bool) -> tuple[float, float]:
+    """(factor, how much better the best upscale model fits than the native one)."""
+    f, native, upscaled = _models(_N_FFT)
+    use = f >= 0.03
+    if jpeg:  # block edges put peaks at k/8
+        use &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.5 / _N_FFT
+    noise = 4 * np.sin(np.pi * f[use]) ** 2
+    best_native = _misfit_log(power[use], native[:, use], noise).min()
+    per_scale = _misfit_log(power[use], upscaled[..., use], noise).min(axis=1)  # (S,)
+    i = int(np.argmin(per_scale))
+    return float(_SCALES[i]), float(best_native / max(per_scale[i], 1e-12))
+
+
+def _detail(power: np.ndarray) -> float:
+    """Share of the low-band level that remains near Nyquist above 8-bit rounding noise, 0..1:
+    how much a native verdict can be trusted (a flat image could hide any upscale)."""
+    f = np.arange(1, len(power) + 1) / _N_FFT
+    rounding = 4 * np.sin(np.pi * f) ** 2 / 12 * float((np.hanning(_N_FFT) ** 2).sum())
+    high = max(float((power - rounding)[f >= 0.35].mean()), 0.0)
+    return min(1.0, high / float(power[(f >= 0.05) & (f <= 0.15)].mean()) / 0.3)
+
+
+def measure_axis(luma: np.ndarray, axis: int, jpeg: bool = False) -> tuple[float, float]:
+    """Upscaling factor (>= 1) and confidence (0..1) of a luma array (H, W) along ``axis`` (0: the
+    height, measured down the columns; 1: the width, along the rows)."""
+    if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 8:
+        return 1.0, 0.0
+    factor, gain = _grid_fit(luma, axis, jpeg)
+    if factor > 1.0:
+        return factor, min(1.0, 1.3 - 1.0 / gain**2)  # gain 1.3: 0.71, 2: 1.0
+    if luma.shape[axis] <= _N_FFT:
+        return 1.0, 0.0
+    power = _spectrum(luma, axis)
+    factor, ratio = _spectral_fit(power, jpeg)
+    if ratio >= _SPECTRAL_RATIO:
+        return factor, 0.5 * (1.0 - _SPECTRAL_RATIO / ratio)
+    return 1.0, _detail(power)
+
+
+def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Effective:
+    """Effective size, confidence and JPEG quality of one image file (path or bytes).
+
+    Raises ``ValueError`` with one line naming the file for anything unreadable or undecodable.
+    """
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    luma, (height, width), orientation, quality = _decode(source, max_pixels)
+    jpeg = quality is not None
+    scale_h, confidence_h = measure_axis(luma, 0, jpeg)
+    scale_w, confidence_w = measure_axis(luma, 1, jpeg)
+    if orientation in _SWAP:
+        height, width, scale_h, scale_w = width, height, scale_w, scale_h
+    return Effective(
+        height=min(height, max(1, round(height / scale_h))),
+        width=min(width, max(1, round(width / scale_w))),
+        confidence=round(min(confidence_h, confidence_w), 3),
+        jpeg_quality=quality,
+        scale=(round(scale_h, 4), round(scale_w, 4)),
+        file_size=(height, width),
+        decoded_pixels=int(luma.size),
+    )

@@ -245,6 +245,9 @@ def test_latent_cache_key_covers_every_setting_that_changes_it(tiny, images, cac
     ]
     other = write_tiny_sdxl(tmp_path / "other", seed=1)
     changed.append(LatentCache.key_for(dataset(images, cache_env), LatentSpace(other / "vae"), 2)[0])
+    told = dataset(images, cache_env)  # the cached ids carry the original size the model is told
+    told.source.effective_sizes, told.source.size_source = told.source.original_sizes // 2, "effective"
+    changed.append(LatentCache.key_for(told, space, 2)[0])
     assert len(set(changed)) == len(changed) and base not in changed
     first = LatentCache.build(dataset(images, cache_env, crop_mode="center"), space, 4, cache_env, progress=False)
     assert first.crops == 1  # centre crops without flips are the same every epoch

@@ -48,6 +48,7 @@ class TrainConfig:
     crop_mode: str = "random"  # random (paper Algorithm 1) | center
     flip_probability: float = 0.0
     min_original_edge: int = 0  # discard images whose original short edge is smaller (paper's "512-only")
+    original_size_source: str = "file"  # the c_size the model is told: file (SDXL) | effective (scan --effective) | min of both
     workers: int = 0  # DataLoader worker processes per rank
     shuffle_buffer: int = 1000  # streamed shards: samples held to shuffle across shards (0 = shard order)
     # SDXL fine-tuning (microcond.sdxl); the sdxl preset defaults both folders to --pretrained's
@@ -91,6 +92,7 @@ class TrainConfig:
             (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "epsilon or v_prediction"),
             (self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "beta_schedule", "linear, scaled_linear or squaredcos_cap_v2"),
             (self.crop_mode in ("random", "center"), "crop_mode", "random or center"),
+            (self.original_size_source in ("file", "effective", "min"), "original_size_source", "file, effective or min"),
             (self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32"),
             (self.steps > 0 and self.batch_size > 0 and self.grad_accumulation > 0, "steps/batch_size/grad_accumulation", "positive"),
             (self.batch_size % self.grad_accumulation == 0, "batch_size", f"a multiple of grad_accumulation={self.grad_accumulation}"),

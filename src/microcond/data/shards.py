@@ -80,6 +80,8 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
             data = data if isinstance(data, bytes) else Path(data).read_bytes()
             h, w = (int(v) for v in source.original_sizes[i])
             meta = {"original_height": h, "original_width": w, "label": int(source.labels[i])}
+            if source.effective_sizes is not None and source.effective_sizes[i, 0] > 0:  # from `scan --effective`
+                meta["effective_height"], meta["effective_width"] = (int(v) for v in source.effective_sizes[i])
             if source.root is not None:  # provenance without the local folder's absolute path
                 meta["source"] = Path(os.path.relpath(source.names[i], source.root)).as_posix()
             sink.write({"__key__": f"{i:09d}", ext: data, "json": json.dumps(meta).encode()})
@@ -129,15 +131,16 @@ def _metadata(raw: bytes | None) -> dict[str, Any]:
     return meta
 
 
-def _original_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(h, w) from img2dataset-style JSON, None when absent; ValueError when not a plausible size."""
-    present = {k: meta[k] for k in ("original_height", "original_width") if meta.get(k) is not None}
+def _original_size(meta: dict[str, Any], kind: str = "original") -> tuple[int, int] | None:
+    """(h, w) from img2dataset-style JSON (``original_height``, ``original_width``; or the
+    ``effective_`` pair), None when absent; ValueError when not a plausible size."""
+    present = {k: meta[k] for k in (f"{kind}_height", f"{kind}_width") if meta.get(k) is not None}
     for name, value in present.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
             raise ValueError(f"expected {name} in the sample's JSON to be an integer from 1 to {MAX_SIDE}, got {value!r}")
     if len(present) < 2:
         return None
-    return present["original_height"], present["original_width"]
+    return present[f"{kind}_height"], present[f"{kind}_width"]
 
 
 def _label(meta: dict[str, Any], cls: bytes | None) -> int:
@@ -147,8 +150,9 @@ def _label(meta: dict[str, Any], cls: bytes | None) -> int:
     return label
 
 
-def sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[Any, tuple[int, int], bool, int]:
-    """(image member, original (h, w), whether that size is the JSON's, label) of one sample.
+def sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[Any, tuple[int, int], bool, int, tuple[int, int] | None]:
+    """(image member, original (h, w), whether that size is the JSON's, label, effective (h, w)
+    or None) of one sample.
 
     ``files`` maps extensions to members, ``read`` gives a member's bytes. ValueError says what is wrong.
     """
@@ -163,17 +167,21 @@ def sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[An
             size = oriented_size(header)
         if (problem := size_problem(*size)) is not None:
             raise ValueError(f"the image header gives {problem}")
-    return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None)
+    effective = _original_size(meta, "effective")
+    return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None), effective
 
 
-def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> ImageSource:
+def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0, size_source: str = "file") -> ImageSource:
     """Every image of local tar shards as an ImageSource, read later by member offset.
 
     The original size comes from the sample's JSON (``original_height`` / ``original_width``)
-    when present, else from the image header. Bad samples, unreadable tars and the damage of a
-    cut tar are listed in ``skipped`` (see the module doc); the intact samples are kept.
+    when present, else from the image header; the effective size from ``effective_height`` /
+    ``effective_width`` (written from a ``scan --effective`` index). Bad samples, unreadable
+    tars and the damage of a cut tar are listed in ``skipped`` (see the module doc); the intact
+    samples are kept.
     """
-    rows: dict[str, list[Any]] = {"names": [], "sizes": [], "labels": [], "stamps": [], "locations": [], "meta": [], "keys": []}
+    rows: dict[str, list[Any]] = {"names": [], "sizes": [], "labels": [], "stamps": [], "locations": [], "meta": [], "keys": [],
+                                  "effective": []}
     skipped: list[tuple[str, str]] = []
     dropped = 0
     for shard in sorted(str(s) for s in shards):
@@ -184,7 +192,7 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
                 for key, files in tar_samples(tar, lambda member: member, damage):
                     name = f"{shard}:{key}"
                     try:
-                        image, size, from_meta, label = sample_info(files, lambda member: tar.extractfile(member).read())
+                        image, size, from_meta, label, effective = sample_info(files, lambda member: tar.extractfile(member).read())
                     except (ValueError, OSError, tarfile.TarError) as err:
                         skipped.append((name, str(err)))
                         continue
@@ -198,10 +206,12 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
                     rows["locations"].append((shard, image.offset_data, image.size))
                     rows["meta"].append(from_meta)
                     rows["keys"].append(sample_key(key))
+                    rows["effective"].append(effective or (-1, -1))
                 skipped += [(shard if key is None else f"{shard}:{key}", reason) for key, reason in damage]
         except (OSError, tarfile.TarError) as err:
             skipped.append((shard, f"unreadable tar ({err})"))
     n = len(rows["names"])
+    effective = np.asarray(rows["effective"], dtype=np.int64).reshape(n, 2)  # -1: not in the sample's JSON
     return ImageSource(
         names=rows["names"],
         original_sizes=np.asarray(rows["sizes"], dtype=np.int64).reshape(n, 2),
@@ -210,6 +220,8 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
         locations=rows["locations"],
         size_from_metadata=np.asarray(rows["meta"], dtype=bool).reshape(n),
         keys=np.asarray(rows["keys"], dtype=np.int64).reshape(n),
+        effective_sizes=effective if (effective[:, 0] > 0).any() else None,  # none at all: refused unless size_source is file
+        size_source=size_source,
         skipped=skipped,
         dropped_small=dropped,
     )

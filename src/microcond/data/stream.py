@@ -29,6 +29,7 @@ more. Resume needs the same shards, seed, buckets, batch size, buffer size and w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tarfile
@@ -42,7 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import CROP_MODES, crop, load_resized
 from microcond.data.shards import SHARD_STRIDE, sample_info, tar_samples, sample_key
-from microcond.data.source import SHUFFLE_STREAM, collate, sample_rng
+from microcond.data.source import SHUFFLE_STREAM, SIZE_SOURCES, collate, sample_rng, told_size
 
 BUFFER_STREAM = 2  # SeedSequence tag of the shuffle buffer's picks (source.py holds 0 and 1)
 
@@ -72,6 +73,7 @@ class _Item:
     size: tuple[int, int]
     given: tuple[int, int] | None  # the JSON's original size (pixels may be pre-resized), else None
     label: int
+    told: tuple[int, int]  # the original size the MicroCond carries (original_size_source)
 
 
 class ShardStream(IterableDataset):
@@ -80,7 +82,7 @@ class ShardStream(IterableDataset):
 
     def __init__(self, urls: Sequence[str], buckets: Sequence[Bucket], batch_size: int, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1, crop_mode: str = "random", flip_probability: float = 0.0,
-                 shuffle_buffer: int = 0, min_original_edge: int = 0, epochs: int | None = None, background: tuple[int, int, int] = (255, 255, 255),
+                 shuffle_buffer: int = 0, min_original_edge: int = 0, size_source: str = "file", epochs: int | None = None, background: tuple[int, int, int] = (255, 255, 255),
                  fast: bool = True) -> None:
         self.urls = sorted(str(u) for u in urls)
         if len(self.urls) < world_size:
@@ -94,6 +96,9 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer, self.epochs, self.background, self.fast = shuffle_buffer, epochs, tuple(background), fast
         self.min_original_edge = min_original_edge  # smaller originals are left out (counted in dropped_small)
         self.dropped_small = 0
+        if size_source not in SIZE_SOURCES:
+            raise ValueError(f"original_size_source must be one of {SIZE_SOURCES}, got {size_source!r}")
+        self.size_source = size_source  # a sample without effective_height/width in its JSON is told its file size
         self.starts: dict[int, StreamPosition] = {}  # role -> where it resumes (StreamLoader sets these)
         self.rotate = 0  # DataLoader worker w plays role (w + rotate) % workers
         self.skipped: list[tuple[str, str]] = []
@@ -179,7 +184,7 @@ class ShardStream(IterableDataset):
 
     def _item(self, shard: int, position: int, name: str, files: dict[str, bytes]) -> _Item | None:
         try:
-            data, size, from_meta, label = sample_info(files, lambda data: data)
+            data, size, from_meta, label, effective = sample_info(files, lambda data: data)
         except ValueError as err:
             self._skip(name, str(err))
             return None
@@ -187,7 +192,7 @@ class ShardStream(IterableDataset):
             self.dropped_small += 1
             return None
         return _Item(shard * SHARD_STRIDE + position, sample_key(name.rsplit(":", 1)[1]), name, data, size,
-                     size if from_meta else None, label)
+                     size if from_meta else None, label, told_size(size, effective, self.size_source))
 
     def _fetch(self, indices: list[int]) -> dict[int, _Item]:
         """The samples at ``indices`` (waiting when the position was saved), read again from their shards."""
@@ -214,6 +219,8 @@ class ShardStream(IterableDataset):
                 self._skip(item.name, str(err))
                 continue
             image, cond = crop(resized, original, bucket, rng, mode=self.crop_mode, flip=flip)
+            if item.told != tuple(original):
+                cond = dataclasses.replace(cond, original_size=item.told)
             pixels.append(image), conds.append(cond), labels.append(item.label), indices.append(item.index)
         if not pixels:
             return None

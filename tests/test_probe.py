@@ -130,14 +130,20 @@ def test_user_mistakes_are_one_line(folder, tmp_path, capsys, args, message):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_unet_without_micro_conditions_is_refused(tmp_path, capsys):
-    (tmp_path / "unet").mkdir()
-    (tmp_path / "vae").mkdir()
+@pytest.mark.parametrize("unet, message", [
+    ({"addition_embed_type": None}, "micro-conditions need an SDXL-architecture UNet"),
+    ({"addition_embed_type": "text_time", "projection_class_embeddings_input_dim": 32 + 5 * 256}, "the refiner's five are not probed"),
+])
+def test_a_unet_without_six_micro_conditions_is_refused(tmp_path, capsys, unet, message):
+    """Refused from the configs alone: a UNet without micro-conditions, and one with the refiner's five ids."""
+    configs = {"unet": {"sample_size": 8, "block_out_channels": [32, 64], "addition_time_embed_dim": 256, **unet},
+               "vae": {"block_out_channels": [16, 16, 16, 16]}, "text_encoder_2": {"projection_dim": 32}}
+    for part, config in configs.items():
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "config.json").write_text(json.dumps(config))
     (tmp_path / "model_index.json").write_text(json.dumps(STOCK_INDEX))
-    (tmp_path / "unet" / "config.json").write_text(json.dumps({"addition_embed_type": None, "sample_size": 64, "block_out_channels": [32, 64]}))
-    (tmp_path / "vae" / "config.json").write_text(json.dumps({"block_out_channels": [16, 16, 16, 16]}))
     assert main(["probe", str(tmp_path), "--out", str(tmp_path / "out"), "--dry-run"]) == 2
-    assert "micro-conditions need an SDXL-architecture UNet" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
 # --------------------------------------------------------------- a stand-in model with known answers

@@ -89,34 +89,34 @@ def _config(folder: Path, part: str) -> dict:
     return json.loads(path.read_text())
 
 
-def resolve(settings: ProbeSettings) -> ProbeSettings:
-    """Check the settings and the model folder (configs only, no weights); fill in the defaults."""
-    folder = Path(settings.model)
+def model_geometry(model: str) -> tuple[int, int]:
+    """(default resolution, the multiple every resolution must be) from the folder's configs alone;
+    ``ValueError`` unless ``model`` is a pipeline folder with SDXL base's micro-conditioned UNet."""
+    folder = Path(model)
     if not (folder / "model_index.json").is_file():
         found = "it is not a folder" if not folder.is_dir() else "it has no model_index.json"
-        raise ValueError(f"MODEL {settings.model!r} must be a diffusers SDXL pipeline folder on disk, as `microcond export "
+        raise ValueError(f"MODEL {model!r} must be a diffusers SDXL pipeline folder on disk, as `microcond export "
                          f"--pipeline` writes or a stock SDXL checkpoint folder; {found}")
     unet, vae = _config(folder, "unet"), _config(folder, "vae")
     if unet.get("addition_embed_type") != "text_time":
-        raise ValueError(f"MODEL {settings.model!r}: its UNet has addition_embed_type={unet.get('addition_embed_type')!r}; "
+        raise ValueError(f"MODEL {model!r}: its UNet has addition_embed_type={unet.get('addition_embed_type')!r}; "
                          "micro-conditions need an SDXL-architecture UNet ('text_time')")
+    pooled, features, dim = _config(folder, "text_encoder_2")["projection_dim"], unet["projection_class_embeddings_input_dim"], unet["addition_time_embed_dim"]
+    if features != pooled + 6 * dim:
+        raise ValueError(f"MODEL {model!r}: its UNet's add_embedding takes {features} features, not {pooled} pooled + 6 ids x {dim}; "
+                         "expected SDXL base's six micro-condition ids (the refiner's five are not probed)")
     vae_factor = 2 ** (len(vae["block_out_channels"]) - 1)
-    multiple = vae_factor * 2 ** (len(unet["block_out_channels"]) - 1)  # the UNet halves the latents per block but the last
-    resolution = settings.resolution or unet["sample_size"] * vae_factor
+    return unet["sample_size"] * vae_factor, vae_factor * 2 ** (len(unet["block_out_channels"]) - 1)  # each UNet block but the last halves
+
+
+def resolve(settings: ProbeSettings) -> ProbeSettings:
+    """Check the settings and the model folder (configs only, no weights); fill in the defaults."""
+    default_resolution, multiple = model_geometry(settings.model)
+    resolution = settings.resolution or default_resolution
     if resolution < MIN_RESOLUTION or resolution % multiple:
         raise ValueError(f"--resolution must be a multiple of {multiple} (VAE and UNet downsampling) and at least {MIN_RESOLUTION}, got {resolution}")
-    import torch
-
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
-        raise ValueError(f"--device must be cpu or cuda (with a visible GPU), got {device!r}" + (" and no GPU is visible" if device == "cuda" else ""))
-    dtype = settings.dtype or ("bf16" if device == "cuda" else "fp32")
-    if dtype not in DTYPES:
-        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if settings.negative_micro not in ("default", "null"):
-        raise ValueError(f"--negative-micro must be default or null, got {settings.negative_micro!r}")
-    counts = {"--steps": settings.steps, "--batch-size": settings.batch_size, "--n-prompts": settings.n_prompts or 1}
-    if bad := [f"{flag} {v}" for flag, v in counts.items() if v < 1]:
+    if bad := [f"{flag} {v}" for flag, v in (("--steps", settings.steps), ("--batch-size", settings.batch_size),
+                                              ("--n-prompts", settings.n_prompts)) if v is not None and v < 1]:
         raise ValueError(f"expected positive integers, got {', '.join(bad)}")
     if not (math.isfinite(settings.guidance) and settings.guidance >= 0):
         raise ValueError(f"--guidance must be a finite number >= 0 (1 or less = no guidance), got {settings.guidance}")
@@ -126,6 +126,16 @@ def resolve(settings: ProbeSettings) -> ProbeSettings:
         raise ValueError(f"--sizes must be > 0 and --crops >= 0 (fractions of the resolution), got {settings.sizes} and {settings.crops}")
     if settings.crop_original_size is not None and min(settings.crop_original_size) < 1:
         raise ValueError(f"--crop-original-size must be a positive height and width in px, got {settings.crop_original_size}")
+    if settings.negative_micro not in ("default", "null"):
+        raise ValueError(f"--negative-micro must be default or null, got {settings.negative_micro!r}")
+    import torch
+
+    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise ValueError(f"--device {device}: expected cpu, or cuda with a visible GPU ({torch.cuda.device_count()} visible)")
+    dtype = settings.dtype or ("bf16" if device == "cuda" else "fp32")
+    if dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     resolved = replace(settings, resolution=resolution, device=device, dtype=dtype)
     probe_prompts(resolved)  # a missing or short prompt file fails here, before any weights load
     return resolved

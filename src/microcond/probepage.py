@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+SMALL_CHANGE = 0.05  # mean sharpness at the largest and smallest c_size closer than this: no visible effect
 MEASURED = """\
 How it is measured. Every row keeps one prompt and one seed's initial noise for all columns, so a
 row changes only with the micro-condition. Sharpness is the variance of the Laplacian of luma (the
@@ -55,6 +56,9 @@ def reading(results: dict) -> list[str]:
     verdict = {1: "rises with the requested original size, as in the paper's Fig. 3",
                -1: "falls as the requested original size grows, the opposite of the paper's Fig. 3",
                0: "has no trend with the requested original size that the rows agree on"}[_direction(within)]
+    ratio = size["ratio_largest_to_smallest"]
+    if ratio is not None and abs(ratio - 1) < SMALL_CHANGE:
+        verdict = f"hardly depends on the requested original size (less than {100 * SMALL_CHANGE:.0f}% apart at the ends)"
     n = sum(c["laplacian_variance"]["n"] for c in curve)
     out = [f"- Sharpness {verdict}: Spearman {_num(size['spearman'], '+.2f')} over all {n} images, {_interval(within, '+.2f')} "
            f"within rows; the mean at c_size {max(sizes)} is {_num(size['ratio_largest_to_smallest'], '.2f')}x the mean at c_size {min(sizes)}."]

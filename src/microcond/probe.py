@@ -312,7 +312,7 @@ def run_probe(settings: ProbeSettings, progress: bool = True) -> dict:
     device = torch.cuda.get_device_name() if settings.device == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     results = {
         "model": str(Path(settings.model).resolve()), "settings": asdict(settings), "prompts": prompts,
-        "rows": [{"prompt": prompts.index(p), "seed": s} for p, s in rows],
+        "rows": [{"prompt": i, "seed": seed} for i in range(len(prompts)) for seed in settings.seeds],  # the order of `rows`
         "environment": {"device": device, "torch": torch.__version__, "diffusers": diffusers.__version__},
         "size_sweep": size, "crop_sweep": crop,
         "timing": {"load_s": load_s, "size_sweep_s": size_s, "crop_sweep_s": crop_s, "sampling_s": size_s + crop_s,

@@ -188,3 +188,5 @@ def test_the_measures_recover_a_known_size_and_crop_effect(monkeypatch, tmp_path
     assert "at c_crop (0, 0), 100% [61, 100] at (0, 32) (+100 points)" in page
     results["size_sweep"]["ratio_largest_to_smallest"] = 1.03  # a consistent rise too small to see
     assert reading(results)[0].startswith("- Sharpness hardly depends on the requested original size")
+    results["crop_sweep"]["slope_x_per_crop_left"] = {"slope": None, "low": None, "high": None, "n": 2}
+    assert "Object centre x against c_left: not measured (only 2 images with an object)." in reading(results)[1]

@@ -65,7 +65,8 @@ def reading(results: dict) -> list[str]:
     for axis, key, offset, side in (("x", "slope_x_per_crop_left", "c_left", "left"), ("y", "slope_y_per_crop_top", "c_top", "top")):
         s = crop[key]
         if s["slope"] is None:
-            out.append(f"- Object centre {axis} against {offset}: not measured (the crop queries need two values of {offset} with the other offset 0).")
+            why = f"only {s['n']} images with an object" if s["n"] < 3 else f"the crop queries need two values of {offset} with the other offset 0"
+            out.append(f"- Object centre {axis} against {offset}: not measured ({why}).")
             continue
         moves = {-1: f"moves as a crop from the {side} would (paper Fig. 5)", 1: "moves the opposite way to a crop", 0: "does not move measurably"}[_direction(s)]
         out.append(f"- As {offset} grows, the object centre {axis} {moves}: {_interval(s, '+.2f')} px per px of requested crop "
@@ -109,7 +110,7 @@ def write_probe_page(results: dict, path: Path) -> Path:
         f"- model: `{results['model']}`",
         f"- {r}x{r} px, {s['steps']} steps, guidance {s['guidance']}, negative micro-conditions: {s['negative_micro']}, "
         f"{s['dtype']} on {results['environment']['device']}",
-        f"- {len(results['prompts'])} prompts x {len(s['seeds'])} seeds (seeds {', '.join(map(str, s['seeds']))}) = {len(results['rows'])} rows",
+        f"- {len(results['prompts'])} prompts x {len(s['seeds'])} seeds ({', '.join(map(str, s['seeds']))}) = {len(results['rows'])} rows",
         f"- {t['images']} images in {t['sampling_s']:.1f} s: {t['images_per_s']:.3g} images/s, {t['seconds_per_image']:.3g} s per image "
         f"(loading {t['load_s']:.1f} s, total {t['total_s']:.1f} s)", "",
         "## Reading", "", *reading(results), "",

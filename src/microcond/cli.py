@@ -17,6 +17,7 @@ import textwrap
 
 from microcond.commands import example_lines, subparser
 from microcond.commands.data import add_report, add_scan, add_shard
+from microcond.commands.probe import add_probe
 from microcond.commands.sampling import add_evaluate, add_sample, add_sweep
 
 # Commands that train: run as a script, they re-execute once with runtime.RUNTIME_ENV set.
@@ -305,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample(sub)
     add_sweep(sub)
     add_evaluate(sub)
+    add_probe(sub)
     _add_demo_data(sub)
     add_shard(sub)
     add_scan(sub)

@@ -24,12 +24,6 @@ SIZES = (8, 12, 16, 24, 32, 48, 64, 128)
 SCALES = (None, 1.5, 2.0, 3.0)  # None: no micro-condition guidance (the class term alone at its scale)
 
 
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman rank correlation (no ties expected in sharpness means)."""
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
-
-
 def run_study(run_dir: Path, out: Path, *, scales: Sequence[float | None] = SCALES, guidance: float = 1.0,
               sizes: Sequence[int] = SIZES, n: int = 64, steps: int = 25, classes: int = 9, progress: bool = True) -> dict:
     """Measure the Fig. 3 response of ``run_dir`` for each micro-condition scale; returns the results."""
@@ -38,6 +32,7 @@ def run_study(run_dir: Path, out: Path, *, scales: Sequence[float | None] = SCAL
     from microcond.evaluate import laplacian_variance
     from microcond.grid import save_grid
     from microcond.run import Query, Run
+    from microcond.stats import spearman
 
     model = Run(run_dir)
     if "original_size" not in model.cfg.signals:

@@ -69,10 +69,12 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
         ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --crop-steps 300 --seeds 1 --table-samples 100",
          "microcond experiment crop-ablation --out runs/ablation",
-         "microcond experiment micro-guidance --run runs/paper/runs/size-s0 --out runs/micro-guidance"],
+         "microcond experiment micro-guidance --run runs/paper/runs/size-s0 --out runs/micro-guidance",
+         "microcond experiment upscaled --out runs/upscaled"],
     )
-    p.add_argument("name", choices=["paper", "crop-ablation", "micro-guidance"], help="which experiment (micro-guidance: the Fig. 3 "
-                   "response of a size-conditioned run against the micro-condition guidance scale)")
+    p.add_argument("name", choices=["paper", "crop-ablation", "micro-guidance", "upscaled"], help="which experiment (micro-guidance: "
+                   "the Fig. 3 response of a size-conditioned run against the micro-condition guidance scale; upscaled: size "
+                   "conditioning on file, effective and true sizes when 30%% of the large files are upscaled fakes)")
     p.add_argument("--run", dest="run_dir", help="micro-guidance: the run to sample (a size-conditioned pixel run)")
     p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
                                  "paper includes the ablation table when OUT/../ablation/ablation.json exists")
@@ -107,6 +109,15 @@ def _run_experiment(args: argparse.Namespace) -> int:
             print(f"micro-condition scale {row['micro_guidance']:>4}: c_size 128/8 sharpness {row['ratio_largest_to_smallest']:.2f}x, "
                   f"Spearman {row['spearman']:.2f}, colour shift vs off {row['colour_shift_vs_off']:.4f}")
         print(f"wrote {out / 'micro-guidance.json'}")
+        return 0
+    if args.name == "upscaled":
+        from microcond.upscaled import run_upscaled
+
+        out = Path(args.out or "runs/upscaled")
+        budget = Budget(**given)
+        run_upscaled(out, steps=budget.steps, n_curve=budget.curve_samples, n_table=budget.table_samples, sampler_steps=budget.sampler_steps,
+                     feature_steps=budget.feature_steps, parallel=args.parallel)
+        print(f"wrote {out / 'upscaled.md'}")
         return 0
     ablation = args.name == "crop-ablation"
     if ablation:

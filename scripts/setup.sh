@@ -2,6 +2,7 @@
 # Idempotent set-up for a fresh Debian machine: Debian packages, a virtual environment in .venv,
 # the CPU build of torch where no GPU is present, then microcond with its test extras.
 # Re-running is cheap: each step is skipped when its result is already there.
+# MICROCOND_BENCH_DATA=1 also installs the photographs benchmarks/bench_effective.py measures on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ "${MICROCOND_BENCH_DATA:-0}" = 1 ]; then
+  bash scripts/bench-data.sh
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -107,3 +107,29 @@ def test_cli_report_refuses_out_of_range_flags_in_one_line(index, tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expected in err and "Traceback" not in err, err
     assert not (tmp_path / "r").exists()
+
+
+def test_effective_section_counts_upscaled_images_and_draws_file_against_effective(tmp_path):
+    from microcond.data.report import upscale_factors
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i, factor in enumerate([1, 1, 1, 2, 3]):  # 2 of 5 upscaled by more than 1.25x
+        noise = Image.fromarray(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8))
+        if factor > 1:
+            noise = noise.resize((160 // factor, 120 // factor), Image.BOX).resize((160, 120), Image.BICUBIC)
+        noise.save(data / f"{i}.png")
+    scan([data], tmp_path / "index.parquet", workers=1, progress=False, effective=True)
+    text = write_report(tmp_path / "index.parquet", tmp_path / "r")
+    assert "| upscaled > 1.25x on an axis         |      2 |             40.0% |" in text
+    assert "| upscaled > 2x on an axis            |      1 |             20.0% |" in text
+    with Image.open(tmp_path / "r" / "effective.png") as im:
+        assert im.format == "PNG" and min(im.size) > 300
+    factors = upscale_factors(np.array([100, 100]), np.array([200, 200]), np.array([100, 50]), np.array([100, 200]))
+    assert factors.tolist() == [2.0, 2.0]
+
+
+def test_report_without_effective_sizes_has_no_effective_section(index, tmp_path):
+    text = write_report(index, tmp_path / "r")
+    assert "Effective size" not in text and not (tmp_path / "r" / "effective.png").exists()

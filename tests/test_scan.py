@@ -410,3 +410,83 @@ def test_a_corrupt_index_is_named_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(index) in err and "another --out" in err
     assert index.read_bytes() == b"PAR1 this is not a parquet file"  # not ours to overwrite
+
+
+def _textured(h: int, w: int, seed: int = 0, factor: float = 1.0) -> Image.Image:
+    """Smooth random texture (blurred noise), area-downscaled by ``factor`` and upscaled back."""
+    from PIL import ImageFilter
+
+    im = _image(h, w, seed=seed).filter(ImageFilter.GaussianBlur(1))
+    if factor > 1:
+        im = im.resize((round(w / factor), round(h / factor)), Image.BOX).resize((w, h), Image.BICUBIC)
+    return im
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_effective_scan_lists_every_bad_file_and_measures_the_usable_ones(tmp_path, workers):
+    d = tmp_path / "data"
+    d.mkdir()
+    expected = _bad_corpus(d)
+    _save(d / "upscaled.png", _textured(120, 160, factor=2))
+    expected["upscaled.png"] = "ok"
+    png = bytearray(_png_bytes(_textured(120, 160)))
+    png[len(png) // 2 : len(png) // 2 + 64] = bytes(64)  # header and end marker fine, compressed data broken
+    (d / "garbled.png").write_bytes(bytes(png))
+    expected["garbled.png"] = "ok"
+    summary = scan([d], tmp_path / "index.parquet", max_pixels=30_000, workers=workers, progress=False, effective=True)
+    rows = {Path(r["path"]).name: r for r in read_index(tmp_path / "index.parquet").to_pylist()}
+    assert {name: r["status"] for name, r in rows.items()} == expected
+    for name, r in rows.items():
+        if r["status"] != "ok":  # listed with its reason, nothing measured
+            assert r["reason"] and r["effective_height"] is None and r["effective_reason"] is None, name
+        elif r["effective_reason"] is None:
+            assert 1 <= r["effective_height"] <= r["height"] and 1 <= r["effective_width"] <= r["width"], name
+            assert 0 <= r["effective_confidence"] <= 1
+    assert rows["good.jpg"]["effective_height"] == 60 and rows["good.jpg"]["jpeg_quality"] == 75  # EXIF 6: rotated
+    assert (rows["upscaled.png"]["effective_height"], rows["upscaled.png"]["effective_width"]) == (60, 80)
+    assert "decode" in rows["garbled.png"]["effective_reason"] and rows["garbled.png"]["effective_width"] is None
+    assert summary.found == len(expected) and summary.usable == sum(s == "ok" for s in expected.values())
+    assert summary.measured == summary.usable and summary.not_measured == 1
+    assert summary.first_not_measured == [(str(d / "garbled.png"), rows["garbled.png"]["effective_reason"])]
+    assert "1 usable files not measurable" in summary.line()
+
+
+def test_effective_rescan_measures_only_what_is_missing_or_changed(tmp_path, monkeypatch):
+    from microcond.data import effective
+
+    d = tmp_path / "data"
+    d.mkdir()
+    for i in range(4):
+        _save(d / f"{i}.png", _textured(64, 96, seed=i, factor=1 + i % 2))
+    (d / "empty.png").write_bytes(b"")
+    out = tmp_path / "index.parquet"
+    measured = []
+    real = effective.estimate
+    monkeypatch.setattr(effective, "estimate", lambda path, **kw: measured.append(Path(path).name) or real(path, **kw))
+
+    scan([d], out, workers=1, progress=False)  # headers only
+    assert measured == [] and "effective_height" not in pq.read_schema(out).names
+    with pytest.raises(ValueError, match="scan --effective"):
+        read_index(out, columns=["effective_height"])
+    first = scan([d], out, workers=1, progress=False, effective=True)  # headers reused, sizes measured
+    assert sorted(measured) == ["0.png", "1.png", "2.png", "3.png"] and first.unchanged == 5 and first.measured == 4
+    before = read_index(out)
+    measured.clear()
+    again = scan([d], out, workers=1, progress=False, effective=True)
+    assert measured == [] and again.measured == 0 and read_index(out).equals(before)
+    _save(d / "2.png", _textured(64, 96, seed=9))  # changed
+    changed = scan([d], out, workers=1, progress=False, effective=True)
+    assert measured == ["2.png"] and (changed.changed, changed.measured) == (1, 1)
+    measured.clear()
+    dropped = scan([d], out, workers=1, progress=False)
+    assert measured == [] and dropped.effective_note and "effective_height" not in pq.read_schema(out).names
+
+
+def test_cli_scan_effective_prints_what_it_measured(tmp_path, capsys):
+    _save(tmp_path / "a.png", _textured(64, 96, factor=2))
+    (tmp_path / "b.jpg").write_bytes(b"")
+    assert main(["scan", str(tmp_path), "--out", str(tmp_path / "i.parquet"), "--workers", "1", "--effective"]) == 0
+    out = capsys.readouterr().out
+    assert "effective size measured for 1 files" in out and "zero_bytes" in out
+    row = read_index(tmp_path / "i.parquet", usable=True).to_pylist()[0]
+    assert (row["effective_height"], row["effective_width"]) == (32, 48)

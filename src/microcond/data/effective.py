@@ -15,11 +15,11 @@ Method, per axis (rows for the width, columns for the height):
 2. Re-interpolation. For each candidate original length ``n0`` and each common kernel (nearest,
    bilinear, bicubic a=-0.5, Lanczos-3; the centre-aligned grid of Pillow, OpenCV and most
    resizers), the rows are projected on the span of the upscaled grid by least squares, in a few
-   64-px windows. An upscaled row lies in that span up to rounding and compression noise; shifting
+   48-px windows (:mod:`microcond.data.resampling`). An upscaled row lies in that span up to rounding and compression noise; shifting
    the grid by half an original pixel breaks the fit. The candidate whose aligned fit beats its
    shifted fit the most wins (a native image fits both equally badly); among equals the coarser
-   grid wins, since a finer grid also contains the coarser one. Factors 2, 3 and 4 (and the JPEG
-   block frequencies) are always tried: their phase pattern is symmetric or hidden by the blocks.
+   grid wins, since a finer grid also contains the coarser one. Factors 2, 3 and 4 are always
+   tried (an exact 2 leaves no periodicity: its two phases are mirror images), with a higher bar.
 3. Spectral fall-off, only when no grid fits: the whitened (first difference) power spectrum is
    matched to an upscale model ``|H(s f)|^2 f^-alpha`` of the smooth kernels against the native
    model; a much better fit gives ``s`` with a lower confidence (it cannot tell blur from upscale).
@@ -44,13 +44,16 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image
 
+from microcond.data.resampling import NAMES, grids, log_misfits, misfits, spectral_models, window_starts
+
 ESTIMATOR_VERSION = "1"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
-_WINDOW, _ROWS = 64, 48  # re-interpolation windows: length in pixels, rows sampled
+_WINDOW, _WINDOWS, _ROWS = 48, 4, 48  # re-interpolation: window length in pixels, windows, rows sampled
 _GAIN = 1.3  # aligned fit this much better than the shifted one: upscaled
+_GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
@@ -208,51 +211,6 @@ def jpeg_quality(image: Image.Image) -> int | None:
 
 
 
-def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
-    t = np.abs(t)
-    return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1, np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
-
-
-# name -> (kernel of the distance in original pixels, support); Pillow's filters for upscaling.
-_KERNELS = {
-    "bilinear": (lambda t: np.clip(1 - np.abs(t), 0, None), 1.0),
-    "bicubic": (_keys, 2.0),
-    "lanczos": (lambda t: np.where(np.abs(t) < 3, np.sinc(t) * np.sinc(t / 3), 0.0), 3.0),
-}
-
-
-def _grids(length: int, n0: int, kernel: str, starts: np.ndarray, window: int, shift: float) -> np.ndarray:
-    """Rows ``lo:lo+window`` (for each ``lo`` in ``starts``) of the matrix that upscales ``n0``
-    samples to ``length``: centre-aligned, weights normalised per output like Pillow's resampler,
-    over the inputs in reach (unused ones are zero columns). (len(starts), window, M)"""
-    centre = (starts[:, None] + np.arange(window) + 0.5) * (n0 / length) + shift  # (B, window), original pixels
-    first = np.floor(centre[:, :1]) - 4
-    j = first + np.arange(int(np.ceil(window * n0 / length)) + 10)  # (B, M)
-    if kernel == "nearest":  # Pillow steps the source coordinate by repeated addition: same rounding
-        step = np.cumsum(np.r_[0.5 * n0 / length + shift, np.full(length - 1, n0 / length)])
-        weights = (j[:, None, :] == np.floor(step[starts[:, None] + np.arange(window)])[:, :, None]).astype(np.float64)
-    else:
-        weights = _KERNELS[kernel][0](j[:, None, :] + 0.5 - centre[:, :, None])
-    weights *= ((j >= 0) & (j < n0))[:, None, :]  # Pillow drops taps outside the image
-    return weights / np.maximum(weights.sum(axis=2, keepdims=True), 1e-12)
-
-
-def _misfits(lines: np.ndarray, grids: np.ndarray) -> np.ndarray:
-    """RMS of the windows of ``lines`` (length, R) left after least-squares projection on each
-    grid; one value per consecutive group of three windows. grids (G*3, window, M) -> (G,)"""
-    window = grids.shape[1]
-    x = np.stack([lines[lo : lo + window] for lo in _starts(lines.shape[0], window)] * (len(grids) // 3))
-    gram = grids.transpose(0, 2, 1) @ grids + 1e-6 * np.eye(grids.shape[2])  # ridge: zero columns stay zero
-    coef = np.linalg.solve(gram, grids.transpose(0, 2, 1) @ x)
-    rest = x - grids @ coef
-    return np.sqrt((rest * rest).reshape(-1, 3 * rest[0].size).mean(axis=1))
-
-
-def _starts(length: int, window: int) -> np.ndarray:  # three windows spread over the axis
-    return np.linspace(8, length - window - 8, 3).astype(int)
-
-
-
 def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 3, least: float = 8.0) -> list[float]:
     """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
     difference| along ``axis``, at least ``least`` times the median of its spectrum."""
@@ -283,67 +241,54 @@ def _peaks(luma: np.ndarray, axis: int, jpeg: bool, top: int = 3, least: float =
     return found
 
 
+def _padded(matrices: list[np.ndarray]) -> np.ndarray:
+    width = max(m.shape[2] for m in matrices)  # zero columns change no fit
+    return np.concatenate([np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]))) for m in matrices])
+
+
 def _grid_fit(luma: np.ndarray, axis: int, jpeg: bool) -> tuple[float, float]:
     """(factor, gain) of the best-fitting upscale grid along ``axis``; (1.0, gain) if none fits."""
     y = np.moveaxis(luma, axis, 1)
     length = y.shape[1]
     rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float64)  # (length, R)
-    peaks = _peaks(luma, axis, jpeg)
     window = min(_WINDOW, length - 16)
-    starts = _starts(length, window)
-    fixed = [2.0, 3.0, 4.0]
-    # A peak locates n0 = length / s within about a pixel: its neighbours are tried too.
-    families = {round(length / s): (0,) for s in fixed}
-    families.update({round(length / s): (-1, 0, 1) for f in peaks for s in (1 / (1 - f), 1 / f)})
-    names, scored = ("nearest", *_KERNELS), []
-    for centre, offsets in sorted(families.items()):
-        # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
-        options = [(centre + d, k) for d in offsets for k in names if 8 <= centre + d and (centre + d) * window < (window - 10) * length]
-        if not options:
-            continue
-        grids = [_grids(length, n0, k, starts, window, 0.0) for n0, k in options]
-        width = max(g.shape[2] for g in grids)  # zero columns pad the batch: they change no fit
-        aligned = _misfits(rows, np.concatenate([np.pad(g, ((0, 0), (0, 0), (0, width - g.shape[2]))) for g in grids]))
-        n0, kernel = options[int(np.argmin(aligned))]
-        shifted = _misfits(rows, _grids(length, n0, kernel, starts, window, 0.5))[0]
-        fit = (aligned.min() + _NOISE) / (1 - n0 / length) ** 0.5  # per degree of freedom left: grids compare
-        scored.append(((shifted + _NOISE) / (aligned.min() + _NOISE), length / n0, fit))
-    best = max((gain for gain, _, _ in scored), default=1.0)
-    fitting = [(s, fit) for gain, s, fit in scored if gain >= _GAIN]
+    starts = window_starts(length, window, _WINDOWS)
+    # Each periodic peak gives two factors; its original length n0 is known within about a pixel.
+    families = {round(length / s): (0,) for s in (2.0, 3.0, 4.0)}
+    families.update({round(length / s): (-1, 0, 1) for f in _peaks(luma, axis, jpeg) for s in (1 / (1 - f), 1 / f)})
+    needed = {c: _GAIN if len(offsets) > 1 else _GAIN_FIXED for c, offsets in families.items()}
+    # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
+    tried = [(c, c + d) for c, offsets in sorted(families.items()) for d in offsets
+             if 8 <= c + d and (c + d) * window < (window - 10) * length]
+    if not tried:
+        return 1.0, 1.0
+    originals = np.array([n0 for _, n0 in tried])
+    aligned = misfits(rows, _padded([grids(length, originals, k, starts, window) for k in NAMES]), starts)
+    aligned = aligned.reshape(len(NAMES), len(tried))  # (kernels, grids)
+    best: dict[int, tuple[float, int, int]] = {}  # family -> (misfit, kernel, n0)
+    for (family, n0), column in zip(tried, aligned.T):
+        k = int(np.argmin(column))
+        if family not in best or column[k] < best[family][0]:
+            best[family] = (float(column[k]), k, n0)
+    shifted = {}
+    for k in {k for _, k, _ in best.values()}:  # the winners shifted by half an original pixel
+        chosen = [n0 for _, kk, n0 in best.values() if kk == k]
+        shifted.update(zip(chosen, misfits(rows, grids(length, np.array(chosen), NAMES[k], starts, window, 0.5), starts)))
+    scored = [((shifted[n0] + _NOISE) / (fit + _NOISE), length / n0, (fit + _NOISE) / (1 - n0 / length) ** 0.5, needed[c])
+              for c, (fit, _, n0) in best.items()]  # third: misfit per degree of freedom left, comparable across grids
+    gain = max(g for g, _, _, _ in scored)
+    fitting = [(s, fit) for g, s, fit, least in scored if g >= least]
     if not fitting:
-        return 1.0, best
+        return 1.0, gain
     # A finer grid also contains a coarser one: the coarsest grid that fits about as well is the original.
     least = min(fit for _, fit in fitting)
-    return max(s for s, fit in fitting if fit <= _NESTED * least), best
+    return max(s for s, fit in fitting if fit <= _NESTED * least), gain
 
 
 _N_FFT = 128  # Welch segment length: 64 frequency bins
 _ALPHAS = (1.5, 2.0, 2.5, 3.0)  # natural images: power ~ f^-alpha
-_SCALES = np.exp(np.arange(np.log(1.25), np.log(8.0), np.log(1.03)))
+_SCALES = tuple(np.exp(np.arange(np.log(1.25), np.log(8.0), np.log(1.03))))
 _SPECTRAL_RATIO = 20.0  # upscale model fits this much better than the native one: upscaled
-
-
-@functools.lru_cache(maxsize=4)
-def _models(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Frequencies (F,), native models (A, F) and upscale models (S, K*A, F) of the whitened
-    spectrum: sum over aliases m of |H(s (f + m))|^2 fold(s (f + m))^-alpha x 4 sin^2(pi f)."""
-    f = np.arange(1, n // 2 + 1) / n
-    t = np.linspace(-3, 3, 1537)
-    nu = np.arange(0, 32, 1 / 128)
-    responses = [np.abs((function(t)[None, :] * np.cos(2 * np.pi * nu[:, None] * t[None, :])).sum(axis=1) * (t[1] - t[0])) ** 2
-                 for function, _ in _KERNELS.values()]  # fmt: skip
-    whiten = 4 * np.sin(np.pi * f) ** 2
-    native = np.array([whiten * f**-alpha for alpha in _ALPHAS])
-    upscaled = np.zeros((len(_SCALES), len(responses) * len(_ALPHAS), len(f)))
-    for i, s in enumerate(_SCALES):
-        for m in range(-3, 4):
-            v = np.abs(s * (f + m))
-            fold = np.maximum(np.abs(v - np.round(v)), 0.01)
-            for k, response in enumerate(responses):
-                gain = np.interp(v, nu, response, right=0.0)
-                for a, alpha in enumerate(_ALPHAS):
-                    upscaled[i, k * len(_ALPHAS) + a] += gain * fold**-alpha * whiten
-    return f, native, upscaled
 
 
 def _spectrum(luma: np.ndarray, axis: int) -> np.ndarray:
@@ -356,29 +301,17 @@ def _spectrum(luma: np.ndarray, axis: int) -> np.ndarray:
     return (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)[1:] + 1e-9
 
 
-def _misfit_log(power: np.ndarray, models: np.ndarray, noise: np.ndarray) -> np.ndarray:
-    """Mean squared log error of ``a * model + b * noise`` fitted to ``power`` (relative least
-    squares, a, b >= 0), per model. models (..., F) -> (...)"""
-    a, b = models / power, noise / power
-    aa, ab, bb, a1, b1 = (a * a).sum(-1), (a * b).sum(-1), (b * b).sum(), a.sum(-1), b.sum()
-    det = aa * bb - ab * ab
-    scale, floor = (a1 * bb - b1 * ab) / det, (aa * b1 - ab * a1) / det
-    scale, floor = np.where(floor < 0, a1 / aa, scale), np.maximum(floor, 0)
-    fitted = np.maximum(scale, 1e-30)[..., None] * models + floor[..., None] * noise
-    return (np.log(fitted / power) ** 2).mean(-1)
-
-
 def _spectral_fit(power: np.ndarray, jpeg: bool) -> tuple[float, float]:
     """(factor, how much better the best upscale model fits than the native one)."""
-    f, native, upscaled = _models(_N_FFT)
+    f, native, upscaled = spectral_models(_N_FFT, tuple(_SCALES), _ALPHAS)
     use = f >= 0.03
     if jpeg:  # block edges put peaks at k/8
         use &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.5 / _N_FFT
     noise = 4 * np.sin(np.pi * f[use]) ** 2
-    best_native = _misfit_log(power[use], native[:, use], noise).min()
-    per_scale = _misfit_log(power[use], upscaled[..., use], noise).min(axis=1)  # (S,)
+    best_native = log_misfits(power[use], native[:, use], noise).min()
+    per_scale = log_misfits(power[use], upscaled[..., use], noise).min(axis=1)  # (S,)
     i = int(np.argmin(per_scale))
-    return float(_SCALES[i]), float(best_native / max(per_scale[i], 1e-12))
+    return _SCALES[i], float(best_native / max(per_scale[i], 1e-12))
 
 
 def _detail(power: np.ndarray) -> float:
@@ -425,7 +358,7 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
         width=min(width, max(1, round(width / scale_w))),
         confidence=round(min(confidence_h, confidence_w), 3),
         jpeg_quality=quality,
-        scale=(round(scale_h, 4), round(scale_w, 4)),
+        scale=(round(float(scale_h), 4), round(float(scale_w), 4)),
         file_size=(height, width),
         decoded_pixels=int(luma.size),
     )

@@ -1,0 +1,193 @@
+"""Effective-size estimator on upscaled real photographs: accuracy, native/upscaled AUC, cost.
+
+Data: the photographs among Debian's ``plasma-workspace-wallpapers`` (:data:`PHOTOS`; install with
+``MICROCOND_BENCH_DATA=1 scripts/setup.sh`` or ``scripts/bench-data.sh``), plus scikit-image's
+sample photographs when that package is installed. The wallpapers are soft at 100% (resized and
+processed for screens), so each photo is first area-downscaled by :data:`SHARPEN` to be sharp at
+the pixel level: that is the native image. Test images, ``--images`` of them, seeded:
+
+* a crop of a native photo, sides log-uniform from 192 px to the whole photo;
+* area-downscaled by ``s`` (25% kept at ``s = 1``, the rest log-uniform in [1, 4]) and upscaled back
+  to the crop size with nearest, bilinear, bicubic or Lanczos (Pillow), one at random;
+* saved as PNG, or (half of them) as JPEG at a quality drawn from 70-95.
+
+One JSON line per result (medians of ``--repeats`` timed passes; the baseline in the same run):
+
+* ``accuracy_lossless`` / ``accuracy_jpeg``: share of images with ``s >= 1.25`` whose estimate is
+  within 10%, ``|ln s_hat - ln s| <= 0.095``, with ``s_hat`` the geometric mean of the two axes'
+  factors (JPEG: quality >= 75; the 70-74 ones reported apart), per kernel too;
+* ``auc``: native (s = 1) against upscaled (s >= 1.25), score ``ln s_hat`` (natives measured at
+  1.0 ranked by confidence: ``- 0.01 x confidence``);
+* ``false_upscaled``: share of natives with a factor >= 1.25 on either axis;
+* ``cost``: images/s on one core for :func:`microcond.data.effective.estimate` and for a full
+  Pillow decode (``Image.open(p).convert("RGB")``) of the same files, and their ratio;
+* ``memory``: peak RSS of this process.
+
+Usage: python benchmarks/bench_effective.py [--images 400] [--repeats 3] [--seed 0] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # one core: set before numpy loads
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import collections  # noqa: E402
+import json  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import peak_rss_mib  # noqa: E402
+
+from microcond.data.effective import estimate  # noqa: E402
+
+WALLPAPERS = Path("/usr/share/wallpapers")
+# Photographs in plasma-workspace-wallpapers 5.27 (the others are drawings and renderings).
+PHOTOS = ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey", "Kite",
+          "OneStandsOut", "Path", "summer_1am")  # fmt: skip
+SHARPEN = 3  # wallpapers are soft at 100%: an area downscale by 3 makes them sharp
+KERNELS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+WITHIN = 0.095  # |ln s_hat - ln s|: within 10%
+UPSCALED = 1.25
+
+
+def photographs() -> list[tuple[str, Image.Image]]:
+    """(name, native RGB photo): the largest version of each wallpaper photo, sharpened by area
+    downscaling, and scikit-image's photos (512 px camera images, downscaled by 2) if installed."""
+    found = []
+    for name in PHOTOS:
+        files = sorted((WALLPAPERS / name / "contents" / "images").glob("*.*"))
+        if files:
+            with Image.open(max(files, key=lambda p: np.prod(Image.open(p).size))) as im:
+                photo = im.convert("RGB")
+            found.append((name, photo.reduce(SHARPEN)))  # reduce: box (area) filter
+    try:
+        from skimage import data
+    except ImportError:
+        data = None
+    for name in ("astronaut", "coffee", "chelsea", "rocket") if data is not None else ():
+        found.append((f"skimage-{name}", Image.fromarray(getattr(data, name)()).convert("RGB").reduce(2)))
+    if not found:
+        raise SystemExit(f"no photographs under {WALLPAPERS}: run `MICROCOND_BENCH_DATA=1 scripts/setup.sh` "
+                         "(or scripts/bench-data.sh) to install plasma-workspace-wallpapers")
+    return found
+
+
+def build(folder: Path, count: int, seed: int) -> list[dict]:
+    """Write the test images into ``folder``; return one record per image with its truth."""
+    rng = np.random.default_rng(seed)
+    photos = photographs()
+    records = []
+    for i in range(count):
+        name, photo = photos[i % len(photos)]
+        s = 1.0 if rng.random() < 0.25 else float(np.exp(rng.uniform(0, np.log(4))))
+        side = np.exp(rng.uniform(np.log(192), np.log(max(photo.size))))
+        w, h = min(photo.width, int(side * rng.uniform(0.7, 1.4))), min(photo.height, int(side))
+        left, top = int(rng.integers(0, photo.width - w + 1)), int(rng.integers(0, photo.height - h + 1))
+        image = photo.crop((left, top, left + w, top + h))
+        kernel = list(KERNELS)[int(rng.integers(len(KERNELS)))]
+        small = (max(1, round(w / s)), max(1, round(h / s)))
+        if s > 1:
+            image = image.resize(small, Image.BOX).resize((w, h), KERNELS[kernel])
+        quality = int(rng.integers(70, 96)) if rng.random() < 0.5 else None
+        path = folder / f"{i:04d}.{'jpg' if quality else 'png'}"
+        if quality:
+            image.save(path, quality=quality)
+        else:
+            image.save(path, compress_level=1)
+        truth = (h / small[1], w / small[0]) if s > 1 else (1.0, 1.0)
+        records.append({"path": path, "photo": name, "s": s, "truth": truth, "kernel": kernel, "quality": quality})
+    return records
+
+
+def auc(negatives: list[float], positives: list[float]) -> float:
+    """Probability that a positive scores above a negative (ties count half): Mann-Whitney U."""
+    neg, pos = np.asarray(negatives), np.asarray(positives)
+    above = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(above / (len(neg) * len(pos)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None, help="folder for the test images (default: a temp folder)")
+    args = parser.parse_args()
+    folder = args.out or Path(tempfile.mkdtemp(prefix="bench-effective-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"cpus": len(os.sched_getaffinity(0)), "threads": 1, "device": "cpu", "python": sys.version.split()[0]}
+    start = time.perf_counter()
+    records = build(folder, args.images, args.seed)
+    pixels = sum(int(np.prod(Image.open(r["path"]).size)) for r in records)
+    print(json.dumps({"bench": "effective", "case": "data", "images": len(records), "photos": len({r["photo"] for r in records}),
+                      "megapixels": round(pixels / 1e6, 1), "folder": str(folder),
+                      "build_s": round(time.perf_counter() - start, 1), **env}), flush=True)  # fmt: skip
+
+    def run_estimates() -> None:
+        for r in records:
+            r["estimate"] = estimate(r["path"])
+
+    def run_decodes() -> None:
+        for r in records:
+            with Image.open(r["path"]) as im:
+                im.convert("RGB")
+
+    seconds = {}
+    for name, fn in (("decode", run_decodes), ("estimate", run_estimates)):
+        fn()  # warm-up: page cache, the estimator's model tables
+        times = []
+        for _ in range(args.repeats):
+            t = time.process_time()
+            fn()
+            times.append(time.process_time() - t)
+        seconds[name] = statistics.median(times)
+
+    for r in records:
+        e = r["estimate"]
+        r["s_hat"] = float(np.sqrt(e.scale[0] * e.scale[1]))
+        r["true"] = float(np.sqrt(r["truth"][0] * r["truth"][1]))
+        r["ok"] = abs(np.log(r["s_hat"] / r["true"])) <= WITHIN
+        r["score"] = np.log(r["s_hat"]) if r["s_hat"] > 1 else -0.01 * e.confidence
+    upscaled = [r for r in records if r["s"] >= UPSCALED]
+    natives = [r for r in records if r["s"] == 1.0]
+    groups = {"accuracy_lossless": [r for r in upscaled if r["quality"] is None],
+              "accuracy_jpeg": [r for r in upscaled if r["quality"] is not None and r["quality"] >= 75],
+              "accuracy_jpeg_below_75": [r for r in upscaled if r["quality"] is not None and r["quality"] < 75]}
+    goals = {"accuracy_lossless": 0.90, "accuracy_jpeg": 0.75}
+    for case, group in groups.items():
+        kernels = collections.defaultdict(list)
+        for r in group:
+            kernels[r["kernel"]].append(r["ok"])
+        share = float(np.mean([r["ok"] for r in group])) if group else float("nan")
+        line = {"bench": "effective", "case": case, "images": len(group), "within_10pct": round(share, 3),
+                "per_kernel": {k: round(float(np.mean(v)), 3) for k, v in sorted(kernels.items())}, **env}
+        if case in goals:
+            line.update(goal=goals[case], met=bool(share >= goals[case]))
+        print(json.dumps(line), flush=True)
+    area = auc([r["score"] for r in natives], [r["score"] for r in upscaled])
+    print(json.dumps({"bench": "effective", "case": "auc", "natives": len(natives), "upscaled": len(upscaled),
+                      "auc": round(area, 3), "goal": 0.95, "met": area >= 0.95, **env}), flush=True)
+    false = float(np.mean([max(r["estimate"].scale) >= UPSCALED for r in natives]))
+    print(json.dumps({"bench": "effective", "case": "false_upscaled", "natives": len(natives), "rate": round(false, 3),
+                      "goal": 0.05, "met": false <= 0.05, **env}), flush=True)
+    ratio = seconds["estimate"] / seconds["decode"]
+    print(json.dumps({"bench": "effective", "case": "cost", "images": len(records),
+                      "estimate_images_per_s": round(len(records) / seconds["estimate"], 1),
+                      "decode_images_per_s": round(len(records) / seconds["decode"], 1),
+                      "estimate_vs_decode_time": round(ratio, 2), "goal": 1.0, "met": ratio <= 1.0,
+                      "median_s": {k: round(v, 3) for k, v in seconds.items()}, **env}), flush=True)
+    print(json.dumps({"bench": "effective", "case": "memory", "peak_rss_mib": round(peak_rss_mib(), 1), **env}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Effective size: known upscales recovered on synthetic textures, natives left alone, JPEG quality
+from the tables, large files measured on a decoded band, orientation, bad input in one line."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from microcond.data import effective
+from microcond.data.effective import MAX_DECODED_PIXELS, estimate, jpeg_quality
+from microcond.data.resampling import grids
+
+FILTERS = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "lanczos": Image.LANCZOS}
+
+
+def texture(height: int, width: int, seed: int = 0) -> Image.Image:
+    """A natural-like RGB image: 1/f noise in each channel plus hard-edged discs."""
+    rng = np.random.default_rng(seed)
+    fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+    amplitude = 1 / np.maximum(np.hypot(fy, fx), 1 / max(height, width))
+    channels = []
+    for _ in range(3):
+        x = np.fft.irfft2(amplitude * np.exp(2j * np.pi * rng.random(amplitude.shape)), (height, width))
+        channels.append((x - x.mean()) / x.std())
+    image = Image.fromarray(np.clip(np.stack(channels, -1) * 40 + 128, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(12):
+        x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
+        size = int(rng.integers(2, max(3, width // 3))), int(rng.integers(2, max(3, height // 3)))
+        draw.ellipse([x0, y0, x0 + size[0], y0 + size[1]], fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+    return image
+
+
+def upscaled(image: Image.Image, factor: float, kernel: str) -> Image.Image:
+    """``image`` area-downscaled by ``factor``, then resized back with ``kernel``."""
+    small = image.resize((round(image.width / factor), round(image.height / factor)), Image.BOX)
+    return small.resize(image.size, FILTERS[kernel])
+
+
+def encoded(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+@pytest.mark.parametrize("kernel", list(FILTERS))
+@pytest.mark.parametrize("factor", [1.5, 2.0, 3.0])
+def test_known_upscale_is_recovered_on_both_axes(factor, kernel, fmt):
+    data = encoded(upscaled(texture(240, 320), factor, kernel), fmt, quality=90)
+    e = estimate(data)
+    assert np.all(np.abs(np.log(np.array(e.scale) / factor)) <= 0.095), e
+    assert (e.height, e.width) == (round(240 / e.scale[0]), round(320 / e.scale[1]))
+    assert e.file_size == (240, 320) and e.confidence >= 0.5
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_native_images_are_not_flagged(seed, fmt):
+    e = estimate(encoded(texture(240, 320, seed), fmt, quality=90))
+    assert max(e.scale) < 1.25 and (e.height, e.width) == (240, 320), e
+
+
+def test_an_upscale_on_one_axis_is_measured_on_that_axis():
+    image = texture(240, 160).resize((320, 240), Image.BICUBIC)  # width x2, height x1
+    e = estimate(encoded(image, "PNG"))
+    assert e.scale[0] < 1.1 and abs(e.scale[1] - 2) < 0.1 and (e.height, e.width) == (240, 160)
+
+
+@pytest.mark.parametrize("quality", [50, 75, 95])
+def test_jpeg_quality_is_read_from_the_tables(quality):
+    data = encoded(texture(64, 64), "JPEG", quality=quality)
+    with Image.open(io.BytesIO(data)) as image:
+        assert jpeg_quality(image) == quality
+        assert image.tile  # header only: nothing decoded yet
+    assert estimate(data).jpeg_quality == quality
+
+
+def test_jpeg_quality_is_none_for_other_formats():
+    for fmt in ("PNG", "WEBP"):
+        with Image.open(io.BytesIO(encoded(texture(64, 64), fmt))) as image:
+            assert jpeg_quality(image) is None
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_large_image_is_measured_on_a_band_of_rows(fmt, monkeypatch):
+    """6000 x 4000, upscaled 2x with Lanczos: decoded pixels stay within the budget (counted by the
+    decoder calls themselves) and the factor is still found on both axes."""
+    image = texture(2000, 3000).resize((6000, 4000), Image.LANCZOS)
+    data = encoded(image, fmt, quality=92) if fmt == "JPEG" else encoded(image, fmt, compress_level=1)
+    decoded = []
+    band = effective._decode_rows
+    monkeypatch.setattr(effective, "_decode_rows", lambda im, rows: decoded.append(im.width * rows) or band(im, rows))
+    e = estimate(data)
+    assert decoded == [e.decoded_pixels] and e.decoded_pixels <= MAX_DECODED_PIXELS
+    assert np.all(np.abs(np.log(np.array(e.scale) / 2)) <= 0.095), e
+    assert abs(e.height / 2000 - 1) <= 0.1 and abs(e.width / 3000 - 1) <= 0.1
+
+
+@pytest.mark.parametrize("fmt, mode", [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "P"), ("PNG", "RGBA")])
+def test_band_decoding_equals_the_top_rows_of_a_full_decode(fmt, mode):
+    image = texture(300, 200).convert(mode)
+    data = encoded(image, fmt)
+    with Image.open(io.BytesIO(data)) as opened:
+        if fmt == "JPEG":
+            opened.draft("L", opened.size)
+        band = effective._decode_rows(opened, 37)
+    with Image.open(io.BytesIO(data)) as full:
+        if fmt == "JPEG":
+            full.draft("L", full.size)
+        assert np.array_equal(np.asarray(band.convert("L")), np.asarray(full.convert("L"))[:37])
+
+
+def _png_with_exif_after_data(image: Image.Image, orientation: int) -> bytes:
+    """A PNG whose eXIf chunk follows the image data (Pillow writes it before)."""
+    data = encoded(image, "PNG")
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    payload = exif.tobytes()
+    chunk = struct.pack(">I", len(payload)) + b"eXIf" + payload + struct.pack(">I", zlib.crc32(b"eXIf" + payload))
+    end = data.rindex(b"IEND") - 4
+    return data[:end] + chunk + data[end:]
+
+
+@pytest.mark.parametrize("where", ["jpeg", "png_before_data", "png_after_data"])
+def test_orientation_swaps_sizes_and_factors_like_the_scan(where):
+    image = texture(240, 160).resize((320, 240), Image.BICUBIC)  # stored: width x2
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    if where == "jpeg":
+        data = encoded(image, "JPEG", quality=95, exif=exif)
+    elif where == "png_before_data":
+        data = encoded(image, "PNG", exif=exif)
+    else:
+        data = _png_with_exif_after_data(image, 6)
+    e = estimate(data)
+    assert e.file_size == (320, 240) and (e.height, e.width) == (160, 240) and e.scale[0] > 1.8, e
+
+
+def test_small_and_flat_images_say_they_are_unsure():
+    e = estimate(encoded(texture(20, 30), "PNG"))
+    assert (e.height, e.width, e.scale, e.confidence) == (20, 30, (1.0, 1.0), 0.0)
+    flat = estimate(encoded(Image.new("RGB", (300, 200), (90, 90, 90)), "PNG"))
+    assert flat.scale == (1.0, 1.0) and flat.confidence < 0.2
+
+
+def test_bad_input_is_one_line_naming_the_file(tmp_path):
+    (tmp_path / "text.jpg").write_text("not an image")
+    data = encoded(texture(200, 300), "PNG")
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 3])
+    for path, expected in ((tmp_path / "text.jpg", "not a recognised image"), (tmp_path / "cut.png", "truncated"),
+                           (tmp_path / "missing.png", "no such file")):  # fmt: skip
+        with pytest.raises(ValueError, match=expected) as err:
+            estimate(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+    big = encoded(texture(300, 200), "PNG")
+    with pytest.raises(ValueError, match="truncated"):  # cut inside the decoded band of a large file
+        estimate(big[: len(big) // 2], max_pixels=300 * 150)
+    with pytest.raises(ValueError, match="max_pixels"):
+        estimate(data, max_pixels=0)
+
+
+def test_nearest_grid_rounds_like_pillow():
+    """Pillow's nearest neighbour steps the source coordinate by repeated addition; the grid does
+    the same, so an exact 2/3 scale is reproduced pixel for pixel."""
+    line = np.random.default_rng(0).integers(0, 255, (1, 256)).astype(np.uint8)
+    up = np.asarray(Image.fromarray(line).resize((384, 1), Image.NEAREST), np.float64)[0]
+    (matrix,) = grids(384, np.array([256]), "nearest", np.array([0]), 384)  # columns: originals -4, -3, ...
+    originals = np.zeros(matrix.shape[1])
+    originals[4:260] = line[0]
+    assert np.array_equal(matrix @ originals, up)

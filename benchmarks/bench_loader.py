@@ -1,11 +1,16 @@
-"""Loader throughput (images/s) with 0, 1 and 2 workers, from the pixel cache vs decoding in the loop.
+"""Loader throughput (images/s) with 0, 1 and 2 workers, from the pixel cache vs decoding in the loop,
+and (``--stream``) streaming shards against reading the same shards indexed.
 
 Baseline: decoding every image in the loop (no cache) with the same worker count, measured in the
 same run. Images are synthetic mixed JPEG/PNG files of web-like sizes (or pass --data DIR with a
-scan index). One JSON line per result.
+scan index). With ``--stream`` the images are also written into shards (``microcond shard``'s
+writer) and read three ways with the same batches: indexed by member offset (the baseline),
+streamed from the files, and streamed through ``pipe:cat`` (shuffle buffer 1000). One JSON line
+per result.
 
     .venv/bin/python benchmarks/bench_loader.py                # about a minute on 2 cores
     .venv/bin/python benchmarks/bench_loader.py --images 2000 --repeats 5
+    .venv/bin/python benchmarks/bench_loader.py --stream --images 512
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
     parser.add_argument("--batches", type=int, default=6, help="timed batches per repeat (default 6)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default 3)")
+    parser.add_argument("--stream", action="store_true", help="only: streamed shards against the same shards indexed")
     args = parser.parse_args()
     torch.set_num_threads(1)
     env = {"device": "cpu", "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
@@ -83,6 +89,9 @@ def main() -> None:
             t0 = time.perf_counter()
             source = synthetic_folder(Path(tmp), args.images)
             print(json.dumps({"what": "synthetic images written", "images": len(source), "seconds": round(time.perf_counter() - t0, 1)}))
+        if args.stream:
+            stream_vs_indexed(source, buckets, Path(tmp), args, env)
+            return
         t0 = time.perf_counter()
         cache = PixelCache.build(source, buckets, Path(tmp) / "cache", processes=2, progress=False)
         build_s = time.perf_counter() - t0
@@ -104,6 +113,38 @@ def main() -> None:
                               "cached": round(cached, 1), "baseline_decode": round(decode, 1),
                               "speedup": round(cached / decode, 1), "peak_rss_mib": peak_rss_mib(),
                               "load_average": os.getloadavg()[0], **env}))
+
+
+def stream_vs_indexed(source: ImageSource, buckets, tmp: Path, args, env: dict) -> None:
+    """Images/s of the same shards streamed (files, pipe:cat) and indexed, 0 and 2 workers."""
+    from microcond.data.shards import index_shards, write_shards
+    from microcond.data.stream import ShardStream, StreamLoader
+
+    shards = write_shards(source, tmp / "shards", max_count=max(len(source) // 8, 1), progress=False)
+    indexed = index_shards(shards)
+    readers = {
+        "indexed": lambda workers, seed: make_loader(BucketBatches(indexed, buckets, args.batch, seed=seed, flip_probability=0.5), workers),
+        "stream_files": lambda workers, seed: StreamLoader(ShardStream(shards, buckets, args.batch, seed=seed, shuffle_buffer=1000,
+                                                                       flip_probability=0.5), workers),
+        "stream_pipe": lambda workers, seed: StreamLoader(ShardStream([f"pipe:cat {p}" for p in shards], buckets, args.batch, seed=seed,
+                                                                      shuffle_buffer=1000, flip_probability=0.5), workers),
+    }
+    for workers in (0, 2):
+        rates: dict[str, list[float]] = {name: [] for name in readers}
+        for r in range(args.repeats + 1):  # alternated, so all see the same machine load; round 0 warms up
+            for name, make in readers.items():
+                it = iter(make(workers, r))
+                next(it)
+                start = time.perf_counter()
+                images = sum(next(it)["pixels"].shape[0] for _ in range(args.batches))
+                if r:
+                    rates[name].append(images / (time.perf_counter() - start))
+        base = statistics.median(rates["indexed"])
+        print(json.dumps({"what": "shard reader images/s", "workers": workers, "size": args.size, "batch": args.batch,
+                          "baseline_indexed": round(base, 1),
+                          **{name: round(statistics.median(v), 1) for name, v in rates.items() if name != "indexed"},
+                          **{f"{name}_vs_indexed": round(statistics.median(v) / base, 2) for name, v in rates.items() if name != "indexed"},
+                          "peak_rss_mib": peak_rss_mib(), "load_average": os.getloadavg()[0], **env}))
 
 
 if __name__ == "__main__":

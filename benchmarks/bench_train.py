@@ -8,9 +8,15 @@ Prints one JSON line per result. Each figure comes with its baseline from the sa
 - `embedding_share`: the micro-condition embedding's time / the full step's time (target < 1%);
 - `runtime_env`: the full loop in a child process with none of `runtime.RUNTIME_ENV`, with glibc's
   allocator settings only, and with those plus OMP_WAIT_POLICY=PASSIVE (what `microcond train`
-  sets for itself).
+  sets for itself);
+- `layout` (`--layouts`): `microcond train` on the tiny preset as users run it, for 1 thread,
+  2 threads, 2 processes x 1 thread and the default layout (`runtime.plan_layout` on the free
+  cores), each on the idle machine and beside one busy process (a spinning Python loop); the
+  1-thread idle run is the baseline of every ratio; peak RSS is that of the run's largest
+  process (the kernel's figure for waited-for descendants).
 
     python benchmarks/bench_train.py [--steps 60] [--presets tiny small] [--skip-allocator]
+    python benchmarks/bench_train.py --layouts [--steps 150] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -94,16 +100,74 @@ def bare_step(preset: str, steps: int) -> tuple[float, float]:
     return 32 / statistics.median(times[warm:]), statistics.median(emb_times[warm:])
 
 
+LAYOUTS = {  # name -> (extra flags, extra environment)
+    "1_thread": (["--procs", "1"], {"OMP_NUM_THREADS": "1"}),
+    "2_threads": (["--procs", "1"], {"OMP_NUM_THREADS": "2"}),
+    "2_procs_x_1_thread": (["--procs", "2"], {}),
+    "default": ([], {}),
+}
+
+
+def layout_run(data: Path, out: Path, steps: int, flags: list[str], extra: dict[str, str]) -> tuple[float, float, str]:
+    """(images/s as the median of the logging windows after the first, peak RSS MiB of the largest
+    process, the layout line) of one `microcond train` run."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | extra
+    cmd = [sys.executable, "-m", "microcond.cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+           "--steps", str(steps), "--log-every", str(max(steps // 6, 1)), "--sample-every", "0", "--no-progress", *flags]
+    wrapped = [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
+               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)", *cmd]
+    done = subprocess.run(wrapped, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-2000:])
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    line = next((l for l in done.stderr.splitlines() if "data-parallel processes" in l), "1 process")
+    return statistics.median(r["images_per_s"] for r in rows[1:]), int(done.stderr.split()[-1]) / 1024, line
+
+
+def layouts(steps: int, repeats: int, tmp: Path) -> None:
+    from microcond.demodata import DemoDataConfig, build_demo_data
+
+    data = tmp / "demo"
+    build_demo_data(DemoDataConfig(out=str(data), n_train=1200, n_eval=16, progress=False))
+    layout_run(data / "train", tmp / "warm", 20, ["--procs", "1"], {"OMP_NUM_THREADS": "1"})  # scan and pixel cache, once
+    results: dict[tuple[str, bool], float] = {}
+    for busy in (False, True):
+        spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+        try:
+            for name, (flags, extra) in LAYOUTS.items():
+                runs = [layout_run(data / "train", tmp / name, steps, flags, extra) for _ in range(repeats)]
+                speed = statistics.median(r[0] for r in runs)
+                results[name, busy] = speed
+                base = results["1_thread", False]
+                emit(result="layout", layout=name, beside_busy_process=busy, images_per_s=round(speed, 1),
+                     vs_1_thread_idle=round(speed / base, 2), runs=[round(r[0], 1) for r in runs],
+                     peak_rss_mib_largest_process=round(max(r[1] for r in runs), 1), chosen=runs[0][2])
+        finally:
+            if spinner is not None:
+                spinner.kill()
+    emit(result="layout_goals", default_idle_vs_1_thread=round(results["default", False] / results["1_thread", False], 2),
+         goal_idle=">= 1.6", default_busy_slowdown_vs_idle=round(results["default", False] / results["default", True], 2),
+         default_busy_vs_1_thread_busy=round(results["default", True] / results["1_thread", True], 2), goal_busy="slowdown <= 1.3")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--skip-allocator", action="store_true")
+    parser.add_argument("--layouts", action="store_true", help="only the process/thread layout comparison")
+    parser.add_argument("--repeats", type=int, default=3, help="--layouts: runs per layout (the median is reported)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         os.environ.setdefault("MICROCOND_CACHE", str(tmp / "cache"))
+        if args.layouts:
+            layouts(args.steps, args.repeats, tmp)
+            return
         data = make_images(tmp / "images")
         if args.child:  # one full-loop measurement for the allocator comparison
             emit(result="allocator_child", preset=args.child, images_per_s=round(full_loop(args.child, data, args.steps, tmp / "run"), 1))

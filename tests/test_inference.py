@@ -78,3 +78,18 @@ def test_run_draws_and_exports_a_unet_diffusers_loads(run, tmp_path):
     out = loaded.export(tmp_path / "unet")
     unet = UNet2DConditionModel.from_pretrained(out)
     assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in loaded.model.unet.parameters())
+
+
+def test_micro_guidance_study_writes_its_table_curve_and_grids(run, tmp_path):
+    import json
+
+    from microcond.guidance_study import run_study
+
+    results = run_study(run, tmp_path / "mg", scales=(None, 3.0), sizes=(8, 64), n=2, steps=2, progress=False)
+    assert [row["micro_guidance"] for row in results["rows"]] == ["off", "3"]
+    assert results["rows"][0]["colour_shift_vs_off"] == 0 and results["rows"][1]["colour_shift_vs_off"] > 0  # the scale acts
+    assert all(-1 <= row["spearman"] <= 1 and row["ratio_largest_to_smallest"] > 0 for row in results["rows"])
+    assert json.loads((tmp_path / "mg" / "micro-guidance.json").read_text())["sizes"] == [8, 64]
+    page = (tmp_path / "mg" / "micro-guidance.md").read_text()
+    assert "| 3 |" in page and all((tmp_path / "mg" / name).stat().st_size > 0 for name in
+                                   ("micro-guidance-curve.png", "grid-micro-off.png", "grid-micro-3.png"))

@@ -129,6 +129,34 @@ def test_guidance_zero_is_the_unconditional_sample_and_default_partner_is_null_c
     assert strong > weak + 0.2
 
 
+def test_micro_guidance_guides_the_micro_conditions_with_their_own_scale() -> None:
+    from microcond.sample import guidance_partners
+
+    cond = make_cond([micro(128), micro(64)], labels=[1, 2])
+    kwargs = dict(shape=SHAPE, seeds=[3, 4], steps=6, progress=False)
+    denoise = GaussianDenoiser()
+    # Equal scales: plain guidance against (null class, null micro-conditions).
+    both = sample(denoise, cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=3.0), **kwargs)
+    b = len(cond)
+    for call in denoise.calls:  # [cond; uncond; micro_uncond], each row with its own partners
+        assert len(call) == 3 * b
+        assert (call.labels[b:2 * b] == -1).all() and call.drop[b:].all() and not call.drop[:b].any()
+        assert torch.equal(call.labels[2 * b:], call.labels[:b])
+    plain = sample(GaussianDenoiser(), cond, guidance=3.0, uncond=uncond_for(cond, null_micro=True), **kwargs)
+    torch.testing.assert_close(both, plain, rtol=0, atol=1e-5)
+    # Text/class scale 1: only the micro-conditions are guided, against the same class.
+    micro_only = sample(GaussianDenoiser(), cond, guidance=1.0, **guidance_partners(cond, 1.0, micro_guidance=4.0), **kwargs)
+    expected = sample(GaussianDenoiser(), cond, guidance=4.0, uncond=uncond_for(cond, null_micro=True, keep_class=True), **kwargs)
+    torch.testing.assert_close(micro_only, expected, rtol=0, atol=1e-5)
+    # A larger micro scale moves the mean further along the size term (mu = label + size / 256).
+    unclamped = dict(kwargs, clamp=False, scheduler_config={"clip_sample": False})
+    weak = sample(GaussianDenoiser(), cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=3.0), **unclamped)
+    strong = sample(GaussianDenoiser(), cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=6.0), **unclamped)
+    assert strong.mean() > weak.mean() + 0.5 * 3 * (128 + 64) / 2 / 256  # half of the 3 x size term, at least
+    with pytest.raises(ValueError, match="micro_uncond"):
+        sample(GaussianDenoiser(), cond, guidance=3.0, micro_guidance=2.0, **kwargs)
+
+
 def test_cond_helpers_and_errors() -> None:
     cond = make_cond([micro(8), micro(16)], labels=3)
     assert len(cond) == 2 and cond.ids.dtype == torch.int64 and cond.drop.shape == (2, 3)

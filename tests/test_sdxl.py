@@ -245,6 +245,9 @@ def test_latent_cache_key_covers_every_setting_that_changes_it(tiny, images, cac
     ]
     other = write_tiny_sdxl(tmp_path / "other", seed=1)
     changed.append(LatentCache.key_for(dataset(images, cache_env), LatentSpace(other / "vae"), 2)[0])
+    told = dataset(images, cache_env)  # the cached ids carry the original size the model is told
+    told.source.effective_sizes, told.source.size_source = told.source.original_sizes // 2, "effective"
+    changed.append(LatentCache.key_for(told, space, 2)[0])
     assert len(set(changed)) == len(changed) and base not in changed
     first = LatentCache.build(dataset(images, cache_env, crop_mode="center"), space, 4, cache_env, progress=False)
     assert first.crops == 1  # centre crops without flips are the same every epoch
@@ -335,6 +338,34 @@ def test_train_cached_latents_with_text_export_and_sample_in_the_sdxl_pipeline(t
             assert time_ids[-1].tolist() == [list(expected.ids)]
             assert np.abs(other - base).max() > 1e-4, change  # the micro-condition changes the output
     np.testing.assert_allclose(run_pipe(direct, **default), run_pipe(folder, **default), atol=1e-5)
+
+
+def test_sample_a_text_run_from_prompts(tiny, images, cache_env, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "out"
+    assert main(["train", "--preset", "sdxl", "--pretrained", str(tiny), "--data", str(images), "--out", str(run), "--resolution", "64",
+                 "--buckets", BUCKETS, "--batch-size", "2", "--steps", "2", "--lr", "1e-3", "--precision", "fp32", "--sample-every", "0",
+                 "--no-progress"]) == 0
+    common = ["--steps", "2", "--guidance", "3", "--original-size", "128", "128"]
+
+    def draw(name: str, *flags: str) -> np.ndarray:
+        assert main(["sample", str(run), *common, "--out", str(out / name), *flags]) == 0, capsys.readouterr().err
+        return np.stack([np.asarray(Image.open(p)).astype(int) for p in sorted((out / name).glob("seed-*.png"))])
+
+    (tmp_path / "prompts.txt").write_text("a red circle\n\na blue square\n")
+    both = draw("both", "--prompts", str(tmp_path / "prompts.txt"), "--n", "2")
+    assert both.shape == (2, 64, 64, 3) and both.std() > 0  # decoded through the VAE at the run's resolution
+    first = draw("first", "--prompt", "a red circle", "--n", "1")
+    second = draw("second", "--prompt", "a blue square", "--n", "1", "--seed", "1")
+    # Sample i takes prompt i and seed i (up to float summation order across batch shapes: one level of 255).
+    assert np.abs(both[0] - first[0]).max() <= 1 and np.abs(both[1] - second[0]).max() <= 1
+    assert np.abs(draw("other", "--prompt", "a blue square", "--n", "1") - first).max() > 1  # the prompt reaches the UNet
+    assert np.abs(draw("negative", "--prompt", "a red circle", "--n", "1", "--negative-prompt", "blurry") - first).max() > 1
+    micro = draw("micro", "--prompt", "a red circle", "--n", "1", "--micro-guidance", "5")
+    assert np.abs(micro - first).max() > 1
+    capsys.readouterr()
+    assert main(["sample", str(run), *common, "--out", str(out / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with text: give --prompt" in err[0], err
 
 
 def test_pipeline_export_never_writes_into_a_folder_it_reads(tiny, images, cache_env, tmp_path, capsys, monkeypatch):

@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from microcond.data.loader import BucketBatches, make_loader
-from microcond.data.shards import SHARD_STRIDE, ShardStream, index_shards, write_shards
+from microcond.data.shards import SHARD_STRIDE, index_shards, write_shards
+from microcond.data.stream import ShardStream
 from test_loader import BUCKETS, EVEN, make_source
 
 

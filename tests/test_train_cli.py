@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from microcond.checkpoint import list_checkpoints
 from microcond.cli import main
+from microcond.runtime import run_lock
 
 FLAGS = ["--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--precision", "fp32", "--sample-every", "0", "--log-every", "1", "--num-classes", "2"]
 
@@ -53,21 +54,46 @@ def test_refuses_missing_data_and_bad_flags(tmp_path, env, capsys):
     assert "must be an image folder" in capsys.readouterr().err
 
 
-def test_two_processes_match_one(tmp_path, image_folder, env):
+@pytest.mark.parametrize("launcher", ["torchrun", "procs"])
+def test_two_processes_match_one(tmp_path, image_folder, env, launcher):
     common = ["--data", str(image_folder), "--steps", "3", "--no-progress", *FLAGS]
     one = subprocess.run([sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "one"), *common], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", "-m", "microcond.cli", "train", "--out", str(tmp_path / "two"), *common],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+    cli = ["-m", "microcond.cli", "train", "--out", str(tmp_path / "two"), *common]
+    if launcher == "torchrun":
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", *cli],
+                             env=env, capture_output=True, text=True, timeout=300)
+    else:  # microcond launches its own ranks
+        two = subprocess.run([sys.executable, *cli, "--procs", "2"], env=env, capture_output=True, text=True, timeout=300)
+        assert "2 data-parallel processes x 1 thread" in two.stderr
     assert two.returncode == 0, two.stderr
+    assert two.stdout.count("trained to step 3") == 1  # one report, from rank 0
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     gap = sum(((a[k] - b[k]) ** 2).sum() for k in a).sqrt().item()
     moved = sum(((a[k] - 0) ** 2).sum() for k in a).sqrt().item()
     assert gap < 1e-4 * moved, (gap, moved)
     # Only rank 0 wrote: one metrics line per step.
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+def test_killing_the_launcher_ends_its_ranks(tmp_path, image_folder, env):
+    cmd = [sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "run"), "--data", str(image_folder),
+           "--steps", "100000", "--no-progress", "--procs", "2", *FLAGS]
+    launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "run" / "metrics.jsonl").exists():
+        time.sleep(0.1)
+    ranks = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert len(ranks) == 2
+    launcher.kill()
+    launcher.wait()
+    deadline = time.time() + 60
+    while time.time() < deadline and any(Path(f"/proc/{pid}").exists() for pid in ranks):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2] for pid in ranks)
+    # The run's lock is free again for the next start.
+    with run_lock(tmp_path / "run"):
+        pass
 
 
 def _corrupt(run: Path, kind: str) -> None:
@@ -156,3 +182,26 @@ def test_second_training_on_a_locked_run_is_one_line_naming_the_holder(tmp_path,
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"pid {os.getpid()})" in err and "--out" in err, err
     assert sorted(p.name for p in run.iterdir()) == [".lock"]
+
+
+@pytest.mark.parametrize("cores, batch, accumulation, layout", [
+    (2, 32, 1, (2, 1)), (1, 32, 1, (1, 1)), (4, 6, 1, (3, 1)), (3, 32, 1, (2, 1)), (2, 32, 32, (1, 2)), (16, 32, 1, (8, 2)),
+])
+def test_layout_is_data_parallel_over_free_cores_dividing_the_batch(cores, batch, accumulation, layout):
+    from microcond.runtime import plan_layout
+
+    assert plan_layout(cores, batch, accumulation) == layout
+
+
+def test_free_cores_counts_a_busy_process_beside_us():
+    from microcond.runtime import free_cores
+
+    allowed = len(os.sched_getaffinity(0))
+    idle = free_cores()
+    assert 1 <= idle <= allowed
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        assert free_cores(0.5) <= max(1, idle - 1) or idle < allowed  # one core fewer, unless already loaded
+    finally:
+        spinner.kill()

@@ -17,6 +17,7 @@ import textwrap
 
 from microcond.commands import example_lines, subparser
 from microcond.commands.data import add_report, add_scan, add_shard
+from microcond.commands.probe import add_probe
 from microcond.commands.sampling import add_evaluate, add_sample, add_sweep
 
 # Commands that train: run as a script, they re-execute once with runtime.RUNTIME_ENV set.
@@ -67,9 +68,14 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data, two training seeds per "
         "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
         ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --crop-steps 300 --seeds 1 --table-samples 100",
-         "microcond experiment crop-ablation --out runs/ablation"],
+         "microcond experiment crop-ablation --out runs/ablation",
+         "microcond experiment micro-guidance --run runs/paper/runs/size-s0 --out runs/micro-guidance",
+         "microcond experiment upscaled --out runs/upscaled"],
     )
-    p.add_argument("name", choices=["paper", "crop-ablation"], help="which experiment")
+    p.add_argument("name", choices=["paper", "crop-ablation", "micro-guidance", "upscaled"], help="which experiment (micro-guidance: "
+                   "the Fig. 3 response of a size-conditioned run against the micro-condition guidance scale; upscaled: size "
+                   "conditioning on file, effective and true sizes when 30%% of the large files are upscaled fakes)")
+    p.add_argument("--run", dest="run_dir", help="micro-guidance: the run to sample (a size-conditioned pixel run)")
     p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
                                  "paper includes the ablation table when OUT/../ablation/ablation.json exists")
     p.add_argument("--docs", help="paper: write results.md, results.json and the pictures here (e.g. docs; default OUT/page)")
@@ -92,6 +98,27 @@ def _run_experiment(args: argparse.Namespace) -> int:
     Budget(**given)  # checked before any work, whatever the experiment adds to it
     if args.parallel < 1:
         raise ValueError(f"expected a positive number of training processes, got --parallel {args.parallel}")
+    if args.name == "micro-guidance":
+        from microcond.guidance_study import run_study
+
+        if not args.run_dir:
+            raise ValueError("experiment micro-guidance needs --run RUN, a size-conditioned run (e.g. runs/paper/runs/size-s0)")
+        out = Path(args.out or Path(args.run_dir) / "micro-guidance")
+        results = run_study(Path(args.run_dir), out, n=given.get("curve_samples", 64), steps=given.get("sampler_steps", 25))
+        for row in results["rows"]:
+            print(f"micro-condition scale {row['micro_guidance']:>4}: c_size 128/8 sharpness {row['ratio_largest_to_smallest']:.2f}x, "
+                  f"Spearman {row['spearman']:.2f}, colour shift vs off {row['colour_shift_vs_off']:.4f}")
+        print(f"wrote {out / 'micro-guidance.json'}")
+        return 0
+    if args.name == "upscaled":
+        from microcond.upscaled import run_upscaled
+
+        out = Path(args.out or "runs/upscaled")
+        budget = Budget(**given)
+        run_upscaled(out, steps=budget.steps, n_curve=budget.curve_samples, n_table=budget.table_samples, sampler_steps=budget.sampler_steps,
+                     feature_steps=budget.feature_steps, parallel=args.parallel)
+        print(f"wrote {out / 'upscaled.md'}")
+        return 0
     ablation = args.name == "crop-ablation"
     if ablation:
         results = run_ablation(Path(args.out or "runs/ablation"), Budget(**{"crop_samples": 128, **given}), args.parallel, args.settings)
@@ -158,6 +185,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
             "microcond train --preset tiny --data demo-data/train --out runs/tiny",
             "microcond train run.toml --out runs/a --steps 5000",
             "microcond train --preset tiny --data DIR --signals original_size --out runs/size-only",
+            "microcond train --preset tiny --data 'pipe:cat shards/shard-{000000..000009}.tar' --out runs/streamed",
             "torchrun --nproc_per_node=2 -m microcond.cli train --preset tiny --data DIR --out runs/ddp",
             "microcond train --preset sdxl --pretrained /models/sdxl-base --data DIR --out runs/ft --dry-run",
         ],
@@ -166,6 +194,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder: config, checkpoints, metrics, loss curve, sample grids")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
+    p.add_argument("--procs", type=int, default=0, metavar="N",
+                   help="CPU: train as N data-parallel processes on this machine, one thread each. Default (0): the "
+                        "cores free to this process decide (one process per free core that divides the batch), unless "
+                        "OMP_NUM_THREADS is set, torchrun launched it, or a GPU is present (then one process)")
     group = p.add_argument_group("config fields (each overrides the preset and the TOML file)")
     config_mod.add_flags(group)
     p.set_defaults(run=_run_train)
@@ -183,13 +215,45 @@ def _run_train(args: argparse.Namespace) -> int:
     if not args.out:
         raise ValueError("train needs --out RUN_FOLDER (or --dry-run to only print the config)")
     if not cfg.data:
-        raise ValueError("train needs --data: a folder of images or WebDataset shards")
+        raise ValueError("train needs --data: a folder of images, WebDataset shards, or shards to stream (pipe:, URLs, {000..009})")
+    layout = _cpu_layout(args, cfg)
+    if layout is not None:
+        from microcond.runtime import launch_local
+
+        processes, threads = layout
+        if processes > 1:
+            print(f"train: {processes} data-parallel processes x {threads} thread{'s' * (threads > 1)} "
+                  "(--procs N to choose)", file=sys.stderr)
+            return launch_local([*args.argv, "--procs", "1"], processes, threads)  # each rank: this command, torchrun's variables
+        import torch
+
+        torch.set_num_threads(threads)
     from microcond.train import train
 
     row = train(cfg, args.out, progress=not args.no_progress)
-    if row:
+    if row and os.environ.get("RANK", "0") == "0":
         print(f"trained to step {row['step']} ({row['images_seen']} images), loss {row['loss']:.4f}; run in {args.out}")
     return 0
+
+
+def _cpu_layout(args: argparse.Namespace, cfg) -> tuple[int, int] | None:
+    """(processes, threads) for ``train`` on CPU, or None to train here as the environment says:
+    under torchrun, on a GPU, with OMP_NUM_THREADS set, or called from Python (``main([...])``)."""
+    import torch
+
+    from microcond.runtime import free_cores, plan_layout
+
+    here = args.argv is None or "WORLD_SIZE" in os.environ or torch.cuda.is_available()
+    if args.procs < 0 or (args.procs > 1 and here):
+        raise ValueError(f"--procs {args.procs}: expected N >= 1 processes, launched by the microcond command on CPU "
+                         "(outside torchrun, which chooses its own)")
+    if here or (not args.procs and os.environ.get("OMP_NUM_THREADS")):
+        return None
+    if args.procs:
+        if cfg.batch_size % (args.procs * cfg.grad_accumulation):
+            raise ValueError(f"--procs {args.procs} must divide batch_size {cfg.batch_size} / grad_accumulation {cfg.grad_accumulation}")
+        return args.procs, max(1, free_cores() // args.procs)
+    return plan_layout(free_cores(), cfg.batch_size, cfg.grad_accumulation)
 
 
 # --------------------------------------------------------------------------------------- export
@@ -253,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample(sub)
     add_sweep(sub)
     add_evaluate(sub)
+    add_probe(sub)
     _add_demo_data(sub)
     add_shard(sub)
     add_scan(sub)
@@ -264,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``microcond`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else None  # process-level choices only for the console command
     if argv is None and args.command in REEXEC_COMMANDS and not getattr(args, "dry_run", False):
         from microcond.runtime import ensure_runtime_env
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from microcond.data.buckets import parse_buckets
+from microcond.data.urls import is_stream
 from microcond.record import SIGNALS
 
 
@@ -42,12 +43,14 @@ class TrainConfig:
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
     class_dropout: float = 0.1  # label dropout to the null class, for classifier-free guidance
     # Data
-    data: str = ""  # folder of images (with its scan index) or WebDataset shards
+    data: str = ""  # image folder (with its scan index), local shards, or shards to stream ('pipe:...', URLs, {000..099}, a::b)
     buckets: str = ""  # bucket set spec (see microcond.data.buckets.parse_buckets); "" = square:RESOLUTION
     crop_mode: str = "random"  # random (paper Algorithm 1) | center
     flip_probability: float = 0.0
     min_original_edge: int = 0  # discard images whose original short edge is smaller (paper's "512-only")
+    original_size_source: str = "file"  # the c_size the model is told: file (SDXL) | effective (scan --effective) | min of both
     workers: int = 0  # DataLoader worker processes per rank
+    shuffle_buffer: int = 1000  # streamed shards: samples held to shuffle across shards (0 = shard order)
     # SDXL fine-tuning (microcond.sdxl); the sdxl preset defaults both folders to --pretrained's
     vae: str = ""  # local AutoencoderKL folder: train on its latents; "" = pixel space
     text_encoders: str = ""  # folder with text_encoder/, text_encoder_2/, tokenizer/, tokenizer_2/; "" = class vectors
@@ -78,7 +81,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         # One spelling per folder, so that "DIR/", "./DIR" and "/abs/DIR" are the same config.
         for name in PATH_FIELDS:
-            if getattr(self, name):
+            if getattr(self, name) and not (name == "data" and is_stream(self.data)):
                 object.__setattr__(self, name, os.path.abspath(getattr(self, name)))
         finite = lambda *values: all(math.isfinite(v) for v in values)  # noqa: E731
         checks = [
@@ -89,11 +92,12 @@ class TrainConfig:
             (self.prediction_type in ("epsilon", "v_prediction"), "prediction_type", "epsilon or v_prediction"),
             (self.beta_schedule in ("linear", "scaled_linear", "squaredcos_cap_v2"), "beta_schedule", "linear, scaled_linear or squaredcos_cap_v2"),
             (self.crop_mode in ("random", "center"), "crop_mode", "random or center"),
+            (self.original_size_source in ("file", "effective", "min"), "original_size_source", "file, effective or min"),
             (self.precision in ("auto", "bf16", "fp32"), "precision", "auto, bf16 or fp32"),
             (self.steps > 0 and self.batch_size > 0 and self.grad_accumulation > 0, "steps/batch_size/grad_accumulation", "positive"),
             (self.batch_size % self.grad_accumulation == 0, "batch_size", f"a multiple of grad_accumulation={self.grad_accumulation}"),
             (self.keep_checkpoints >= 1 and self.checkpoint_every > 0, "keep_checkpoints/checkpoint_every", "positive"),
-            (self.min_original_edge >= 0 and self.workers >= 0, "min_original_edge/workers", ">= 0"),
+            (self.min_original_edge >= 0 and self.workers >= 0 and self.shuffle_buffer >= 0, "min_original_edge/workers/shuffle_buffer", ">= 0"),
             (self.preset != "sdxl" or bool(self.pretrained), "pretrained", "a local folder for preset sdxl"),
             (self.preset == "sdxl" or not (self.vae or self.text_encoders), "vae/text_encoders", "empty for pixel presets (latents and text need preset sdxl)"),
             (not (self.text_encoders and self.num_classes), "num_classes", "0 when text_encoders is set (text takes the pooled slot)"),

@@ -87,7 +87,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     steps = {"size": size_model.step, "crop": crop_model.step}
     if metrics.get("steps") != steps:
-        refs = load_references(data[mix["size"]] / "eval", size_model.shape[1:], progress=progress)
+        refs = load_references(data[mix["size"]] / "eval", size_model.size, progress=progress)
         metrics = {"steps": steps, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
         images = size_model.draw(Query(original_size=SHARP), list(range(cfg.samples)), [i % N_CLASSES for i in range(cfg.samples)], steps=cfg.sampler_steps, progress=progress)
         metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE, recipe=FeatureRecipe(steps=cfg.feature_steps), progress=progress))

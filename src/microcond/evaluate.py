@@ -57,11 +57,15 @@ def _gray(images: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------- sharpness
 
 
+def laplacian(images: torch.Tensor) -> torch.Tensor:
+    """(N, H-2, W-2) 3x3 Laplacian of each image's luma, where the kernel fits inside the image."""
+    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
+    return F.conv2d(_gray(check_images(images, "images"))[:, None], kernel)[:, 0]
+
+
 def laplacian_variance(images: torch.Tensor) -> torch.Tensor:
     """(N,) variance of the 3x3 Laplacian of each image's luma (a standard focus measure)."""
-    kernel = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-    lap = F.conv2d(_gray(check_images(images, "images"))[:, None], kernel)  # (N, 1, H-2, W-2)
-    return lap.flatten(1).var(dim=1)
+    return laplacian(images).flatten(1).var(dim=1)
 
 
 def high_frequency_energy(images: torch.Tensor, cutoff: float = 0.5) -> torch.Tensor:

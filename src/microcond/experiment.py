@@ -206,7 +206,6 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: dict[str, Path], out: 
 def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), steps: int = 50, label: int = 5,
                 kinds: tuple[str, ...] = ("original_size", "crop")) -> dict[str, Path]:
     """The Fig. 3 (c_size) and Fig. 4 (c_crop of a wide original) sweep grids of one run."""
-    from microcond.grid import save_grid
     from microcond.run import Run, Query
 
     model = Run(run)
@@ -219,9 +218,7 @@ def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), 
             continue
         path = out / f"sweep-{kind}-{run.name}.png"
         if not path.exists():
-            images, columns = model.sweep(kind, values, seeds, query, steps=steps)
-            what = "c_size sweep (paper Fig. 3)" if kind == "original_size" else f"c_crop sweep of a {WIDE[0]}x{WIDE[1]} original (paper Fig. 4)"
-            save_grid(images.flatten(0, 1), path, nrow=len(values), row_labels=[f"seed {s}" for s in seeds], col_labels=columns, title=f"{run.name}: {what}")
+            model.sweep_grid(kind, values, seeds, query, path, steps=steps)
         grids[kind] = path
     return grids
 

@@ -80,11 +80,14 @@ def write_sample_grid(model: Denoiser, ema: dict, scheduler: DDPMScheduler, cfg:
     shadow.eval()
     n = 16
     size = (cfg.resolution, cfg.resolution)
-    labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else [-1] * n
+    text = stage.grid_text() if stage is not None else None  # one caption for all: label 0 of the table
+    labels = [i % cfg.num_classes for i in range(n)] if cfg.num_classes else [0 if text is not None else -1] * n
     cond = make_cond(MicroCond(size, (0, 0), size), labels, n=n)
     latents = stage is not None and stage.latent_space is not None
     shape = stage.latent_space.latent_shape(size) if latents else (3, *size)
-    denoise = denoise_fn(shadow, choose_precision(cfg.precision, device), text=stage.grid_text() if stage is not None else None)
+    if text is not None:
+        text = tuple(torch.cat([part, torch.zeros_like(part)]) for part in text)  # + the null entry
+    denoise = denoise_fn(shadow, choose_precision(cfg.precision, device), text=text)
     images = sample(denoise, cond, shape=shape, seeds=range(n), steps=25, scheduler_config=dict(scheduler.config), clamp=not latents, device=device, progress=False)
     if latents:
         images = torch.cat([stage.latent_space.decode(images[k:k + 4].to(device)).cpu() for k in range(0, n, 4)])  # (n, 3, H, W)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from microcond.stats import spearman
+
 PAPER_ORDER = ["size", "no-cond", "drop-small"]  # the paper's Table 2 order, best first
 
 
@@ -139,7 +141,7 @@ def reading(results: dict) -> list[str]:
         for e in runs:
             sizes = sorted(int(k) for k in e["curve"])
             values = [e["curve"][str(s)] for s in sizes]
-            rho = _spearman(sizes, values)
+            rho = spearman(sizes, values)
             ratio = values[-1] / max(values[0], 1e-12)
             goal = "(goal >= 0.9 and >= 5x: met)." if rho >= 0.9 and ratio >= 5 else "(goal >= 0.9 and >= 5x: not met)."
             if e.get("recipe") == "crop":
@@ -169,11 +171,6 @@ def reading(results: dict) -> list[str]:
     out.append(f"- Fig. 4, the detector's floor: real uncropped square images made like samples (32 px, [-1, 1], noise std {floor['noise_std']}) read as cut off {_pct(floor)}; "
                "sample rates above that come from the samples, not the detector.")
     return out
-
-
-def _spearman(x, y) -> float:
-    rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))
-    return float(np.corrcoef(rx, ry)[0, 1])
 
 
 def ablation_table(ablation: dict) -> list[str]:

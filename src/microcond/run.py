@@ -32,7 +32,7 @@ from microcond.config import TrainConfig
 from microcond.model import Denoiser, build_denoiser
 from microcond.record import MicroCond
 from microcond.runtime import choose_precision
-from microcond.sample import crop_sweep, make_cond, original_size_sweep, sample, sweep, uncond_for
+from microcond.sample import crop_sweep, guidance_partners, make_cond, original_size_sweep, sample, sweep
 
 
 def run_config(run_dir: Path) -> TrainConfig:
@@ -63,18 +63,22 @@ def denoise_fn(model: Denoiser, precision: torch.dtype | None = None, text: tupl
     """``denoise(x, t, cond)`` for :mod:`microcond.sample` from a :class:`Denoiser`.
 
     A ``Cond`` always carries SDXL's six ids and one drop flag per SDXL signal; the model takes
-    the ids and flags of the signals it was trained with. A text model takes ``text``, one
-    ``(context (1, L, D), pooled (1, P))`` for every row (text guidance: use the diffusers pipeline).
+    the ids and flags of the signals it was trained with. A text model takes ``text``, a prompt
+    table ``(context (P + 1, L, D), pooled (P + 1, Pd))``: a row's label ``k`` picks prompt ``k``,
+    the null label -1 the last entry (the negative prompt, or zeros: the dropped caption).
     """
     columns = [SIGNALS.index(s) for s in model.embedder.signals]
     device = next(model.parameters()).device
+    if text is not None:
+        text = (text[0].to(device), text[1].to(device))
 
     def denoise(x: torch.Tensor, t: torch.Tensor, cond) -> torch.Tensor:
         words = {}
         if text is not None:
-            words = {"context": text[0].to(device).expand(len(x), -1, -1), "pooled": text[1].to(device).expand(len(x), -1)}
+            rows = torch.where(cond.labels < 0, len(text[0]) - 1, cond.labels).to(device)  # (B,)
+            words = {"context": text[0][rows], "pooled": text[1][rows]}
         with torch.autocast(device.type, dtype=precision or torch.float32, enabled=precision is not None):
-            out = model(x, t, model.embedder.select(cond.ids), cond.drop[:, columns], cond.labels, **words)
+            out = model(x, t, model.embedder.select(cond.ids), cond.drop[:, columns], None if text is not None else cond.labels, **words)
         return out.float()
 
     return denoise
@@ -155,6 +159,8 @@ class Query:
     negative_crop_top_left: Pair | None = None
     negative_target_size: Pair | None = None
     null_micro: bool = False
+    micro_guidance: float | None = None  # a separate scale for the micro-conditions (microcond.guidance)
+    negative_prompt: str | None = None  # text runs: the guidance partner's prompt (None: the dropped caption, zeros)
 
     def micro(self, resolution: int) -> MicroCond:
         target = self.target_size or (resolution, resolution)
@@ -170,14 +176,24 @@ class Query:
 
 class Run:
     """A training run loaded once (EMA weights by default): its config, schedule and precision,
-    and what is done with it: draw samples, sweep a condition, export."""
+    and what is done with it: draw samples, sweep a condition, export. A run trained with text
+    encoders samples from prompts (``prompts``: sample ``i`` takes prompt ``i % len(prompts)``);
+    a run with a VAE samples latents and decodes them."""
 
     def __init__(self, run_dir: str | Path, ema: bool = True, precision: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.model, self.cfg, self.scheduler_config, self.step = load_run(self.run_dir, ema=ema)
-        device = torch.device("cpu")
-        self.denoise = denoise_fn(self.model, choose_precision(precision or self.cfg.precision, device))
-        self.shape = (3, self.cfg.resolution, self.cfg.resolution)
+        self.precision = choose_precision(precision or self.cfg.precision, torch.device("cpu"))
+        self.denoise = denoise_fn(self.model, self.precision)
+        self.size = (self.cfg.resolution, self.cfg.resolution)
+        self.latent_space = None
+        if self.cfg.vae:
+            from microcond.sdxl.latents import LatentSpace
+
+            self.latent_space = LatentSpace(self.cfg.vae)
+        self.shape = self.latent_space.latent_shape(self.size) if self.latent_space else (3, *self.size)
+        self.text = self.model.class_embedding is None  # trained with text: sampled from prompts
+        self._encoders = None
 
     def check_label(self, label: int) -> int:
         if label >= self.cfg.num_classes or label < -1:
@@ -185,27 +201,79 @@ class Run:
             raise ValueError(f"--class {label} is not a class of this model; expected {classes}")
         return label
 
-    def draw(self, query: Query, seeds: Sequence[int], labels: Sequence[int] | None = None, *, steps: int = 50, scheduler: str = "ddim", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    def _denoiser(self, query: Query, prompts: Sequence[str] | None):
+        """The denoiser for this query: the run's, or one holding the prompts' text table."""
+        if not self.text:
+            if prompts or query.negative_prompt is not None:
+                raise ValueError("--prompt needs a run trained with text encoders (--preset sdxl --text-encoders); this run "
+                                 "has class vectors: choose a class with --class")
+            return self.denoise
+        if not prompts or any(not isinstance(p, str) for p in prompts):
+            raise ValueError(f"{self.run_dir} was trained with text: give --prompt TEXT or --prompts FILE (one prompt per line)")
+        if self._encoders is None:
+            from microcond.sdxl.text import TextEncoders
+
+            self._encoders = TextEncoders(self.cfg.text_encoders)
+        context, pooled = self._encoders.encode([*prompts, query.negative_prompt or ""])  # (P + 1, L, D), (P + 1, Pd)
+        if query.negative_prompt is None:  # the dropped caption that training used for guidance
+            context[-1], pooled[-1] = 0.0, 0.0
+        return denoise_fn(self.model, self.precision, text=(context, pooled))
+
+    def _labels(self, n: int, query: Query, labels: Sequence[int] | None, prompts: Sequence[str] | None) -> list[int]:
+        if self.text:
+            return [i % len(prompts) for i in range(n)]
+        return [self.check_label(v) for v in (labels if labels is not None else [query.label] * n)]
+
+    def _pixels(self, samples: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1]: the samples, decoded by the run's VAE when they are latents."""
+        if self.latent_space is None:
+            return samples
+        return torch.cat([self.latent_space.decode(samples[k:k + 4]).cpu() for k in range(0, len(samples), 4)])
+
+    def draw(self, query: Query, seeds: Sequence[int], labels: Sequence[int] | None = None, *, prompts: Sequence[str] | None = None,
+             steps: int = 50, scheduler: str = "ddim", batch_size: int = 64, progress: bool = True) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1]: one sample per seed, all with ``query``'s conditions."""
         micro = query.micro(self.cfg.resolution)
-        if micro.target_size != self.shape[1:]:
-            raise ValueError(f"--target-size {micro.target_size} differs from this pixel model's resolution {self.shape[1:]}")
-        labels = [self.check_label(v) for v in (labels if labels is not None else [query.label] * len(seeds))]
-        cond = make_cond(micro, labels, n=len(seeds))
-        uncond = None
-        if query.guidance != 1.0:
-            uncond = uncond_for(cond, negative=query.negative(self.cfg.resolution), null_micro=query.null_micro)
-        return sample(self.denoise, cond, shape=self.shape, seeds=seeds, scheduler=scheduler, steps=steps, guidance=query.guidance, uncond=uncond, batch_size=batch_size, scheduler_config=self.scheduler_config, progress=progress)
+        if micro.target_size != self.size:
+            raise ValueError(f"--target-size {micro.target_size} differs from this model's resolution {self.size}")
+        denoise = self._denoiser(query, prompts)
+        cond = make_cond(micro, self._labels(len(seeds), query, labels, prompts), n=len(seeds))
+        partners = guidance_partners(cond, query.guidance, query.negative(self.cfg.resolution), query.null_micro, query.micro_guidance)
+        samples = sample(denoise, cond, shape=self.shape, seeds=seeds, scheduler=scheduler, steps=steps, guidance=query.guidance,
+                         **partners, batch_size=batch_size, scheduler_config=self.scheduler_config, clamp=self.latent_space is None,
+                         progress=progress)
+        return self._pixels(samples)
 
-    def sweep(self, kind: str, values: Sequence, seeds: Sequence[int], query: Query, *, steps: int = 50, scheduler: str = "ddim", progress: bool = True) -> tuple[torch.Tensor, list[str]]:
-        """(S, V, 3, H, W) and column labels for an original-size (Fig. 3) or crop (Fig. 4) sweep."""
+    def sweep(self, kind: str, values: Sequence, seeds: Sequence[int], query: Query, *, prompts: Sequence[str] | None = None,
+              steps: int = 50, scheduler: str = "ddim", progress: bool = True) -> tuple[torch.Tensor, list[str]]:
+        """(S, V, 3, H, W) and column labels for an original-size (Fig. 3) or crop (Fig. 4) sweep;
+        a text run's row ``s`` takes prompt ``s % len(prompts)``."""
         target = query.micro(self.cfg.resolution).target_size
         if kind == "original_size":
             conds, columns = original_size_sweep(values, target)
         else:
             conds, columns = crop_sweep(values, target, query.original_size)
-        images = sweep(self.denoise, conds, seeds, labels=self.check_label(query.label), shape=self.shape, guidance=query.guidance, negative=query.negative(self.cfg.resolution), null_micro=query.null_micro, steps=steps, scheduler=scheduler, scheduler_config=self.scheduler_config, progress=progress)
+        denoise = self._denoiser(query, prompts)
+        rows = self._labels(len(seeds), query, None, prompts)
+        images = sweep(denoise, conds, seeds, labels=rows, shape=self.shape, guidance=query.guidance,
+                       negative=query.negative(self.cfg.resolution), null_micro=query.null_micro, micro_guidance=query.micro_guidance,
+                       steps=steps, scheduler=scheduler, scheduler_config=self.scheduler_config, clamp=self.latent_space is None,
+                       progress=progress)
+        if self.latent_space is not None:
+            images = self._pixels(images.flatten(0, 1)).unflatten(0, images.shape[:2])
         return images, columns
+
+    def sweep_grid(self, kind: str, values: Sequence, seeds: Sequence[int], query: Query, path: str | Path, *,
+                   prompts: Sequence[str] | None = None, steps: int = 50, scheduler: str = "ddim", progress: bool = True) -> Path:
+        """:meth:`sweep` written as a labelled grid PNG: a row per seed, a column per value."""
+        from microcond.grid import save_grid
+
+        images, columns = self.sweep(kind, values, seeds, query, prompts=prompts, steps=steps, scheduler=scheduler, progress=progress)
+        fixed = query.original_size
+        what = "c_size sweep (paper Fig. 3)" if kind == "original_size" else \
+            f"c_crop sweep, c_size {f'{fixed[0]}x{fixed[1]}' if fixed else 'target'} (paper Fig. 4)"
+        return save_grid(images.flatten(0, 1), path, nrow=len(values), row_labels=[f"seed {s}" for s in seeds], col_labels=columns,
+                         title=f"{self.run_dir.name} step {self.step}: {what}")
 
     def export(self, out_dir: str | Path, ema: bool = True) -> Path:
         """The run's UNet as a diffusers folder (:func:`export_diffusers`; a whole SDXL pipeline

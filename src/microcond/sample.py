@@ -11,7 +11,9 @@ alone: an image never depends on the batch size or on how many images are drawn.
 Classifier-free guidance (Ho & Salimans 2022) evaluates the conditional rows and their
 unconditional partners in one batch stacked as ``[cond; uncond]``, so row ``i`` of the second
 half is always the partner of row ``i`` (diffusers' SDXL pipeline stacks ``[neg, pos]`` and then
-repeats per image, which mis-pairs rows when negatives differ across a batch).
+repeats per image, which mis-pairs rows when negatives differ across a batch). Micro-condition
+guidance adds a third block, the content with the negative micro-conditions, and gives the
+micro-conditions their own scale (:func:`microcond.guidance.combine_guidance`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from microcond.conditions import SIGNALS, MicroCond, resized_size, time_ids
+from microcond.guidance import combine_guidance
 
 SCHEDULERS = {"ddim": DDIMScheduler, "euler": EulerDiscreteScheduler}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -148,6 +151,21 @@ def uncond_for(
     return Cond(ids.to(cond.ids.device), drop, labels)
 
 
+def guidance_partners(cond: Cond, guidance: float, negative: MicroCond | Sequence[MicroCond] | None = None,
+                      null_micro: bool = False, micro_guidance: float | None = None) -> dict[str, Cond | float | None]:
+    """``uncond``, ``micro_uncond`` and ``micro_guidance`` for :func:`sample`, from the user's choices.
+
+    Micro-condition guidance needs micro-conditions to guide away from: the ``negative`` ones,
+    else the null micro-condition (what condition dropout trained).
+    """
+    if micro_guidance is None:
+        return {"uncond": uncond_for(cond, negative=negative, null_micro=null_micro) if guidance != 1.0 else None}
+    null_micro = null_micro or negative is None
+    return {"uncond": uncond_for(cond, negative=negative, null_micro=null_micro),
+            "micro_uncond": uncond_for(cond, negative=negative, null_micro=null_micro, keep_class=True),
+            "micro_guidance": micro_guidance}
+
+
 def make_scheduler(
     name: Literal["ddim", "euler"],
     steps: int,
@@ -193,6 +211,8 @@ def sample(
     steps: int = 50,
     guidance: float = 1.0,
     uncond: Cond | None = None,
+    micro_guidance: float | None = None,
+    micro_uncond: Cond | None = None,
     batch_size: int = 64,
     scheduler_config: dict | None = None,
     timestep_spacing: str | None = "trailing",
@@ -206,6 +226,9 @@ def sample(
         shape: (C, H, W) of one sample.
         guidance: classifier-free guidance scale w: ``u + w (c - u)``; 1 disables guidance.
         uncond: the partner rows for guidance (:func:`uncond_for`); default: null class.
+        micro_guidance: a separate scale for the micro-conditions (None: plain guidance); needs
+            ``uncond`` (negative content and micro-conditions) and ``micro_uncond`` (the content
+            with the negative micro-conditions: ``uncond_for(..., keep_class=True)``).
         batch_size: samples per denoiser call (guidance doubles the rows); results do not
             depend on it.
         clamp: clip the result to [-1, 1] (pixel-space models; turn off for latents).
@@ -219,11 +242,16 @@ def sample(
         raise ValueError(f"shape must be (C, H, W), got {tuple(shape)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    guided = guidance != 1.0
+    micro = micro_guidance is not None
+    guided = guidance != 1.0 or micro
+    if micro and (uncond is None or micro_uncond is None):
+        raise ValueError("micro-condition guidance needs uncond and micro_uncond rows (negative or null micro-conditions)")
     if guided:
         uncond = uncond if uncond is not None else uncond_for(cond)
-        if len(uncond) != n:
-            raise ValueError(f"got {len(uncond)} unconditional rows for {n} samples; give one partner per sample")
+        for name, rows in (("unconditional", uncond), ("micro-condition partner", micro_uncond if micro else uncond)):
+            if len(rows) != n:
+                raise ValueError(f"got {len(rows)} {name} rows for {n} samples; give one partner per sample")
+    blocks = 3 if micro else 2 if guided else 1
     make_scheduler(scheduler, steps, scheduler_config, timestep_spacing)  # validate before any work
     noise = initial_noise(seeds, tuple(shape))  # (N, C, H, W)
     out = []
@@ -236,16 +264,19 @@ def sample(
         c = cond[rows].to(device)
         if guided:
             c = c.cat(uncond[rows].to(device))  # (2b rows): row i and row b + i are partners
+        if micro:
+            c = c.cat(micro_uncond[rows].to(device))  # (3b rows): and row 2b + i
         for t in sched.timesteps:
             x_in = sched.scale_model_input(x, t)  # (b, C, H, W)
             # Integer timesteps: exact for "trailing" and "leading" spacing.
             t_batch = torch.full((len(c),), int(round(float(t))), dtype=torch.int64, device=device)  # (b or 2b,)
-            model_out = denoise(torch.cat([x_in, x_in]) if guided else x_in, t_batch, c)
+            model_out = denoise(torch.cat([x_in] * blocks), t_batch, c)
             if model_out.shape != (len(c), *shape):
                 raise ValueError(f"denoiser returned {tuple(model_out.shape)}, expected {(len(c), *shape)}")
             if guided:
-                cond_out, uncond_out = model_out.float().chunk(2)  # (b, C, H, W) each
-                model_out = uncond_out + guidance * (cond_out - uncond_out)
+                parts = model_out.float().chunk(blocks)  # (b, C, H, W) each: cond, uncond[, micro_uncond]
+                model_out = combine_guidance(parts[1], parts[0], guidance, micro_uncond=parts[2] if micro else None,
+                                             micro_scale=micro_guidance)
             x = sched.step(model_out.float(), t, x).prev_sample
             bar.update(x.shape[0])
         out.append(x.float().cpu())
@@ -305,12 +336,14 @@ def sweep(
     guidance: float = 1.0,
     negative: MicroCond | None = None,
     null_micro: bool = False,
+    micro_guidance: float | None = None,
     **sample_kwargs,
 ) -> Tensor:
     """Sample every (seed, condition) pair: (S, V, C, H, W), seeds fixed across a row.
 
     ``labels`` is one class for all rows or one per seed. Guidance partners follow
-    :func:`uncond_for` with ``negative`` / ``null_micro``. Pass the result, flattened, to
+    :func:`uncond_for` with ``negative`` / ``null_micro``; ``micro_guidance`` without either
+    guides away from the null micro-condition. Pass the result, flattened, to
     :func:`microcond.grid.save_grid` with ``nrow=len(values)``.
     """
     if not values or not seeds:
@@ -318,7 +351,7 @@ def sweep(
     row_labels = _broadcast(labels if isinstance(labels, int) else list(labels), len(seeds), "class labels")
     micro = [v for _ in seeds for v in values]  # row-major: seed s, then every value
     cond = make_cond(micro, [lab for lab in row_labels for _ in values])
-    uncond = uncond_for(cond, negative=negative, null_micro=null_micro) if guidance != 1.0 else None
+    partners = guidance_partners(cond, guidance, negative, null_micro, micro_guidance)
     all_seeds = [s for s in seeds for _ in values]
-    images = sample(denoise, cond, shape=shape, seeds=all_seeds, guidance=guidance, uncond=uncond, **sample_kwargs)
+    images = sample(denoise, cond, shape=shape, seeds=all_seeds, guidance=guidance, **partners, **sample_kwargs)
     return images.reshape(len(seeds), len(values), *shape)  # (S, V, C, H, W)

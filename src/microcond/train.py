@@ -171,7 +171,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
                 elapsed = time.perf_counter() - window_t
-                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": float(np.mean(losses)), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
+                window_loss = torch.tensor(float(np.mean(losses)), dtype=torch.float64, device=device)
+                if world > 1:  # each rank saw its rows: the logged loss is the whole batch's
+                    torch.distributed.all_reduce(window_loss)
+                    window_loss /= world
+                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")

@@ -32,14 +32,39 @@ def add_query_flags(p: argparse.ArgumentParser, sweep: str | None = None) -> Non
     p.add_argument("--negative-crop", nargs=2, type=int, metavar=("TOP", "LEFT"), help="guidance partner's c_crop")
     p.add_argument("--negative-target-size", nargs=2, type=int, metavar=("H", "W"), help="guidance partner's c_ar")
     p.add_argument("--null-micro", action="store_true", help="guidance partner uses the null (dropped) micro-conditions")
+    add_guidance_and_prompt_flags(p)
     p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
     p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
 
 
-def _check_guidance(guidance: float) -> None:
-    """The guidance scale w of ``u + w (c - u)``: finite and >= 0 (NaN would sample black images)."""
-    if not (math.isfinite(guidance) and guidance >= 0):
-        raise ValueError(f"--guidance must be a finite number >= 0 (1 = no guidance, 0 = the guidance partner alone), got {guidance}")
+def add_guidance_and_prompt_flags(p: argparse.ArgumentParser) -> None:
+    """Micro-condition guidance and, for runs trained with text encoders, the prompts."""
+    p.add_argument("--micro-guidance", type=float, metavar="S",
+                   help="a separate guidance scale for the micro-conditions (default: off, plain guidance); guides away "
+                        "from the negative micro-conditions, else the null ones")
+    text = p.add_mutually_exclusive_group()
+    text.add_argument("--prompt", help="text runs: the prompt of every sample")
+    text.add_argument("--prompts", metavar="FILE", help="text runs: prompts, one per line; sample (or sweep row) i takes line i mod count")
+    p.add_argument("--negative-prompt", help="text runs: the guidance partner's prompt (default: the dropped caption, zero text)")
+
+
+def _prompts(args: argparse.Namespace) -> list[str] | None:
+    if args.prompts:
+        from pathlib import Path
+
+        lines = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()]
+        prompts = [line for line in lines if line]
+        if not prompts:
+            raise ValueError(f"--prompts {args.prompts} holds no prompt (one per line)")
+        return prompts
+    return [args.prompt] if args.prompt is not None else None
+
+
+def _check_guidance(guidance: float, micro: float | None = None) -> None:
+    """Guidance scales: finite and >= 0 (NaN would sample black images)."""
+    for flag, value in (("--guidance", guidance), ("--micro-guidance", micro)):
+        if value is not None and not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"{flag} must be a finite number >= 0 (1 = no guidance, 0 = the guidance partner alone), got {value}")
 
 
 def _query(args: argparse.Namespace):
@@ -56,6 +81,8 @@ def _query(args: argparse.Namespace):
         negative_crop_top_left=pair(args.negative_crop),
         negative_target_size=pair(args.negative_target_size),
         null_micro=args.null_micro,
+        micro_guidance=args.micro_guidance,
+        negative_prompt=args.negative_prompt,
     )
 
 
@@ -68,6 +95,8 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
             "microcond sample runs/demo/run-size --n 16 --out runs/demo/run-size/samples/default",
             "microcond sample runs/demo/run-size --original-size 128 128 --class 2 --guidance 2",
             "microcond sample runs/demo/run-crop --original-size 64 128 --crop 0 16 --null-micro --guidance 1.5",
+            "microcond sample runs/demo/run-size --original-size 128 128 --micro-guidance 3",
+            "microcond sample runs/sdxl-ft --prompt 'a red fox in the snow' --guidance 5 --original-size 1024 1024 --n 4",
         ],
     )
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by `microcond train`")
@@ -87,10 +116,10 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    _check_guidance(args.guidance)
+    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
     seeds = list(range(args.seed, args.seed + args.n))
-    images = model.draw(_query(args), seeds, steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
+    images = model.draw(_query(args), seeds, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
     out = Path(args.out or Path(args.run_dir) / "samples" / "cli")
     grid = save_grid(images, out / "grid.png", nrow=min(8, args.n))
     save_images(images, out, [f"seed-{s:06d}" for s in seeds])
@@ -117,6 +146,7 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="one grid row per seed")
     p.add_argument("--class", dest="label", type=int, default=-1)
     p.add_argument("--guidance", type=float, default=1.0)
+    add_guidance_and_prompt_flags(p)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
     p.add_argument("--out", help="grid PNG (default RUN/sweeps/<kind>.png)")
@@ -126,18 +156,16 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
 def run_sweep(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from microcond.grid import save_grid
     from microcond.run import Run, Query
 
-    _check_guidance(args.guidance)
+    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
     kind, values = ("original_size", args.sizes) if args.sizes else ("crop", args.crops)
     fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
-    query = Query(original_size=fixed, target_size=tuple(args.target_size) if args.target_size else None, label=args.label, guidance=args.guidance)
-    images, columns = model.sweep(kind, values, args.seeds, query, steps=args.steps, scheduler=args.scheduler)
+    query = Query(original_size=fixed, target_size=tuple(args.target_size) if args.target_size else None, label=args.label,
+                  guidance=args.guidance, micro_guidance=args.micro_guidance, negative_prompt=args.negative_prompt)
     out = Path(args.out or Path(args.run_dir) / "sweeps" / f"{kind}.png")
-    title = f"{Path(args.run_dir).name} step {model.step}: " + ("c_size sweep (paper Fig. 3)" if kind == "original_size" else f"c_crop sweep, c_size {fixed or 'target'} (paper Fig. 4)")
-    save_grid(images.flatten(0, 1), out, nrow=len(values), row_labels=[f"seed {s}" for s in args.seeds], col_labels=columns, title=title)
+    model.sweep_grid(kind, values, args.seeds, query, out, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler)
     print(f"wrote {out}")
     return 0
 
@@ -170,12 +198,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from microcond.features import FeatureRecipe
     from microcond.run import Run, palette_for, write_metrics
 
-    _check_guidance(args.guidance)
+    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
-    refs = load_references(args.ref, model.shape[1:])
+    refs = load_references(args.ref, model.size)
     labels = [i % model.cfg.num_classes for i in range(args.n)] if model.cfg.num_classes else None
     seeds = list(range(args.seed, args.seed + args.n))
-    samples = model.draw(_query(args), seeds, labels, steps=args.steps, scheduler=args.scheduler)
+    samples = model.draw(_query(args), seeds, labels, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler)
     ref_labels = refs.labels if refs.labels is not None else [0] * len(refs.images)
     report = evaluate(samples, refs.images, ref_labels, cache_dir=default_cache_dir() / "features", palette=palette_for(args.ref), recipe=FeatureRecipe(steps=args.feature_steps))
     out = Path(args.out or Path(args.run_dir) / "metrics" / "evaluate.json")

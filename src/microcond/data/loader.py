@@ -29,11 +29,12 @@ decoding path, so both give identical pixels and MicroConds for a seed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,11 @@ from microcond.data.buckets import Bucket
 from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
 from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
+from microcond.data.urls import expand_urls, is_stream
 from microcond.record import MicroCond
+
+if TYPE_CHECKING:
+    from microcond.data.stream import StreamLoader
 
 @dataclass(frozen=True)
 class Position:
@@ -184,14 +189,16 @@ class BucketBatches(IterableDataset):
 
     def sample(self, epoch: int, i: int, target: Bucket) -> tuple[np.ndarray, MicroCond]:
         """Sample ``i`` cropped to ``target``: (th, tw, 3) uint8 and its MicroCond."""
-        rng = sample_rng(self.seed, epoch, i)
+        rng = sample_rng(self.seed, epoch, self.source.key(i))
         flip = bool(rng.random() < self.flip_probability)  # drawn first, whatever the path
         if self.cache is not None:
             resized = self.cache.get(i)
         else:
             resized = self.source.load(i, target, background=self.background, fast=self.fast)
         original = tuple(int(v) for v in self.source.original_sizes[i])
-        return crop(resized, original, target, rng, mode=self.crop_mode, flip=flip)
+        image, cond = crop(resized, original, target, rng, mode=self.crop_mode, flip=flip)
+        told = self.source.told_size(i)  # original_size_source: the size the model is told
+        return image, cond if told == original else dataclasses.replace(cond, original_size=told)
 
     def _skip(self, i: int, err: Exception) -> None:
         self.skipped.append((self.source.names[i], str(err)))
@@ -264,21 +271,23 @@ def make_loader(dataset: BucketBatches, num_workers: int = 0) -> ResumableLoader
 CACHE_MAX_AREA = 128 * 128
 
 
-def open_source(data: str | Path, *, min_original_edge: int = 0, cache_dir: str | Path | None = None) -> ImageSource:
+def open_source(data: str | Path, *, min_original_edge: int = 0, cache_dir: str | Path | None = None,
+                size_source: str = "file") -> ImageSource:
     """A folder of images (index from ``microcond scan`` beside it as ``index.parquet``, else scanned
-    into the cache), a ``.tar`` shard, or a folder of ``*.tar`` shards."""
+    into the cache), a ``.tar`` shard, or a folder of ``*.tar`` shards. ``size_source`` is the
+    original size the MicroConds carry (config ``original_size_source``)."""
     from microcond.data.shards import index_shards
 
     path = Path(data)
     if path.is_file() and path.suffix == ".tar":
-        return index_shards([path], min_original_edge=min_original_edge)
+        return index_shards([path], min_original_edge=min_original_edge, size_source=size_source)
     if path.is_dir() and any(path.glob("*.tar")):
-        return index_shards(sorted(path.glob("*.tar")), min_original_edge=min_original_edge)
+        return index_shards(sorted(path.glob("*.tar")), min_original_edge=min_original_edge, size_source=size_source)
     if not path.is_dir():
         raise ValueError(f"data must be an image folder, a .tar shard or a folder of .tar shards; got {str(data)!r}")
     index = path / "index.parquet"
     return ImageSource.from_folder(path, index if index.is_file() else None, min_original_edge=min_original_edge,
-                                   cache_dir=cache_dir or default_cache_dir())
+                                   cache_dir=cache_dir or default_cache_dir(), size_source=size_source)
 
 
 def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: int, batch_size: int) -> ResumableLoader:
@@ -292,9 +301,11 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
     from microcond.runtime import rank_zero_first
 
     buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
+    if is_stream(cfg.data):
+        return open_stream(cfg, buckets, rank=rank, world_size=world_size, batch_size=batch_size)
     cache = None
     for _ in rank_zero_first(rank):  # the other ranks only read the index and cache rank 0 wrote
-        source = open_source(cfg.data, min_original_edge=cfg.min_original_edge)
+        source = open_source(cfg.data, min_original_edge=cfg.min_original_edge, size_source=cfg.original_size_source)
         if max(h * w for h, w in buckets) <= CACHE_MAX_AREA:
             cache = PixelCache.build(source, buckets, default_cache_dir(), progress=rank == 0)
     dataset = BucketBatches(source, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
@@ -310,3 +321,17 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
         for bucket in summary["starved_buckets"]:
             print(f"data: bucket {bucket} holds fewer images than one global batch: they wait, unused", file=sys.stderr)
     return make_loader(dataset, num_workers=cfg.workers)
+
+
+def open_stream(cfg: Any, buckets: Sequence[Bucket], *, rank: int, world_size: int, batch_size: int) -> "StreamLoader":
+    """Streamed shards (``cfg.data`` a pipe, URL, brace pattern or ``::`` list): no index, no cache."""
+    from microcond.data.stream import ShardStream, StreamLoader
+
+    urls = expand_urls(cfg.data)
+    stream = ShardStream(urls, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size, crop_mode=cfg.crop_mode,
+                         flip_probability=cfg.flip_probability, shuffle_buffer=cfg.shuffle_buffer,
+                         min_original_edge=cfg.min_original_edge, size_source=cfg.original_size_source)
+    if rank == 0:
+        print(f"data: streaming {len(urls)} shards, shuffle buffer {cfg.shuffle_buffer} samples, {cfg.workers} workers per rank",
+              file=sys.stderr)
+    return StreamLoader(stream, num_workers=cfg.workers)

@@ -90,17 +90,26 @@ def _figure(width: float = 7.0, height: float = 5.0) -> Any:
     return Figure(figsize=(width, height), dpi=110, layout="constrained")
 
 
-def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
+def _log_histogram2d(x: np.ndarray, y: np.ndarray, lo: int, hi: int) -> tuple[Any, Any]:
+    """(figure, axes) with a 2-D histogram of (x, y) in 60 log-spaced bins per axis from lo to hi,
+    counts on a log colour scale, empty bins blank."""
     from matplotlib.colors import LogNorm
 
-    lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
-    hi = int(max(heights.max(), widths.max()) * 1.1) + 1
     edges = np.geomspace(lo, hi, 61)
-    counts, _, _ = np.histogram2d(widths, heights, bins=[edges, edges])
+    counts, _, _ = np.histogram2d(x, y, bins=[edges, edges])
     fig = _figure(6.6, 5.4)
     ax = fig.add_subplot()
     mesh = ax.pcolormesh(edges, edges, np.ma.masked_equal(counts.T, 0), norm=LogNorm(), cmap="viridis")
     fig.colorbar(mesh, ax=ax, label="images per bin (log scale)")
+    return fig, ax
+
+
+def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
+    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
+
+    lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
+    hi = int(max(heights.max(), widths.max()) * 1.1) + 1
+    fig, ax = _log_histogram2d(widths, heights, lo, hi)
     ax.set(xscale="log", yscale="log", xlabel="original width (px, log scale)", ylabel="original height (px, log scale)",
            title=f"Original sizes of {len(heights):,} usable images")
     gone = float((np.minimum(heights, widths) < cut).mean())
@@ -179,15 +188,8 @@ def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec
 
 
 def _plot_effective(path: Path, long_edge: np.ndarray, effective_edge: np.ndarray, factors: np.ndarray) -> None:
-    from matplotlib.colors import LogNorm
-
     lo, hi = max(1, int(effective_edge.min() * 0.9)), int(long_edge.max() * 1.1) + 1
-    edges = np.geomspace(lo, hi, 61)
-    counts, _, _ = np.histogram2d(long_edge, effective_edge, bins=[edges, edges])
-    fig = _figure(6.6, 5.4)
-    ax = fig.add_subplot()
-    mesh = ax.pcolormesh(edges, edges, np.ma.masked_equal(counts.T, 0), norm=LogNorm(), cmap="viridis")
-    fig.colorbar(mesh, ax=ax, label="images per bin (log scale)")
+    fig, ax = _log_histogram2d(long_edge, effective_edge, lo, hi)
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls=":", label="effective = file (native)")
     ax.plot([lo, hi], [lo / UPSCALED, hi / UPSCALED], color="tab:red", lw=0.8, ls="--", label=f"upscaled {UPSCALED}x")
     ax.set(xscale="log", yscale="log", xlim=(lo, hi), ylim=(lo, hi), xlabel="file size, longer edge (px, log scale)",

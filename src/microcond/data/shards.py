@@ -18,14 +18,12 @@ Two ways to read shards:
   :class:`~microcond.data.source.ImageSource`: every guarantee of
   :class:`~microcond.data.loader.BucketBatches` holds (global batches, exact split across ranks
   and workers, exact resume, the pixel cache).
-- :class:`ShardStream` streams shards (opened with ``webdataset.gopen``: files, URLs, pipes)
-  for data too large to index or not on local disk. Each epoch the shard list is shuffled by
-  ``(seed, epoch)``; rank ``r`` takes shards ``r::world_size`` and worker ``w`` of it takes ``w::num_workers`` of those
-  (the slicing of ``webdataset.split_by_node`` / ``split_by_worker``, done here with explicit
-  rank and seed). Batches fill per-bucket buffers; a partly filled buffer carries over to the
-  next epoch. A restarted stream begins at ``start_epoch`` (no mid-epoch position): use
-  :func:`index_shards` for exact resume. Every rank must hold at least one shard: use many more shards than
-  ``world_size * num_workers``.
+- :class:`microcond.data.stream.ShardStream` streams shards (files, URLs, pipes) without
+  indexing them, for data too large to index or not on local disk.
+
+Both crop a sample with the generator keyed by :func:`sample_key` of its tar key, so the two
+paths crop a sample alike; shards written by :func:`write_shards` are keyed by the folder's row,
+so training from them crops like training from the folder.
 """
 
 from __future__ import annotations
@@ -36,21 +34,26 @@ import os
 import sys
 import tarfile
 from pathlib import Path
+import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-import torch
-from torch.utils.data import IterableDataset, get_worker_info
-
-from microcond.data.buckets import Bucket, assign_bucket
 from webdataset.tariterators import base_plus_ext
 
-from microcond.data.crop import CROP_MODES, crop, load_resized, oriented_size
+from microcond.data.crop import oriented_size
 from microcond.data.headers import MAX_SIDE, size_problem
-from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, sample_rng
+from microcond.data.source import ImageSource
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 SHARD_STRIDE = 1 << 32  # a streamed sample's index is shard * SHARD_STRIDE + position in the shard
+
+
+def sample_key(key: str) -> int:
+    """The crop generator's key of a tar sample: its key as a number when it is one (``000123`` ->
+    123, as :func:`write_shards` and img2dataset write them), else a stable 63-bit hash of it."""
+    if key.isdigit() and int(key) < 2**63:
+        return int(key)
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") >> 1
 
 
 def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000, progress: bool = True) -> list[Path]:
@@ -77,13 +80,15 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
             data = data if isinstance(data, bytes) else Path(data).read_bytes()
             h, w = (int(v) for v in source.original_sizes[i])
             meta = {"original_height": h, "original_width": w, "label": int(source.labels[i])}
+            if source.effective_sizes is not None and source.effective_sizes[i, 0] > 0:  # from `scan --effective`
+                meta["effective_height"], meta["effective_width"] = (int(v) for v in source.effective_sizes[i])
             if source.root is not None:  # provenance without the local folder's absolute path
                 meta["source"] = Path(os.path.relpath(source.names[i], source.root)).as_posix()
             sink.write({"__key__": f"{i:09d}", ext: data, "json": json.dumps(meta).encode()})
     return written
 
 
-def _tar_samples(tar: tarfile.TarFile, read: Callable[[tarfile.TarInfo], Any],
+def tar_samples(tar: tarfile.TarFile, read: Callable[[tarfile.TarInfo], Any],
                  damage: list[tuple[str | None, str]]) -> Iterator[tuple[str, dict[str, Any]]]:
     """``(key, {ext: read(member)})`` per sample, in tar order (webdataset's grouping).
 
@@ -126,15 +131,16 @@ def _metadata(raw: bytes | None) -> dict[str, Any]:
     return meta
 
 
-def _original_size(meta: dict[str, Any]) -> tuple[int, int] | None:
-    """(h, w) from img2dataset-style JSON, None when absent; ValueError when not a plausible size."""
-    present = {k: meta[k] for k in ("original_height", "original_width") if meta.get(k) is not None}
+def _original_size(meta: dict[str, Any], kind: str = "original") -> tuple[int, int] | None:
+    """(h, w) from img2dataset-style JSON (``original_height``, ``original_width``; or the
+    ``effective_`` pair), None when absent; ValueError when not a plausible size."""
+    present = {k: meta[k] for k in (f"{kind}_height", f"{kind}_width") if meta.get(k) is not None}
     for name, value in present.items():
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIDE:
             raise ValueError(f"expected {name} in the sample's JSON to be an integer from 1 to {MAX_SIDE}, got {value!r}")
     if len(present) < 2:
         return None
-    return present["original_height"], present["original_width"]
+    return present[f"{kind}_height"], present[f"{kind}_width"]
 
 
 def _label(meta: dict[str, Any], cls: bytes | None) -> int:
@@ -144,8 +150,9 @@ def _label(meta: dict[str, Any], cls: bytes | None) -> int:
     return label
 
 
-def _sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[Any, tuple[int, int], bool, int]:
-    """(image member, original (h, w), whether that size is the JSON's, label) of one sample.
+def sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[Any, tuple[int, int], bool, int, tuple[int, int] | None]:
+    """(image member, original (h, w), whether that size is the JSON's, label, effective (h, w)
+    or None) of one sample.
 
     ``files`` maps extensions to members, ``read`` gives a member's bytes. ValueError says what is wrong.
     """
@@ -160,17 +167,21 @@ def _sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[A
             size = oriented_size(header)
         if (problem := size_problem(*size)) is not None:
             raise ValueError(f"the image header gives {problem}")
-    return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None)
+    effective = _original_size(meta, "effective")
+    return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None), effective
 
 
-def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> ImageSource:
+def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0, size_source: str = "file") -> ImageSource:
     """Every image of local tar shards as an ImageSource, read later by member offset.
 
     The original size comes from the sample's JSON (``original_height`` / ``original_width``)
-    when present, else from the image header. Bad samples, unreadable tars and the damage of a
-    cut tar are listed in ``skipped`` (see the module doc); the intact samples are kept.
+    when present, else from the image header; the effective size from ``effective_height`` /
+    ``effective_width`` (written from a ``scan --effective`` index). Bad samples, unreadable
+    tars and the damage of a cut tar are listed in ``skipped`` (see the module doc); the intact
+    samples are kept.
     """
-    rows: dict[str, list[Any]] = {"names": [], "sizes": [], "labels": [], "stamps": [], "locations": [], "meta": []}
+    rows: dict[str, list[Any]] = {"names": [], "sizes": [], "labels": [], "stamps": [], "locations": [], "meta": [], "keys": [],
+                                  "effective": []}
     skipped: list[tuple[str, str]] = []
     dropped = 0
     for shard in sorted(str(s) for s in shards):
@@ -178,10 +189,10 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
             mtime = Path(shard).stat().st_mtime_ns
             with tarfile.open(shard, "r:") as tar:
                 damage: list[tuple[str | None, str]] = []
-                for key, files in _tar_samples(tar, lambda member: member, damage):
+                for key, files in tar_samples(tar, lambda member: member, damage):
                     name = f"{shard}:{key}"
                     try:
-                        image, size, from_meta, label = _sample_info(files, lambda member: tar.extractfile(member).read())
+                        image, size, from_meta, label, effective = sample_info(files, lambda member: tar.extractfile(member).read())
                     except (ValueError, OSError, tarfile.TarError) as err:
                         skipped.append((name, str(err)))
                         continue
@@ -194,10 +205,13 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
                     rows["stamps"].append((image.size, mtime))
                     rows["locations"].append((shard, image.offset_data, image.size))
                     rows["meta"].append(from_meta)
+                    rows["keys"].append(sample_key(key))
+                    rows["effective"].append(effective or (-1, -1))
                 skipped += [(shard if key is None else f"{shard}:{key}", reason) for key, reason in damage]
         except (OSError, tarfile.TarError) as err:
             skipped.append((shard, f"unreadable tar ({err})"))
     n = len(rows["names"])
+    effective = np.asarray(rows["effective"], dtype=np.int64).reshape(n, 2)  # -1: not in the sample's JSON
     return ImageSource(
         names=rows["names"],
         original_sizes=np.asarray(rows["sizes"], dtype=np.int64).reshape(n, 2),
@@ -205,6 +219,9 @@ def index_shards(shards: Sequence[str | Path], min_original_edge: int = 0) -> Im
         stamps=np.asarray(rows["stamps"], dtype=np.int64).reshape(n, 2),
         locations=rows["locations"],
         size_from_metadata=np.asarray(rows["meta"], dtype=bool).reshape(n),
+        keys=np.asarray(rows["keys"], dtype=np.int64).reshape(n),
+        effective_sizes=effective if (effective[:, 0] > 0).any() else None,  # none at all: refused unless size_source is file
+        size_source=size_source,
         skipped=skipped,
         dropped_small=dropped,
     )
@@ -218,93 +235,3 @@ def open_header(data: bytes) -> Any:
         return Image.open(io.BytesIO(data))
     except Exception as err:  # Pillow raises many types for a bad header
         raise ValueError(f"not a readable image ({type(err).__name__}: {err})") from None
-
-
-class ShardStream(IterableDataset):
-    """Stream shards with ``webdataset``: per-rank batches of one bucket each (see module doc).
-
-    The batch dict is the loader's: pixels (B, 3, H, W) uint8, ids (B, 6), labels (B,), index
-    (B,) = ``shard * SHARD_STRIDE + position`` with ``shard`` the position in the sorted list.
-    """
-
-    def __init__(self, shards: Sequence[str | Path], buckets: Sequence[Bucket], batch_size: int, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, crop_mode: str = "random", flip_probability: float = 0.0,
-                 start_epoch: int = 0, epochs: int | None = None, background: tuple[int, int, int] = (255, 255, 255), fast: bool = True) -> None:
-        self.shards = sorted(str(s) for s in shards)
-        if len(self.shards) < world_size:
-            raise ValueError(f"{len(self.shards)} shards for world_size={world_size}: every rank needs at least one shard; "
-                             "write more, smaller shards (microcond shard --max-count)")
-        if crop_mode not in CROP_MODES or not 0.0 <= flip_probability <= 1.0 or batch_size < 1:
-            raise ValueError(f"expected crop_mode in {CROP_MODES}, flip_probability in [0, 1] and batch_size >= 1, "
-                             f"got {crop_mode!r}, {flip_probability}, {batch_size}")
-        self.buckets, self.batch_size, self.seed = tuple(tuple(b) for b in buckets), batch_size, int(seed)
-        self.rank, self.world_size, self.crop_mode, self.flip_probability = rank, world_size, crop_mode, flip_probability
-        self.epochs, self.background, self.fast = epochs, tuple(background), fast
-        self.start_epoch = start_epoch
-        self.skipped: list[tuple[str, str]] = []
-
-    def my_shards(self, epoch: int, worker: int, workers: int) -> list[int]:
-        """Shard numbers this rank's worker reads in ``epoch``."""
-        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([self.seed, SHUFFLE_STREAM, epoch])))
-        order = rng.permutation(len(self.shards))
-        return [int(s) for s in order[self.rank::self.world_size][worker::workers]]
-
-    def samples(self, epoch: int, worker: int, workers: int) -> Iterator[tuple[int, str, dict[str, bytes]]]:
-        """(index, ``shard:key``, {ext: bytes}) of this worker's shards; unreadable tars and damage listed."""
-        from webdataset.gopen import gopen
-
-        for shard in self.my_shards(epoch, worker, workers):
-            url, damage = self.shards[shard], []
-            try:
-                with gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-                    members = _tar_samples(tar, lambda member: tar.extractfile(member).read(), damage)
-                    for position, (key, files) in enumerate(members):
-                        yield shard * SHARD_STRIDE + position, f"{url}:{key}", files
-            except (OSError, tarfile.TarError) as err:
-                self._skip(url, f"unreadable tar ({err})")
-            for key, reason in damage:
-                self._skip(url if key is None else f"{url}:{key}", reason)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        buffers: dict[Bucket, list[tuple[int, str, bytes, tuple[int, int] | None, int]]] = {b: [] for b in self.buckets}
-        epoch = self.start_epoch
-        while self.epochs is None or epoch < self.epochs:
-            for index, name, files in self.samples(epoch, worker, workers):
-                try:
-                    data, size, from_meta, label = _sample_info(files, lambda data: data)
-                except ValueError as err:
-                    self._skip(name, str(err))
-                    continue
-                bucket = assign_bucket(size[0], size[1], self.buckets)
-                buffers[bucket].append((index, name, data, size if from_meta else None, label))
-                if len(buffers[bucket]) == self.batch_size:
-                    batch = self._batch(epoch, bucket, buffers[bucket])
-                    buffers[bucket] = []
-                    if batch is not None:
-                        yield batch
-            epoch += 1
-        waiting = sum(len(b) for b in buffers.values())
-        if waiting:
-            print(f"microcond shards: {waiting} images in partly filled buckets at the end of the last epoch", file=sys.stderr)
-
-    def _batch(self, epoch: int, bucket: Bucket, items: list[tuple[int, str, bytes, Any, int]]) -> dict[str, torch.Tensor] | None:
-        pixels, conds, labels, indices = [], [], [], []
-        for index, name, data, original, label in items:
-            rng = sample_rng(self.seed, epoch, index)
-            flip = bool(rng.random() < self.flip_probability)  # same draw order as the loader
-            try:
-                resized, original = load_resized(data, bucket, original_size=original, background=self.background, fast=self.fast)
-            except ValueError as err:
-                self._skip(name, str(err))
-                continue
-            image, cond = crop(resized, original, bucket, rng, mode=self.crop_mode, flip=flip)
-            pixels.append(image), conds.append(cond), labels.append(label), indices.append(index)
-        if not pixels:
-            return None
-        return collate(pixels, conds, labels, indices)
-
-    def _skip(self, name: str, reason: str) -> None:
-        self.skipped.append((name, reason))
-        print(f"microcond shards: skipped {name}: {reason}", file=sys.stderr)

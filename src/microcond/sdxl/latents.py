@@ -82,11 +82,13 @@ class LatentCache:
 
     @staticmethod
     def key_for(dataset: BucketBatches, latent_space: LatentSpace, crops: int) -> tuple[str, dict]:
-        """The cache key and the settings it covers: images, buckets, crop mode, flip, seed, VAE."""
+        """The cache key and the settings it covers: images, buckets, crop mode, flip, seed, VAE,
+        and the original sizes the cached ids carry (``original_size_source``)."""
         settings = {"version": LATENT_CACHE_VERSION, "images": cache_key(dataset.source, dataset.buckets, dataset.background, dataset.fast),
                     "buckets": [list(b) for b in dataset.buckets], "crop_mode": dataset.crop_mode,
                     "flip_probability": dataset.flip_probability, "seed": dataset.seed, "crops": crops,
-                    "vae": latent_space.identity(), "dtype": "float16", "latent": "posterior mean"}
+                    "vae": latent_space.identity(), "dtype": "float16", "latent": "posterior mean",
+                    "original_sizes": dataset.source.told_digest()}  # the cached ids carry the told sizes
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24], settings
 
     @classmethod

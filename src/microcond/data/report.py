@@ -105,8 +105,6 @@ def _log_histogram2d(x: np.ndarray, y: np.ndarray, lo: int, hi: int) -> tuple[An
 
 
 def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -> None:
-    from matplotlib.ticker import FixedFormatter, FixedLocator, NullFormatter
-
     lo = max(1, int(min(heights.min(), widths.min()) * 0.9))
     hi = int(max(heights.max(), widths.max()) * 1.1) + 1
     fig, ax = _log_histogram2d(widths, heights, lo, hi)

@@ -55,7 +55,7 @@ from PIL import Image
 
 from microcond.data.resampling import NAMES, grids, misfits, window_starts
 
-ESTIMATOR_VERSION = "1"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "2"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import errno
 import io
 import os
@@ -490,3 +491,16 @@ def test_cli_scan_effective_prints_what_it_measured(tmp_path, capsys):
     assert "effective size measured for 1 files" in out and "zero_bytes" in out
     row = read_index(tmp_path / "i.parquet", usable=True).to_pylist()[0]
     assert (row["effective_height"], row["effective_width"]) == (32, 48)
+
+
+def test_a_new_estimator_version_measures_every_file_again(tmp_path, monkeypatch):
+    from microcond.data import effective
+
+    for i in range(3):
+        _save(tmp_path / f"{i}.png", _textured(64, 96, seed=i))
+    out = tmp_path / "index.parquet"
+    scan([tmp_path], out, workers=1, progress=False, effective=True)
+    monkeypatch.setattr(effective, "ESTIMATOR_VERSION", "next")
+    again = scan([tmp_path], out, workers=1, progress=False, effective=True)
+    assert (again.unchanged, again.measured) == (3, 3) and "every file is measured again" in again.effective_note
+    assert json.loads(pq.read_schema(out).metadata[b"microcond.scan"])["effective"] == "next"

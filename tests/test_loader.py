@@ -192,7 +192,7 @@ def test_index_problems_are_listed_and_small_images_counted(tmp_path):
     source = ImageSource.from_rows(rows, tmp_path, {}, min_original_edge=32)
     assert source.names == [rows["path"][0]]
     assert source.skipped == [(rows["path"][2], "error: truncated file")]
-    assert source.summary() == {"images": 1, "skipped": 1, "dropped_small": 1, "labelled": 0}
+    assert source.summary() == {"images": 1, "skipped": 1, "dropped_small": 1, "labelled": 0, "original_size_source": "file"}
 
 
 def test_clear_errors_for_bad_settings(odd, tmp_path):

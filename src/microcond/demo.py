@@ -18,7 +18,9 @@ stopped and reuses every finished picture.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,9 +46,29 @@ class DemoConfig:
         check_counts(self, zero_ok=("emoji_per_class",))
 
 
+def _crop_measures(run: Path, train_data: Path, sweeps: Path, cfg: DemoConfig, measure: bool) -> tuple[Path, dict | None]:
+    """The crop model's sweep grid and, when ``measure``, its crop effect beside the real data's
+    (in a process of its own, one thread)."""
+    import torch
+
+    from microcond.cropeffect import model_effect, real_effect
+    from microcond.demodata import PALETTE
+    from microcond.experiment import N_CLASSES, sweep_grids
+    from microcond.run import Run
+
+    torch.set_num_threads(1)
+    grid = sweep_grids(run, sweeps, steps=cfg.sampler_steps, kinds=("crop",))["crop"]
+    if not measure:
+        return grid, None
+    effect = {"real": real_effect(train_data, PALETTE),
+              "samples": model_effect(Run(run), cfg.crop_samples, PALETTE, steps=cfg.sampler_steps, n_classes=N_CLASSES, progress=False)}
+    return grid, effect
+
+
 def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     """Build, train, sample, measure; return the paths to open."""
-    from microcond.cropeffect import model_effect, real_effect
+    import torch
+
     from microcond.data.source import default_cache_dir
     from microcond.demodata import PALETTE
     from microcond.evaluate import evaluate, format_report, load_references
@@ -70,30 +92,34 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
         print(f"  {runs[run]}: {RECIPE_MODELS[name][0]}")
     train_runs(commands, runs, {run: cfg.steps for run in MODELS}, progress=progress)
 
-    size_model, crop_model = Run(runs["size"]), Run(runs["crop"])
-    labels = [i % N_CLASSES for i in range(64)]
-    pictures = {}
-    for name, query in (("default", Query()), ("sharp", Query(original_size=SHARP))):
-        path = out / f"samples-{name}.png"
-        if not path.exists():
-            images = size_model.draw(query, list(range(64)), labels, steps=cfg.sampler_steps, progress=progress)
-            micro = query.micro(size_model.cfg.resolution)
-            save_grid(images, path, nrow=8, title=f"run-size: c_size {micro.original_size[0]}x{micro.original_size[1]}, one class per column")
-        pictures[f"samples, {name}"] = path
-    pictures["original_size sweep"] = sweep_grids(runs["size"], out / "sweeps", steps=cfg.sampler_steps, kinds=("original_size",))["original_size"]
-    pictures["crop sweep"] = sweep_grids(runs["crop"], out / "sweeps", steps=cfg.sampler_steps, kinds=("crop",))["crop"]
-
+    # What each model learned, measured side by side: the crop model in a second process (one
+    # core each), the size model here.
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    steps = {"size": size_model.step, "crop": crop_model.step}
-    if metrics.get("steps") != steps:
-        refs = load_references(data[mix["size"]] / "eval", size_model.size, progress=progress)
-        metrics = {"steps": steps, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
-        images = size_model.draw(Query(original_size=SHARP), list(range(cfg.samples)), [i % N_CLASSES for i in range(cfg.samples)], steps=cfg.sampler_steps, progress=progress)
-        metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE, recipe=FeatureRecipe(steps=cfg.feature_steps), progress=progress))
-        # Fig. 4 in numbers: the object moves as the requested crop of a wide original moves.
-        metrics["crop_effect"] = {"real": real_effect(data[mix["crop"]] / "train", PALETTE),
-                                  "samples": model_effect(crop_model, cfg.crop_samples, PALETTE, steps=cfg.sampler_steps, n_classes=N_CLASSES, progress=progress)}
+    size_model = Run(runs["size"])
+    steps = {"size": size_model.step, "crop": Run(runs["crop"]).step}
+    fresh = metrics.get("steps") != steps
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        crop_part = pool.submit(_crop_measures, runs["crop"], data[mix["crop"]] / "train", out / "sweeps", cfg, fresh)
+        torch.set_num_threads(1)
+        labels = [i % N_CLASSES for i in range(64)]
+        pictures = {}
+        for name, query in (("default", Query()), ("sharp", Query(original_size=SHARP))):
+            path = out / f"samples-{name}.png"
+            if not path.exists():
+                images = size_model.draw(query, list(range(64)), labels, steps=cfg.sampler_steps, progress=progress)
+                micro = query.micro(size_model.cfg.resolution)
+                save_grid(images, path, nrow=8, title=f"run-size: c_size {micro.original_size[0]}x{micro.original_size[1]}, one class per column")
+            pictures[f"samples, {name}"] = path
+        pictures["original_size sweep"] = sweep_grids(runs["size"], out / "sweeps", steps=cfg.sampler_steps, kinds=("original_size",))["original_size"]
+        if fresh:
+            refs = load_references(data[mix["size"]] / "eval", size_model.size, progress=progress)
+            metrics = {"steps": steps, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
+            images = size_model.draw(Query(original_size=SHARP), list(range(cfg.samples)), [i % N_CLASSES for i in range(cfg.samples)], steps=cfg.sampler_steps, progress=progress)
+            metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE, recipe=FeatureRecipe(steps=cfg.feature_steps), progress=progress))
+        pictures["crop sweep"], crop_effect = crop_part.result()
+    if fresh:
+        metrics["crop_effect"] = crop_effect  # Fig. 4 in numbers: the object moves as the requested crop of a wide original moves
         metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
     print(format_report({k: v for k, v in metrics.items() if k not in ("query", "crop_effect", "steps")}))
     real, samples = (metrics["crop_effect"][k]["position"] for k in ("real", "samples"))

@@ -176,8 +176,46 @@ def run_upscaled(out: Path, steps: int = 2000, n_curve: int = 96, n_table: int =
     results["recovered_by_effective"] = (m["effective"]["curve"]["128"] - m["file"]["curve"]["128"]) / gap if gap else None
     results["minutes"] = (time.time() - started) / 60
     (out / "upscaled.json").write_text(json.dumps(results, indent=2) + "\n")
+    figures(out, runs, results, sampler_steps)
     (out / "upscaled.md").write_text(page(results))
     return results
+
+
+def figures(out: Path, runs: dict[str, Path], results: dict, sampler_steps: int = 25) -> None:
+    """``upscaled-curve.png`` (sharpness against requested c_size, the three models and the real
+    images) and ``upscaled-grid.png`` (the same seeds from each model at c_size 8 and 128)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from microcond.experiment import N_CLASSES
+    from microcond.grid import save_grid
+    from microcond.run import Query, Run
+
+    fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
+    real = results["real_curve"]
+    ax.plot([int(k) for k in real], list(real.values()), "k--o", label="real images, by true original size")
+    for source, row in results["models"].items():
+        ax.plot([int(k) for k in row["curve"]], list(row["curve"].values()), "-o", label=f"told the {source} size")
+    ax.set(xscale="log", yscale="log", xlabel="requested c_size (short edge, px)", ylabel="sharpness: Laplacian variance",
+           title="Size conditioning when 30% of the large files are upscaled")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks([int(k) for k in real], list(real))
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "upscaled-curve.png")
+    plt.close(fig)
+    seeds, labels, rows, images = list(range(8)), [i % N_CLASSES for i in range(8)], [], []
+    for source in SOURCES:
+        model = Run(runs[source])
+        for size in (8, 128):
+            images.append(model.draw(Query(original_size=(size, size)), seeds, labels, steps=sampler_steps, progress=False))
+            rows.append(f"{source}, c_size {size}")
+    save_grid(torch.cat(images), out / "upscaled-grid.png", nrow=len(seeds), row_labels=rows,
+              title="The same seeds and classes from each model, asked for a small and a large original")
 
 
 def page(results: dict) -> str:
@@ -203,5 +241,6 @@ def page(results: dict) -> str:
                      + f" | {row['spearman']:.2f} | {row['sharpness_128_share_of_real']:.2f} | {row['frechet_distance']:.2f} |")
     recovered = results["recovered_by_effective"]
     lines += ["", f"Gap at c_size 128 (true - file): {results['gap_128']:.4f}; the effective size recovers "
-              f"{'n/a' if recovered is None else f'{recovered:.0%}'} of it (goal >= 90%).", ""]
+              f"{'n/a' if recovered is None else f'{recovered:.0%}'} of it (goal >= 90%). One training seed per model.", "",
+              "![sharpness against requested size](upscaled-curve.png)", "", "![samples](upscaled-grid.png)", ""]
     return "\n".join(lines)

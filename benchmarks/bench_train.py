@@ -131,7 +131,7 @@ def layouts(steps: int, repeats: int, tmp: Path) -> None:
     from microcond.demodata import DemoDataConfig, build_demo_data
 
     data = tmp / "demo"
-    build_demo_data(DemoDataConfig(out=str(data), n_train=1200, n_eval=16, progress=False))
+    build_demo_data(DemoDataConfig(out=str(data), n_train=1200, n_eval=16), progress=False)
     layout_run(data / "train", tmp / "warm", 20, ["--procs", "1"], {"OMP_NUM_THREADS": "1"})  # scan and pixel cache, once
     results: dict[tuple[str, bool], float] = {}
     for busy in (False, True):

@@ -38,18 +38,16 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):  # o
 import argparse  # noqa: E402
 import collections  # noqa: E402
 import json  # noqa: E402
-import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_rss_mib  # noqa: E402
+from common import peak_rss_mib, timed  # noqa: E402
 
 from microcond.data.effective import estimate  # noqa: E402
 
@@ -112,18 +110,6 @@ def build(folder: Path, count: int, seed: int) -> list[dict]:
     return records
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Median CPU seconds of this process over ``repeats`` calls after a warm-up call (page cache,
-    the estimator's model tables): one thread, so images/s per core."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return statistics.median(times)
-
-
 def full_size_files() -> list[Path]:
     """The largest file of every wallpaper, drawings included: the cost on camera-size files."""
     files = []
@@ -167,7 +153,7 @@ def main() -> None:
             with Image.open(r["path"]) as im:
                 im.convert("RGB")
 
-    seconds = {name: timed(fn, args.repeats) for name, fn in (("decode", run_decodes), ("estimate", run_estimates))}
+    seconds = {name: timed(fn, args.repeats, clock=time.process_time) for name, fn in (("decode", run_decodes), ("estimate", run_estimates))}
 
     for r in records:
         e = r["estimate"]
@@ -216,7 +202,7 @@ def main() -> None:
         for path in large:
             estimate(path)
 
-    big = {"decode": timed(decode_large, args.repeats), "estimate": timed(estimate_large, args.repeats)}
+    big = {"decode": timed(decode_large, args.repeats, clock=time.process_time), "estimate": timed(estimate_large, args.repeats, clock=time.process_time)}
     print(json.dumps({"bench": "effective", "case": "cost_full_size", "images": len(large),
                       "megapixels": round(sum(float(np.prod(Image.open(p).size)) for p in large) / 1e6, 1),
                       "estimate_images_per_s": round(len(large) / big["estimate"], 1),

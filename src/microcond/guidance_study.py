@@ -105,20 +105,11 @@ def plot(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from microcond.paperpage import save_size_curve
+
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
     for row in results["rows"]:
         sizes = [int(k) for k in row["curve"]]
         ax.plot(sizes, list(row["curve"].values()), "-o", label=f"micro-condition scale {row['micro_guidance']} "
                 f"(128/8 = {row['ratio_largest_to_smallest']:.1f}x)")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xticks(results["sizes"], [str(s) for s in results["sizes"]])
-    ax.set_xlabel("requested c_size (short edge, px)")
-    ax.set_ylabel("sharpness: Laplacian variance")
-    ax.set_title("Fig. 3 response against the micro-condition guidance scale")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_size_curve(fig, ax, results["sizes"], "Fig. 3 response against the micro-condition guidance scale", path)

@@ -49,12 +49,21 @@ def plot_curve(results: dict, sizes, path: Path) -> Path:
         else:
             err = np.stack([mean - values.min(axis=0), values.max(axis=0) - mean])
             ax.errorbar(sizes, mean, yerr=err, fmt="-o", color=f"C{i}", capsize=3, label=f"{name}: samples by requested c_size ({len(runs)} seeds)")
+    return save_size_curve(fig, ax, sizes, "Fig. 3 at 32 px: sharpness against the requested original size", path,
+                           xlabel="original short edge (px): requested c_size for samples, true size for real images")
+
+
+def save_size_curve(fig, ax, sizes, title: str, path: Path, xlabel: str = "requested c_size (short edge, px)") -> Path:
+    """Finish and write a sharpness-against-c_size figure (every Fig. 3 style picture): log-2 size
+    axis ticked at ``sizes``, log sharpness axis, grid, legend."""
+    import matplotlib.pyplot as plt
+
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xticks(sizes, [str(s) for s in sizes])
-    ax.set_xlabel("original short edge (px): requested c_size for samples, true size for real images")
-    ax.set_ylabel("sharpness: Laplacian variance at 32 px")
-    ax.set_title("Fig. 3 at 32 px: sharpness against the requested original size")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("sharpness: Laplacian variance")
+    ax.set_title(title)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()

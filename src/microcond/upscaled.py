@@ -192,6 +192,7 @@ def figures(out: Path, runs: dict[str, Path], results: dict, sampler_steps: int 
 
     from microcond.experiment import N_CLASSES
     from microcond.grid import save_grid
+    from microcond.paperpage import save_size_curve
     from microcond.run import Query, Run
 
     fig, ax = plt.subplots(figsize=(6.4, 4), dpi=120)
@@ -199,15 +200,7 @@ def figures(out: Path, runs: dict[str, Path], results: dict, sampler_steps: int 
     ax.plot([int(k) for k in real], list(real.values()), "k--o", label="real images, by true original size")
     for source, row in results["models"].items():
         ax.plot([int(k) for k in row["curve"]], list(row["curve"].values()), "-o", label=f"told the {source} size")
-    ax.set(xscale="log", yscale="log", xlabel="requested c_size (short edge, px)", ylabel="sharpness: Laplacian variance",
-           title="Size conditioning when 30% of the large files are upscaled")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks([int(k) for k in real], list(real))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "upscaled-curve.png")
-    plt.close(fig)
+    save_size_curve(fig, ax, [int(k) for k in real], "Size conditioning when 30% of the large files are upscaled", out / "upscaled-curve.png")
     seeds, labels, rows, images = list(range(8)), [i % N_CLASSES for i in range(8)], [], []
     for source in SOURCES:
         model = Run(runs[source])

@@ -116,7 +116,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
         out = Path(args.out or "runs/upscaled")
         budget = Budget(**given)
         run_upscaled(out, steps=budget.steps, n_curve=budget.curve_samples, n_table=budget.table_samples, sampler_steps=budget.sampler_steps,
-                     feature_steps=budget.feature_steps, parallel=args.parallel)
+                     feature_steps=budget.feature_steps, seeds=budget.seeds, parallel=args.parallel)
         print(f"wrote {out / 'upscaled.md'}")
         return 0
     ablation = args.name == "crop-ablation"

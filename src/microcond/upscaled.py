@@ -128,9 +128,11 @@ def measure_effective(folder: Path, truth: dict[str, list[int]]) -> dict:
 
 
 def run_upscaled(out: Path, steps: int = 2000, n_curve: int = 96, n_table: int = 500, sampler_steps: int = 25, feature_steps: int = 300,
-                 parallel: int = 2, progress: bool = True) -> dict:
-    """Build the data, train the three models, measure them; writes ``out/upscaled.json`` and ``out/upscaled.md``."""
-    from microcond.experiment import N_CLASSES, SIZE_CURVE, SQUARE, real_sharpness_by_size, train_command
+                 seeds: int = 1, parallel: int = 2, progress: bool = True) -> dict:
+    """Build the data, train the three models (``seeds`` training seeds each), measure them;
+    writes ``out/upscaled.json`` and ``out/upscaled.md``. Each run's measures are kept in
+    ``out/measures.json``, so a rerun with more seeds measures only the new runs."""
+    from microcond.experiment import train_command
 
     started = time.time()
     clean = ensure_demo_data(out / "data-web", "web", progress=progress)
@@ -142,43 +144,67 @@ def run_upscaled(out: Path, steps: int = 2000, n_curve: int = 96, n_table: int =
     folders = index_variants(out / "upscaled", out, truth, progress)
     for folder in folders.values():
         prepare_caches(folder, {0})
-    runs = {source: out / "runs" / f"size-{source}" for source in SOURCES}
-    commands = {source: train_command("size", folders[source], runs[source], steps, extra={"original_size_source": "file" if source == "file" else "effective"})
-                for source in SOURCES}
-    train_runs(commands, runs, {s: steps for s in SOURCES}, parallel=parallel, progress=progress)
+    names = {(source, seed): f"size-{source}" + (f"-s{seed}" if seed else "") for source in SOURCES for seed in range(seeds)}
+    runs = {name: out / "runs" / name for name in names.values()}
+    commands = {names[source, seed]: train_command("size", folders[source], runs[names[source, seed]], steps, seed=seed,
+                                                   extra={"original_size_source": "file" if source == "file" else "effective"})
+                for source, seed in names}
+    train_runs(commands, runs, {name: steps for name in runs}, parallel=parallel, progress=progress)
 
-    from microcond.data.source import default_cache_dir
-    from microcond.demodata import PALETTE
-    from microcond.evaluate import evaluate, laplacian_variance, load_references
-    from microcond.features import FeatureRecipe
-    from microcond.run import Query, Run
+    from microcond.experiment import real_sharpness_by_size
     from microcond.stats import spearman
 
     real = real_sharpness_by_size(clean / "train")
-    refs = load_references(clean / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
-    results = {"steps": steps, "fakes": len(truth), "effective_estimates": measure_effective(folders["effective"], truth),
-               "real_curve": {str(k): v for k, v in real.items()}, "models": {}, "commands": {s: " ".join(c) for s, c in commands.items()}}
+    measures = _measure_runs(out / "measures.json", runs, clean, n_curve, n_table, sampler_steps, feature_steps, progress)
+    results = {"steps": steps, "seeds": seeds, "fakes": len(truth), "effective_estimates": measure_effective(folders["effective"], truth),
+               "real_curve": {str(k): v for k, v in real.items()}, "models": {}, "commands": {n: " ".join(c) for n, c in commands.items()}}
     for source in SOURCES:
-        model = Run(runs[source])
-        labels = [i % N_CLASSES for i in range(n_curve)]
-        curve = {s: float(laplacian_variance(model.draw(Query(original_size=(s, s)), list(range(20_000, 20_000 + n_curve)), labels,
-                                                        steps=sampler_steps, progress=False)).mean()) for s in SIZE_CURVE}
-        samples = model.draw(Query(original_size=SQUARE.original_size), list(range(n_table)), [i % N_CLASSES for i in range(n_table)],
-                             steps=sampler_steps, progress=False)
-        report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
-                          recipe=FeatureRecipe(steps=feature_steps), progress=progress)
-        results["models"][source] = {"curve": {str(k): v for k, v in curve.items()}, "spearman": spearman(list(curve), list(curve.values())),
-                                     "sharpness_128_share_of_real": curve[128] / real[128],
-                                     "frechet_distance": report["fidelity"]["frechet_distance"]}
+        entries = [measures[names[source, seed]] for seed in range(seeds)]
+        curve = {k: float(np.mean([e["curve"][k] for e in entries])) for k in entries[0]["curve"]}
+        results["models"][source] = {"curve": curve, "spearman": spearman([int(k) for k in curve], list(curve.values())),
+                                     "sharpness_128_share_of_real": curve["128"] / real[128],
+                                     "frechet_distance": float(np.mean([e["frechet_distance"] for e in entries])),
+                                     "by_seed": entries}
     m = results["models"]
     gap = m["true"]["curve"]["128"] - m["file"]["curve"]["128"]
     results["gap_128"] = gap
     results["recovered_by_effective"] = (m["effective"]["curve"]["128"] - m["file"]["curve"]["128"]) / gap if gap else None
     results["minutes"] = (time.time() - started) / 60
     (out / "upscaled.json").write_text(json.dumps(results, indent=2) + "\n")
-    figures(out, runs, results, sampler_steps)
+    figures(out, {source: runs[names[source, 0]] for source in SOURCES}, results, sampler_steps)
     (out / "upscaled.md").write_text(page(results))
     return results
+
+
+def _measure_runs(path: Path, runs: dict[str, Path], clean: Path, n_curve: int, n_table: int, sampler_steps: int, feature_steps: int,
+                  progress: bool) -> dict[str, dict]:
+    """Per run: the Fig. 3 curve (sharpness by requested c_size) and the Frechet distance of its
+    default samples to the held-out images; cached in ``path`` by run name and step."""
+    from microcond.data.source import default_cache_dir
+    from microcond.demodata import PALETTE
+    from microcond.evaluate import evaluate, laplacian_variance, load_references
+    from microcond.experiment import N_CLASSES, SIZE_CURVE, SQUARE
+    from microcond.features import FeatureRecipe
+    from microcond.run import Query, Run
+
+    settings = {"n_curve": n_curve, "n_table": n_table, "sampler_steps": sampler_steps, "feature_steps": feature_steps}
+    cached = json.loads(path.read_text()) if path.exists() else {}
+    refs = None
+    for name, folder in runs.items():
+        model = Run(folder)
+        if cached.get(name, {}).get("key") == {"step": model.step, **settings}:
+            continue
+        refs = refs or load_references(clean / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
+        labels = [i % N_CLASSES for i in range(n_curve)]
+        curve = {str(s): float(laplacian_variance(model.draw(Query(original_size=(s, s)), list(range(20_000, 20_000 + n_curve)), labels,
+                                                             steps=sampler_steps, progress=False)).mean()) for s in SIZE_CURVE}
+        samples = model.draw(Query(original_size=SQUARE.original_size), list(range(n_table)), [i % N_CLASSES for i in range(n_table)],
+                             steps=sampler_steps, progress=False)
+        report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
+                          recipe=FeatureRecipe(steps=feature_steps), progress=progress)
+        cached[name] = {"key": {"step": model.step, **settings}, "curve": curve, "frechet_distance": report["fidelity"]["frechet_distance"]}
+        path.write_text(json.dumps(cached, indent=1) + "\n")
+    return cached
 
 
 def figures(out: Path, runs: dict[str, Path], results: dict, sampler_steps: int = 25) -> None:
@@ -220,7 +246,7 @@ def page(results: dict) -> str:
         "",
         f"{results['fakes']} of the web-like demo data's training images (30% of those above {TRAIN_SIZE} px) replaced by "
         "fakes: area-downscaled by 2-4x and upscaled back with bicubic interpolation, so the file size lies. Three tiny "
-        f"size-conditioned models, {results['steps']} steps each, otherwise identical.",
+        f"size-conditioned models, {results['steps']} steps each, otherwise identical, {results.get('seeds', 1)} training seed(s) each.",
         "",
         f"The scan's effective size on these files: {e['fakes_within_10pct']:.0%} of the fakes within 10% of their true factor, "
         f"{e['natives_flagged_upscaled']:.1%} of the untouched images called upscaled (>= 1.25x), {e['unmeasured']} not measured.",
@@ -232,8 +258,12 @@ def page(results: dict) -> str:
     for source, row in results["models"].items():
         lines.append(f"| {source} | " + " | ".join(f"{row['curve'][s]:.4f}" for s in sizes)
                      + f" | {row['spearman']:.2f} | {row['sharpness_128_share_of_real']:.2f} | {row['frechet_distance']:.2f} |")
+    if results.get("seeds", 1) > 1:
+        lines += ["", "c_size 128 sharpness by training seed: " + "; ".join(
+            f"{source} " + " / ".join(f"{e['curve']['128']:.4f}" for e in row["by_seed"]) for source, row in results["models"].items()) + "."]
     recovered = results["recovered_by_effective"]
     lines += ["", f"Gap at c_size 128 (true - file): {results['gap_128']:.4f}; the effective size recovers "
-              f"{'n/a' if recovered is None else f'{recovered:.0%}'} of it (goal >= 90%). One training seed per model.", "",
+              f"{'n/a' if recovered is None else f'{recovered:.0%}'} of it (goal >= 90%). Rows are means over "
+              f"{results.get('seeds', 1)} training seed(s).", "",
               "![sharpness against requested size](upscaled-curve.png)", "", "![samples](upscaled-grid.png)", ""]
     return "\n".join(lines)

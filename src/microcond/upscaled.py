@@ -54,10 +54,7 @@ def fake_upscales(clean: Path, out: Path, seed: int = 0) -> dict[str, list[int]]
     for file, record in records:
         source, target = clean / file, out / file
         if file not in faked:
-            try:
-                os.link(source, target)
-            except OSError:
-                shutil.copy2(source, target)
+            _link(source, target)
             continue
         factor = math.exp(rng.uniform(*np.log(FACTORS)))
         with Image.open(source) as image:
@@ -73,13 +70,23 @@ def fake_upscales(clean: Path, out: Path, seed: int = 0) -> dict[str, list[int]]
     return truth
 
 
+def _link(source: Path, target: Path) -> None:
+    """``target`` as a hard link to ``source`` (a copy where the file system has no hard links)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def index_variants(data: Path, root: Path, truth: dict[str, list[int]], progress: bool = True) -> dict[str, Path]:
     """One folder per size source, each the same files (linked) with its own ``index.parquet``:
-    without effective sizes, with measured ones, and with the true sizes in their place."""
+    without effective sizes, with measured ones (measured again when the estimator's version
+    changed), and with the true sizes in their place."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from microcond.data import scan
+    from microcond.data.effective import ESTIMATOR_VERSION
     from microcond.data.index import index_schema, index_settings
 
     folders = {}
@@ -87,18 +94,19 @@ def index_variants(data: Path, root: Path, truth: dict[str, list[int]], progress
         folder = root / f"upscaled-{source}"
         index = folder / "index.parquet"
         folders[source] = folder
-        if index.exists() and (source == "file" or index_settings(index).get("effective")):
+        measured = index_settings(index).get("effective") if index.exists() else None
+        if index.exists() and (source == "file" or measured == {"effective": ESTIMATOR_VERSION, "true": "ground truth"}[source]):
             continue
         folder.mkdir(parents=True, exist_ok=True)
         for item in data.iterdir():
             if not (folder / item.name).exists():
-                os.link(item, folder / item.name)
+                _link(item, folder / item.name)
         print(scan.scan([folder], index, effective=source == "effective", progress=progress).line())
         if source == "true":  # the generator's knowledge in the columns the loader reads for "effective"
             table = pq.read_table(index)
             names = [Path(p).name for p in table.column("path").to_pylist()]  # the split is one flat folder
-            heights = [int(truth.get(n, (h, w))[0]) for n, h, w in zip(names, table.column("height").to_pylist(), table.column("width").to_pylist())]
-            widths = [int(truth.get(n, (h, w))[1]) for n, h, w in zip(names, table.column("height").to_pylist(), table.column("width").to_pylist())]
+            sizes = [truth.get(n, (h, w)) for n, h, w in zip(names, table.column("height").to_pylist(), table.column("width").to_pylist())]
+            heights, widths = [int(h) for h, _ in sizes], [int(w) for _, w in sizes]
             schema = index_schema(int(index_settings(index)["max_pixels"]), effective="ground truth")
             none = [None] * table.num_rows
             columns = {**{name: table.column(name) for name in table.column_names}, "effective_height": heights, "effective_width": widths,

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import os
 import struct
 import warnings
@@ -53,17 +54,22 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image
 
-from microcond.data.resampling import NAMES, grids, misfits, window_starts
+from microcond.data.resampling import NAMES, grids, misfits, scatter, window_starts
 
-ESTIMATOR_VERSION = "2"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "3"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
-MIN_SIDE = 48  # shorter axes are not measured (factor 1, confidence 0)
-_ANALYSED = 1 << 19  # pixels analysed per axis at most (evenly spaced lines of the decoded band)
+MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
+_LINES = 512  # lines analysed per axis at most (evenly spaced in the decoded band)
+_WHOLE = 96  # axes up to this long are fitted whole, every original length tried
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
-_WINDOW, _WINDOWS, _ROWS = 48, 3, 48  # re-interpolation: window length in pixels, windows, rows sampled
+_WINDOW, _WINDOWS = 48, 8  # re-interpolation: window length in pixels, windows at most
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
+_GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
+_GAIN_JOINT = 1.1  # the same for the other axis's factor on an axis that found none
+_GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
+_AGREE = 0.095  # factors within 10% agree
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
@@ -205,6 +211,12 @@ def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndar
     return luma, (height, width), orientation if orientation in range(1, 9) else 1, quality
 
 
+def _ijg_table(quality: int | np.ndarray, table: int) -> np.ndarray:
+    """libjpeg's quantization table (0: luma, 1: chroma) at ``quality``, as jcparam.c scales it."""
+    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)
+    return np.clip((_IJG[table] * scale + 50) // 100, 1, 255)
+
+
 def jpeg_quality(image: Image.Image) -> int | None:
     """The IJG quality (1-100) whose scaled standard tables are nearest to this JPEG's; header only."""
     tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
@@ -212,10 +224,9 @@ def jpeg_quality(image: Image.Image) -> int | None:
         return None
     found = [np.asarray(tables[i], np.float64) for i in sorted(tables)[:2]]
     qualities = np.arange(1, 101)
-    scale = np.where(qualities < 50, 5000 // qualities, 200 - 2 * qualities)[:, None]  # libjpeg jcparam.c
     error = np.zeros(len(qualities))
-    for table, base in zip(found, _IJG):
-        scaled = np.clip((base[None, :] * scale + 50) // 100, 1, 255)  # (100, 64)
+    for i, table in enumerate(found):
+        scaled = _ijg_table(qualities[:, None], i)  # (100, 64)
         error += np.abs(np.log(scaled / np.maximum(table[None, :], 1))).mean(axis=1)
     return int(qualities[np.argmin(error)])
 
@@ -254,49 +265,124 @@ def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 15.0) -> list
 
 
 def _padded(matrices: list[np.ndarray]) -> np.ndarray:
-    width = max(m.shape[2] for m in matrices)  # zero columns change no fit
+    width = max(m.shape[2] for m in matrices)  # zero columns are left out of every fit
     return np.concatenate([np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]))) for m in matrices])
 
 
-def _grid_fit(y: np.ndarray, jpeg: bool, length: int) -> tuple[float, float]:
-    """(factor, gain) of the best-fitting upscale grid along the lines ``y`` (count, measured), the
-    first ``measured`` pixels of lines ``length`` long (a decoded band); (1.0, gain) if none fits."""
-    rows = y[np.linspace(0, y.shape[0] - 1, min(_ROWS, y.shape[0])).astype(int)].T.astype(np.float32)  # (measured, R)
-    window = min(_WINDOW, y.shape[1] - 16)
-    starts = window_starts(y.shape[1], window, _WINDOWS)
-    # Each periodic peak gives two factors, each an original length n0 known within about a pixel.
-    families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
-    families.update({round(length / s): _GAIN for f in _peaks(y, jpeg) for s in (1 / (1 - f), 1 / f)})
-    # Too fine a grid has as many unknowns as pixels and fits anything: not tested.
-    usable = lambda n0: 8 <= n0 and n0 * window < (window - 8) * length  # noqa: E731
-    centres = np.array([c for c in sorted(families) if usable(c)])
-    if not len(centres):
-        return 1.0, 1.0
-    # Each n0 with every kernel; a peak-derived n0 also one original pixel either side (at a wrong
-    # n0 the right kernel need not fit best, so every kernel again).
-    aligned = misfits(rows, _padded([grids(length, centres, k, starts, window) for k in NAMES]), starts)
-    aligned = aligned.reshape(len(NAMES), len(centres))
-    best = {int(c): (float(aligned[:, i].min()), int(aligned[:, i].argmin()), int(c)) for i, c in enumerate(centres)}
-    near = [(int(c), int(c) + d, int(k)) for i, c in enumerate(centres) if families[c] == _GAIN
-            for k in range(len(NAMES)) for d in (-1, 1) if usable(c + d)]
-    for k in {k for _, _, k in near}:
-        chosen = [(c, n0) for c, n0, kk in near if kk == k]
-        for (c, n0), fit in zip(chosen, misfits(rows, grids(length, np.array([n0 for _, n0 in chosen]), NAMES[k], starts, window), starts)):
-            if fit < best[c][0]:
-                best[c] = (float(fit), k, n0)
-    shifted = {}
-    for k in {k for _, k, _ in best.values()}:  # the winners shifted by half an original pixel
-        chosen = [n0 for _, kk, n0 in best.values() if kk == k]
-        shifted.update(zip(chosen, misfits(rows, grids(length, np.array(chosen), NAMES[k], starts, window, 0.5), starts)))
-    scored = [((shifted[n0] + _NOISE) / (fit + _NOISE), length / n0, (fit + _NOISE) / (1 - n0 / length) ** 0.5, families[c])
-              for c, (fit, _, n0) in best.items()]  # third: misfit per degree of freedom left, comparable across grids
-    gain = max(g for g, _, _, _ in scored)
-    fitting = [(s, fit) for g, s, fit, least in scored if g >= least]
+@dataclass(frozen=True)
+class _Axis:
+    """One axis prepared for grid fits: its lines (count, measured), mean removed, the windows
+    tested and their scatter matrices. ``length``: the axis's size in the file (a decoded band
+    measures only the first ``measured`` pixels of it)."""
+
+    lines: np.ndarray
+    length: int
+    quality: int | None  # JPEG quality, None for lossless files
+    starts: np.ndarray
+    window: int
+    scatters: np.ndarray
+
+    @property
+    def whole(self) -> bool:
+        return self.window == self.length
+
+    @property
+    def limit(self) -> float:
+        """Largest misfit an upscale may leave on a short axis (RMS grey levels): twice the 8-bit
+        rounding, or a quarter of the RMS quantization step of the file's JPEG luma table."""
+        if self.quality is None:
+            return 2 * _NOISE
+        return max(2 * _NOISE, 0.25 * float(np.sqrt((_ijg_table(self.quality, 0) ** 2).mean() / 12)))
+
+    def usable(self, n0: int) -> bool:
+        """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
+        return 4 <= n0 and n0 * self.window < (self.window - 8) * self.length
+
+    def fits(self, originals: list[int], kernels: tuple[str, ...] = NAMES, shift: float = 0.0) -> np.ndarray:
+        """RMS misfit (len(kernels), len(originals)) of upscale grids from each original length."""
+        matrices = _padded([grids(self.length, np.array(originals), k, self.starts, self.window, shift) for k in kernels])
+        return misfits(self.scatters, matrices, len(self.lines)).reshape(len(kernels), len(originals))
+
+
+@dataclass(frozen=True)
+class _Fit:
+    factor: float  # 1.0: no grid fits
+    gain: float  # shifted misfit over aligned misfit of the grid found (or the best one tried)
+    n0: int = 0
+    kernel: int = 0
+    misfit: float = 0.0  # RMS grey levels left by the grid found
+
+
+def _axis(luma: np.ndarray, axis: int, quality: int | None, length: int) -> _Axis | None:
+    if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
+        return None
+    y = np.moveaxis(luma, axis, 1)
+    if len(y) > _LINES:  # evenly spaced lines: the work per axis is bounded
+        y = y[np.linspace(0, len(y) - 1, _LINES).astype(int)]
+    y = y - y.mean(axis=1, keepdims=True)
+    measured = y.shape[1]
+    if measured == length <= _WHOLE:
+        starts, window = np.array([0]), length
+    else:
+        window = min(_WINDOW, measured - 16)
+        starts = window_starts(measured, window, int(np.clip((measured - 16) // window, 2, _WINDOWS)))
+    return _Axis(y, length, quality, starts, window, scatter(y, starts, window))
+
+
+def _score(fit: float, shifted: float) -> float:
+    return (shifted + _NOISE) / (fit + _NOISE)
+
+
+def _grid_fit(ax: _Axis) -> _Fit:
+    """The upscale grid that fits the lines of ``ax``, or factor 1.0 if none does."""
+    length = ax.length
+    if ax.whole:  # a short axis: every original length
+        families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // 8)), length)}
+    else:  # a periodic peak gives two factors, each an original length n0 known within about a pixel
+        families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
+        families.update({round(length / s): _GAIN for f in _peaks(ax.lines, ax.quality is not None) for s in (1 / (1 - f), 1 / f)})
+    centres = [c for c in sorted(families) if ax.usable(c)]
+    if not centres:
+        return _Fit(1.0, 1.0)
+    # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
+    tried = {c: [n0 for n0 in ((c - 1, c, c + 1) if families[c] == _GAIN else (c,)) if ax.usable(n0)] for c in centres}
+    originals = sorted({n0 for group in tried.values() for n0 in group})
+    at = {n0: i for i, n0 in enumerate(originals)}
+    aligned, shifted = ax.fits(originals), ax.fits(originals, shift=0.5)  # (kernels, originals)
+    best = {}
+    for c, group in tried.items():  # the best grid near c, and the best of the same grids shifted half a pixel:
+        columns = [at[n0] for n0 in group]  # both chosen alike, so a native scores about 1 whatever the choice
+        k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
+        best[c] = (float(aligned[k, columns[i]]), int(k), group[i], float(shifted[:, columns].min()))
+    best_fit = lambda n0, k: float(aligned[k, at[n0]])  # noqa: E731
+    scored = [(_score(fit, moved), n0, k, (fit + _NOISE) / (1 - n0 / length) ** 0.5, families[c])
+              for c, (fit, k, n0, moved) in best.items()]  # fourth: misfit per degree of freedom, comparable across grids
+    gain = max(g for g, *_ in scored)
+    # On a short axis flat graphics fit some grid by chance (edges that happen to fall where it allows
+    # them): the grid must also explain the lines down to the noise.
+    fitting = [(n0, k, g, fit) for g, n0, k, fit, least in scored
+               if g >= least and (not ax.whole or best_fit(n0, k) <= ax.limit)]
     if not fitting:
-        return 1.0, gain
+        return _Fit(1.0, gain)
     # A finer grid also contains a coarser one: the coarsest grid that fits about as well is the original.
-    least = min(fit for _, fit in fitting)
-    return max(s for s, fit in fitting if fit <= _NESTED * least), gain
+    least = min(fit for *_, fit in fitting)
+    n0, k, g, _ = min((f for f in fitting if f[3] <= _NESTED * least), key=lambda f: f[0])
+    return _Fit(length / n0, g, n0, k, best_fit(n0, k))
+
+
+def _same_factor(ax: _Axis, other: _Fit) -> _Fit | None:
+    """``ax`` tested at the factor and kernel found on the other axis (an upscale keeps the aspect
+    ratio); the fit if the aligned grid beats its shifted one by :data:`_GAIN_JOINT`."""
+    originals = [n0 for n0 in (round(ax.length / other.factor) + d for d in (-1, 0, 1)) if ax.usable(n0)]
+    if not originals:
+        return None
+    kernel = (NAMES[other.kernel],)
+    aligned, shifted = ax.fits(originals, kernel)[0], ax.fits(originals, kernel, 0.5)[0]
+    i = int(aligned.argmin())
+    gain = _score(aligned[i], shifted.min())
+    if gain < _GAIN_JOINT or (ax.whole and aligned[i] > ax.limit):
+        return None
+    return _Fit(ax.length / originals[i], gain, originals[i], other.kernel, float(aligned[i]))
 
 
 _N_FFT = 128  # Welch segment length: 64 frequency bins
@@ -320,25 +406,38 @@ def _detail(power: np.ndarray) -> float:
     return min(1.0, high / float(power[(f >= 0.05) & (f <= 0.15)].mean()) / 0.3)
 
 
-def measure_axis(luma: np.ndarray, axis: int, jpeg: bool = False, length: int | None = None) -> tuple[float, float]:
-    """Upscaling factor (>= 1) and confidence (0..1) of a luma array (H, W) along ``axis`` (0: the
-    height, measured down the columns; 1: the width, along the rows).
+def _confidence(fit: _Fit, ax: _Axis | None) -> float:
+    if ax is None:
+        return 0.0
+    if fit.factor > 1.0:
+        return min(1.0, 1.3 - 1.0 / fit.gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
+    if ax.lines.shape[1] <= _N_FFT:
+        return 0.0
+    return _detail(_spectrum(ax.lines))
+
+
+def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Upscaling factors (height, width), each >= 1, and their confidences (0..1) of a luma array
+    (H, W). Each axis is measured alone (the height down the columns, the width along the rows);
+    an axis that found nothing is then tested at the other's factor, since upscales keep the aspect.
 
     Args:
-        length: the image's size on ``axis`` when ``luma`` is its top-left part (a decoded band):
+        size: the image's (height, width) when ``luma`` is its top-left part (a decoded band):
             upscale grids are laid over the whole image, as the resizer did.
     """
-    if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 8:
-        return 1.0, 0.0
-    y = np.moveaxis(luma, axis, 1)
-    if y.size > _ANALYSED:  # evenly spaced lines: the work per axis is bounded
-        y = y[np.linspace(0, len(y) - 1, max(8, _ANALYSED // y.shape[1])).astype(int)]
-    factor, gain = _grid_fit(y, jpeg, length or y.shape[1])
-    if factor > 1.0:
-        return factor, min(1.0, 1.3 - 1.0 / gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
-    if y.shape[1] <= _N_FFT:
-        return 1.0, 0.0
-    return 1.0, _detail(_spectrum(y))
+    size = size or luma.shape
+    axes = [_axis(luma, a, quality, size[a]) for a in (0, 1)]
+    fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
+    for a in (0, 1):
+        ax, other = axes[a], fits[1 - a]
+        if ax is not None and fits[a].factor == 1.0 and other.factor > 1.0:
+            fits[a] = _same_factor(ax, other) or fits[a]
+    # An upscale the other axis contradicts (another factor, or none where it could have been seen)
+    # needs strong evidence: flat graphics fit some grid on one axis by chance.
+    agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
+    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
+    factors = (fits[0].factor, fits[1].factor)
+    return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))
 
 
 def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Effective:
@@ -349,9 +448,7 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
     luma, (height, width), orientation, quality = _decode(source, max_pixels)
-    jpeg = quality is not None
-    scale_h, confidence_h = measure_axis(luma, 0, jpeg, height)
-    scale_w, confidence_w = measure_axis(luma, 1, jpeg, width)
+    (scale_h, scale_w), (confidence_h, confidence_w) = measure(luma, quality, (height, width))
     if orientation in _SWAP:
         height, width, scale_h, scale_w = width, height, scale_w, scale_h
     return Effective(

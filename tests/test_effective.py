@@ -170,7 +170,7 @@ def test_nearest_grid_rounds_like_pillow():
     the same, so an exact 2/3 scale is reproduced pixel for pixel."""
     line = np.random.default_rng(0).integers(0, 255, (1, 256)).astype(np.uint8)
     up = np.asarray(Image.fromarray(line).resize((384, 1), Image.NEAREST), np.float64)[0]
-    (matrix,) = grids(384, np.array([256]), "nearest", np.array([0]), 384)  # columns: originals -4, -3, ...
+    (matrix,) = grids(384, np.array([256]), "nearest", np.array([0]), 384)  # columns: originals -2, -1, ...
     originals = np.zeros(matrix.shape[1])
-    originals[4:260] = line[0]
+    originals[2:258] = line[0]
     assert np.array_equal(matrix @ originals, up)

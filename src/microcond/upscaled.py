@@ -187,7 +187,7 @@ def run_upscaled(out: Path, steps: int = 2000, n_curve: int = 96, n_table: int =
 def _measure_runs(path: Path, runs: dict[str, Path], clean: Path, n_curve: int, n_table: int, sampler_steps: int, feature_steps: int,
                   progress: bool) -> dict[str, dict]:
     """Per run: the Fig. 3 curve (sharpness by requested c_size) and the Frechet distance of its
-    default samples to the held-out images; cached in ``path`` by run name and step."""
+    default samples to the held-out images; cached in ``path`` by run name, step and checkpoint time."""
     from microcond.data.source import default_cache_dir
     from microcond.demodata import PALETTE
     from microcond.evaluate import evaluate, laplacian_variance, load_references
@@ -200,7 +200,9 @@ def _measure_runs(path: Path, runs: dict[str, Path], clean: Path, n_curve: int, 
     refs = None
     for name, folder in runs.items():
         model = Run(folder)
-        if cached.get(name, {}).get("key") == {"step": model.step, **settings}:
+        trained = max((p.stat().st_mtime_ns for p in (folder / "checkpoints").iterdir()), default=0)  # a run trained again
+        key = {"step": model.step, "trained": trained, **settings}
+        if cached.get(name, {}).get("key") == key:
             continue
         refs = refs or load_references(clean / "eval", (TRAIN_SIZE, TRAIN_SIZE), progress=progress)
         labels = [i % N_CLASSES for i in range(n_curve)]
@@ -210,7 +212,7 @@ def _measure_runs(path: Path, runs: dict[str, Path], clean: Path, n_curve: int, 
                              steps=sampler_steps, progress=False)
         report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
                           recipe=FeatureRecipe(steps=feature_steps), progress=progress)
-        cached[name] = {"key": {"step": model.step, **settings}, "curve": curve, "frechet_distance": report["fidelity"]["frechet_distance"]}
+        cached[name] = {"key": key, "curve": curve, "frechet_distance": report["fidelity"]["frechet_distance"]}
         path.write_text(json.dumps(cached, indent=1) + "\n")
     return cached
 

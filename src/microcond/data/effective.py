@@ -48,7 +48,7 @@ import math
 import os
 import struct
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator
 
 import numpy as np
@@ -67,10 +67,15 @@ _WINDOW, _WINDOWS = 48, 8  # re-interpolation: window length in pixels, windows 
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
-_GAIN_JOINT = 1.1  # the same for the other axis's factor on an axis that found none
+_GAIN_EACH, _GAIN_PAIR = 1.02, 1.08  # the same for one factor on both axes: each, and their product
+_BLOCKS = 0.1  # a grid whose pattern repeats within this many pixels of every 8 px is "block-aligned"
 _GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
 _AGREE = 0.095  # factors within 10% agree
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
+_WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
+_FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
+_BATCH = 12  # original lengths fitted together (of similar width: sorted)
+_SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -232,12 +237,11 @@ def jpeg_quality(image: Image.Image) -> int | None:
 
 
 
-def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 15.0) -> list[float]:
-    """Frequencies (cycles/pixel, 0.1..0.5) of the strongest periodic peaks of the mean |second
-    difference| and of the mean |first difference| along the lines ``y`` (count, length) (a
-    nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it), each
-    at least ``least`` times the median of its spectrum."""
-    found: list[float] = []
+def _modulation(y: np.ndarray, jpeg: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Spectra (frequency in cycles/pixel from 0.1 to 0.5, power over its median) of the mean
+    |second difference| and of the mean |first difference| along the lines ``y`` (count, length)
+    (a nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it)."""
+    spectra = []
     for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
         d = difference.mean(axis=0) + 1e-3  # (n,)
         m = d / np.convolve(np.pad(d, 7, mode="reflect"), np.ones(15) / 15, mode="valid") - 1  # relative modulation
@@ -253,14 +257,43 @@ def _peaks(y: np.ndarray, jpeg: bool, top: int = 2, least: float = 15.0) -> list
         keep = f >= 0.1
         if jpeg:
             keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
-        f, power = f[keep], power[keep]
-        floor, mine = np.median(power), []
-        for i in np.argsort(power)[::-1]:
-            if len(mine) == top or power[i] < least * floor:
-                break
-            if all(abs(f[i] - g) > 3.0 / n for g in mine + found):
-                mine.append(float(f[i]))
-        found += mine
+        if keep.sum() >= 2:
+            spectra.append((f[keep], power[keep] / np.median(power[keep])))
+    return spectra
+
+
+def _strongest(f: np.ndarray, power: np.ndarray, apart: float, found: list[float], top: int = 2, least: float = 15.0) -> list[float]:
+    """Frequencies of the ``top`` strongest peaks of ``power`` (over its median) above ``least``,
+    ``apart`` from each other and from those already ``found``."""
+    mine: list[float] = []
+    for i in np.argsort(power)[::-1]:
+        if len(mine) == top or power[i] < least:
+            break
+        if all(abs(f[i] - g) > apart for g in mine + found):
+            mine.append(float(f[i]))
+    return mine
+
+
+def _peaks(y: np.ndarray, jpeg: bool) -> list[float]:
+    """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
+    found: list[float] = []
+    for f, power in _modulation(y, jpeg):
+        found += _strongest(f, power, 3.0 / y.shape[1], found)
+    return found
+
+
+def _shared_peaks(axes: list[_Axis]) -> list[float]:
+    """Peaks of the two axes' spectra added: an upscale that keeps the aspect ratio repeats with the
+    same period along both, so a pattern too weak on either axis alone can stand out."""
+    grid = np.linspace(0.1, 0.5, 4001)
+    found: list[float] = []
+    jpeg = axes[0].quality is not None
+    both = [_modulation(ax.lines, jpeg) for ax in axes]
+    if min(len(spectra) for spectra in both) < 2:
+        return []
+    for (f0, p0), (f1, p1) in zip(*both):
+        added = np.interp(grid, f0, p0, left=0, right=0) + np.interp(grid, f1, p1, left=0, right=0)
+        found += _strongest(grid, added / 2, 3.0 / min(ax.lines.shape[1] for ax in axes), found, least=_SHARED_LEAST)
     return found
 
 
@@ -281,6 +314,7 @@ class _Axis:
     starts: np.ndarray
     window: int
     scatters: np.ndarray
+    known: dict = field(default_factory=dict, compare=False, repr=False)  # n0 -> misfits (2, kernels)
 
     @property
     def whole(self) -> bool:
@@ -298,10 +332,18 @@ class _Axis:
         """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
         return 4 <= n0 and n0 * self.window < (self.window - 8) * self.length
 
-    def fits(self, originals: list[int], kernels: tuple[str, ...] = NAMES, shift: float = 0.0) -> np.ndarray:
-        """RMS misfit (len(kernels), len(originals)) of upscale grids from each original length."""
-        matrices = _padded([grids(self.length, np.array(originals), k, self.starts, self.window, shift) for k in kernels])
-        return misfits(self.scatters, matrices, len(self.lines)).reshape(len(kernels), len(originals))
+    def fits(self, originals: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """RMS misfits (kernels, len(originals)) of the upscale grids from each original length, as
+        laid by the resizer and shifted by half an original pixel. Each is computed once per axis,
+        in batches of similar width (padding costs cubic time)."""
+        todo = sorted(set(originals) - self.known.keys())
+        for lo in range(0, len(todo), _BATCH):
+            batch = np.array(todo[lo : lo + _BATCH])
+            matrices = [grids(self.length, batch, k, self.starts, self.window, shift) for shift in (0.0, 0.5) for k in NAMES]
+            found = misfits(self.scatters, _padded(matrices), len(self.lines)).reshape(2, len(NAMES), len(batch))
+            self.known.update((n0, found[:, :, i]) for i, n0 in enumerate(batch))
+        both = np.stack([self.known[n0] for n0 in originals], axis=-1)  # (2, kernels, originals)
+        return both[0], both[1]
 
 
 @dataclass(frozen=True)
@@ -333,56 +375,91 @@ def _score(fit: float, shifted: float) -> float:
     return (shifted + _NOISE) / (fit + _NOISE)
 
 
-def _grid_fit(ax: _Axis) -> _Fit:
-    """The upscale grid that fits the lines of ``ax``, or factor 1.0 if none does."""
+def _candidates(ax: _Axis) -> dict[int, float]:
+    """Original lengths worth testing on ``ax``, each with the gain its grid must reach."""
     length = ax.length
     if ax.whole:  # a short axis: every original length
-        families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // 8)), length)}
+        families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // _FINEST_ORIGINAL)), length)}
     else:  # a periodic peak gives two factors, each an original length n0 known within about a pixel
         families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
         families.update({round(length / s): _GAIN for f in _peaks(ax.lines, ax.quality is not None) for s in (1 / (1 - f), 1 / f)})
-    centres = [c for c in sorted(families) if ax.usable(c)]
-    if not centres:
-        return _Fit(1.0, 1.0)
-    # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
-    tried = {c: [n0 for n0 in ((c - 1, c, c + 1) if families[c] == _GAIN else (c,)) if ax.usable(n0)] for c in centres}
-    originals = sorted({n0 for group in tried.values() for n0 in group})
+    return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
+
+
+def _tested(ax: _Axis, groups: dict) -> dict:
+    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, the
+    smallest misfit of the same grids shifted half an original pixel, and the gain between them.
+    Both sides are chosen alike (the best of the group and of every kernel), so a native line,
+    which no grid favours, scores about 1 whatever the choice."""
+    originals = sorted({n0 for group in groups.values() for n0 in group})
+    if not originals:
+        return {}
     at = {n0: i for i, n0 in enumerate(originals)}
-    aligned, shifted = ax.fits(originals), ax.fits(originals, shift=0.5)  # (kernels, originals)
-    best = {}
-    for c, group in tried.items():  # the best grid near c, and the best of the same grids shifted half a pixel:
-        columns = [at[n0] for n0 in group]  # both chosen alike, so a native scores about 1 whatever the choice
-        k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
-        best[c] = (float(aligned[k, columns[i]]), int(k), group[i], float(shifted[:, columns].min()))
-    best_fit = lambda n0, k: float(aligned[k, at[n0]])  # noqa: E731
-    scored = [(_score(fit, moved), n0, k, (fit + _NOISE) / (1 - n0 / length) ** 0.5, families[c])
-              for c, (fit, k, n0, moved) in best.items()]  # fourth: misfit per degree of freedom, comparable across grids
-    gain = max(g for g, *_ in scored)
+    aligned, shifted = ax.fits(originals)  # (kernels, originals)
+    found = {}
+    for key, group in groups.items():
+        if group:
+            columns = [at[n0] for n0 in group]
+            k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
+            fit, moved = float(aligned[k, columns[i]]), float(shifted[:, columns].min())
+            found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
+    return found
+
+
+def _per_dof(ax: _Axis, fit: _Fit) -> float:
+    """Misfit per degree of freedom left: comparable across grids of different coarseness."""
+    return (fit.misfit + _NOISE) / (1 - fit.n0 / ax.length) ** 0.5
+
+
+def _coarsest(fits: list[tuple[_Fit, float, float]]) -> _Fit:
+    """The original among the grids that fit, each given with its gain and its misfit per degree of
+    freedom. A finer grid also contains a coarser one, so the coarsest grid that fits about as well
+    as the best is the original; a much weaker gain than the best's is a grid that fits smooth
+    content by chance, not the original."""
+    strongest = max(math.log(gain) for _, gain, _ in fits)
+    fits = [(f, dof) for f, gain, dof in fits if math.log(gain) >= _WEAKER * strongest]
+    least = min(dof for _, dof in fits)
+    return max((f for f, dof in fits if dof <= _NESTED * least), key=lambda f: f.factor)
+
+
+def _grid_fit(ax: _Axis) -> _Fit:
+    """The upscale grid that fits the lines of ``ax``, or factor 1.0 if none does."""
+    families = _candidates(ax)
+    # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
+    groups = {c: [n0 for n0 in ((c - 1, c, c + 1) if need == _GAIN else (c,)) if ax.usable(n0)] for c, need in families.items()}
+    tested = _tested(ax, groups)
+    if not tested:
+        return _Fit(1.0, 1.0)
     # On a short axis flat graphics fit some grid by chance (edges that happen to fall where it allows
     # them): the grid must also explain the lines down to the noise.
-    fitting = [(n0, k, g, fit) for g, n0, k, fit, least in scored
-               if g >= least and (not ax.whole or best_fit(n0, k) <= ax.limit)]
+    fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and (not ax.whole or f.misfit <= ax.limit)]
     if not fitting:
-        return _Fit(1.0, gain)
-    # A finer grid also contains a coarser one: the coarsest grid that fits about as well is the original.
-    least = min(fit for *_, fit in fitting)
-    n0, k, g, _ = min((f for f in fitting if f[3] <= _NESTED * least), key=lambda f: f[0])
-    return _Fit(length / n0, g, n0, k, best_fit(n0, k))
+        return _Fit(1.0, max(f.gain for f in tested.values()))
+    return _coarsest(fitting)
 
 
-def _same_factor(ax: _Axis, other: _Fit) -> _Fit | None:
-    """``ax`` tested at the factor and kernel found on the other axis (an upscale keeps the aspect
-    ratio); the fit if the aligned grid beats its shifted one by :data:`_GAIN_JOINT`."""
-    originals = [n0 for n0 in (round(ax.length / other.factor) + d for d in (-1, 0, 1)) if ax.usable(n0)]
-    if not originals:
+def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
+    """Both axes tested at each factor (an upscale keeps the aspect ratio), which a factor passes if
+    the product of the two axes' gains reaches :data:`_GAIN_PAIR`, each at least :data:`_GAIN_EACH`:
+    weak evidence on each axis that agrees is evidence. Returns the factor passed (per axis) or None."""
+    tested = []
+    for ax in axes:
+        groups = {s: [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for s in factors}
+        tested.append(_tested(ax, groups))
+    passed = []
+    for s in factors:
+        pair = [t.get(s) for t in tested]
+        # JPEG's 8-px blocks favour grids whose pattern repeats with them (2x, 4x, 8/3x, ...).
+        blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
+        if None in pair or min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
+            continue
+        if any(ax.whole and f.misfit > ax.limit for ax, f in zip(axes, pair)):
+            continue
+        passed.append(pair)
+    if not passed:
         return None
-    kernel = (NAMES[other.kernel],)
-    aligned, shifted = ax.fits(originals, kernel)[0], ax.fits(originals, kernel, 0.5)[0]
-    i = int(aligned.argmin())
-    gain = _score(aligned[i], shifted.min())
-    if gain < _GAIN_JOINT or (ax.whole and aligned[i] > ax.limit):
-        return None
-    return _Fit(ax.length / originals[i], gain, originals[i], other.kernel, float(aligned[i]))
+    best = _coarsest([(pair[0], pair[0].gain * pair[1].gain, sum(_per_dof(ax, f) for ax, f in zip(axes, pair))) for pair in passed])
+    return next(pair for pair in passed if pair[0] is best)
 
 
 _N_FFT = 128  # Welch segment length: 64 frequency bins
@@ -419,7 +496,8 @@ def _confidence(fit: _Fit, ax: _Axis | None) -> float:
 def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
     """Upscaling factors (height, width), each >= 1, and their confidences (0..1) of a luma array
     (H, W). Each axis is measured alone (the height down the columns, the width along the rows);
-    an axis that found nothing is then tested at the other's factor, since upscales keep the aspect.
+    unless both found the same factor, every factor either suggests is then tested on both, since
+    upscales keep the aspect ratio.
 
     Args:
         size: the image's (height, width) when ``luma`` is its top-left part (a decoded band):
@@ -428,13 +506,17 @@ def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] 
     size = size or luma.shape
     axes = [_axis(luma, a, quality, size[a]) for a in (0, 1)]
     fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
-    for a in (0, 1):
-        ax, other = axes[a], fits[1 - a]
-        if ax is not None and fits[a].factor == 1.0 and other.factor > 1.0:
-            fits[a] = _same_factor(ax, other) or fits[a]
-    # An upscale the other axis contradicts (another factor, or none where it could have been seen)
-    # needs strong evidence: flat graphics fit some grid on one axis by chance.
     agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
+    if not (agree and fits[0].factor > 1.0) and None not in axes:
+        # The factors either axis suggests, tested on both: an upscale keeps the aspect ratio.
+        factors = {f.factor for f in fits if f.factor > 1.0}
+        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
+        factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
+        pair = _same_factor(axes, sorted(factors))
+        if pair is not None:
+            fits, agree = pair, True
+    # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
+    # evidence: flat graphics fit some grid on one axis by chance.
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
     factors = (fits[0].factor, fits[1].factor)
     return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))

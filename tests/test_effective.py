@@ -174,3 +174,28 @@ def test_nearest_grid_rounds_like_pillow():
     originals = np.zeros(matrix.shape[1])
     originals[2:258] = line[0]
     assert np.array_equal(matrix @ originals, up)
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_a_small_upscale_is_measured_whole(kernel, fmt):
+    """Axes too short for windows (here 40 and 36 px, from 13 x 12) are fitted whole."""
+    small = texture(12, 13, seed=3)
+    e = estimate(encoded(small.resize((40, 36), FILTERS[kernel]), fmt, quality=92))
+    assert (e.height, e.width) == (12, 13), e
+
+
+@pytest.mark.parametrize("size", [(32, 32), (40, 56), (72, 64)])
+def test_flat_graphics_are_not_called_upscaled(size):
+    """Hard-edged shapes on a flat background fit some grid on some axis by chance; the axes must
+    agree and the fit must explain the pixels down to the noise."""
+    rng = np.random.default_rng(sum(size))
+    for _ in range(4):
+        image = Image.new("RGB", size[::-1], tuple(int(v) for v in rng.integers(0, 255, 3)))
+        draw = ImageDraw.Draw(image)
+        h, w = size
+        draw.rectangle([w // 2 - 2, h // 5, w // 2 + 2, h - h // 5], fill=(20, 20, 20))  # a plus sign
+        draw.rectangle([w // 5, h // 2 - 2, w - w // 5, h // 2 + 2], fill=(20, 20, 20))
+        draw.ellipse([int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2)), w - 3, h - 3], outline=(250, 250, 0), width=2)
+        e = estimate(encoded(image, "PNG"))
+        assert max(e.scale) < 1.25, e

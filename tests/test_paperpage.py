@@ -65,3 +65,14 @@ def test_page_and_json_hold_the_same_numbers(tmp_path: Path) -> None:
     assert {r["model"] for r in slopes} == {"real", "no-cond-v", "size-crop-v"}
     assert "| no-cond-v | size-crop-v |" in text and "80 steps" in text
     assert "| real data | 27.5 | 21.8 | 16.0 | 10.2 | 4.5 | -0.72 [-0.77, -0.67] |" in text
+
+
+def test_further_experiments_are_included_with_their_pictures(tmp_path):
+    from microcond.paperpage import further_experiments
+
+    (tmp_path / "upscaled").mkdir()
+    (tmp_path / "upscaled" / "upscaled.md").write_text("# Title\n\nA table.\n\n## Part\n\n![curve](upscaled-curve.png)\n")
+    text = "\n".join(further_experiments(tmp_path))
+    assert text.startswith("## Upscaled files") and "# Title" not in text
+    assert "### Part" in text and "![curve](upscaled/upscaled-curve.png)" in text
+    assert "Micro-condition guidance" not in text  # no page, no section

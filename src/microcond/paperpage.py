@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,25 @@ def ablation_table(ablation: dict) -> list[str]:
     return lines
 
 
+FURTHER = {"upscaled": "Upscaled files: conditioning on the file, effective or true size",
+           "micro-guidance": "Micro-condition guidance on the size model"}
+
+
+def further_experiments(docs: Path) -> list[str]:
+    """The pages of the other experiments found under ``docs`` (``docs/<name>/<name>.md``, written
+    there by their commands), included one heading level down with their pictures."""
+    lines = []
+    for name, title in FURTHER.items():
+        page = docs / name / f"{name}.md"
+        if not page.exists():
+            continue
+        body = page.read_text().split("\n", 1)[1]  # without its title
+        body = re.sub(r"^(#+) ", r"#\1 ", body, flags=re.M)
+        body = re.sub(r"\]\((?!https?:|/)([^)]+)\)", rf"]({name}/\1)", body)  # links relative to docs/
+        lines += [f"## {title}", "", f"From [{name}/{name}.md]({name}/{name}.md).", "", body.strip(), ""]
+    return lines
+
+
 def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], figures: dict[str, Path], docs: Path, command: str, ablation: dict | None = None) -> Path:
     """docs/results.md (tables, figures, the exact commands) and docs/results.json (its numbers).
 
@@ -287,6 +307,7 @@ def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], fig
         if key != "curve" and not key.startswith("Fig. 5"):
             lines += [f"### {key}", "", f"![{key}]({rel(path)})", ""]
     lines += ["## Reading the results", "", *reading(results), ""]
+    lines += further_experiments(docs)
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "results.json").write_text(json.dumps({"command": command, "minutes": results["minutes"], "budget": budget, "rows": rows(results, ablation)}, indent=1, allow_nan=False) + "\n")
     path = docs / "results.md"

@@ -56,7 +56,7 @@ from PIL import Image
 
 from microcond.data.resampling import NAMES, grids, misfits, scatter, window_starts
 
-ESTIMATOR_VERSION = "3"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "4"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
@@ -67,8 +67,9 @@ _WINDOW, _WINDOWS = 48, 8  # re-interpolation: window length in pixels, windows 
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
-_GAIN_EACH, _GAIN_PAIR = 1.02, 1.08  # the same for one factor on both axes: each, and their product
+_GAIN_EACH, _GAIN_PAIR = 1.03, 1.12  # the same for one factor on both axes: each, and their product
 _BLOCKS = 0.1  # a grid whose pattern repeats within this many pixels of every 8 px is "block-aligned"
+_GAIN_CLEAR = 3.0  # a grid this much better than its shifted self needs not explain a short axis to the noise
 _GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
 _AGREE = 0.095  # factors within 10% agree
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
@@ -76,6 +77,7 @@ _WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
 _FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
 _BATCH = 12  # original lengths fitted together (of similar width: sorted)
 _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
+_LIMIT, _LIMIT_JPEG = 0.6, 0.3  # see _Axis.limit
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -322,11 +324,12 @@ class _Axis:
 
     @property
     def limit(self) -> float:
-        """Largest misfit an upscale may leave on a short axis (RMS grey levels): twice the 8-bit
-        rounding, or a quarter of the RMS quantization step of the file's JPEG luma table."""
+        """Largest misfit an upscale may leave on a short axis (RMS grey levels): :data:`_LIMIT`
+        (8-bit rounding, and overshoot clipped at black and white), or more for a JPEG, a share of
+        the RMS quantization error of its luma table."""
         if self.quality is None:
-            return 2 * _NOISE
-        return max(2 * _NOISE, 0.25 * float(np.sqrt((_ijg_table(self.quality, 0) ** 2).mean() / 12)))
+            return _LIMIT
+        return max(_LIMIT, _LIMIT_JPEG * float(np.sqrt((_ijg_table(self.quality, 0) ** 2).mean() / 12)))
 
     def usable(self, n0: int) -> bool:
         """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
@@ -406,6 +409,15 @@ def _tested(ax: _Axis, groups: dict) -> dict:
     return found
 
 
+def _explains(ax: _Axis, fit: _Fit) -> bool:
+    """On a short axis flat graphics fit some grid by chance (edges that happen to fall where it
+    allows them): a grid must also explain the lines down to the noise, or, where more is left
+    than the noise model says (overshoot clipped at black or white; JPEG noise, which grows with
+    the detail), beat its shifted self by far."""
+    noisier = ax.quality is not None or NAMES[fit.kernel] in ("bicubic", "lanczos")
+    return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
+
+
 def _per_dof(ax: _Axis, fit: _Fit) -> float:
     """Misfit per degree of freedom left: comparable across grids of different coarseness."""
     return (fit.misfit + _NOISE) / (1 - fit.n0 / ax.length) ** 0.5
@@ -430,9 +442,7 @@ def _grid_fit(ax: _Axis) -> _Fit:
     tested = _tested(ax, groups)
     if not tested:
         return _Fit(1.0, 1.0)
-    # On a short axis flat graphics fit some grid by chance (edges that happen to fall where it allows
-    # them): the grid must also explain the lines down to the noise.
-    fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and (not ax.whole or f.misfit <= ax.limit)]
+    fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and _explains(ax, f)]
     if not fitting:
         return _Fit(1.0, max(f.gain for f in tested.values()))
     return _coarsest(fitting)
@@ -453,7 +463,7 @@ def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
         blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
         if None in pair or min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
             continue
-        if any(ax.whole and f.misfit > ax.limit for ax, f in zip(axes, pair)):
+        if not all(_explains(ax, f) for ax, f in zip(axes, pair)):
             continue
         passed.append(pair)
     if not passed:

@@ -5,7 +5,7 @@ claims 1600. :func:`estimate` measures, per axis, the factor ``s >= 1`` by which
 upscaled and returns the effective size ``round(file size / s)``, with a confidence, plus the
 JPEG quality read from the quantization tables (header only).
 
-Method, per axis (rows for the width, columns for the height):
+Method (each axis: rows for the width, columns for the height):
 
 1. Resampling periodicity. Resizing by ``s`` places output pixels at a phase that repeats every
    ``s`` pixels, on every row alike, so the row-average of ``|second difference|`` (and of
@@ -14,30 +14,39 @@ Method, per axis (rows for the width, columns for the height):
    ``1/(1-f)``, ``1/f``. JPEG's 8-px block pattern is removed first (per-phase means over 64-px
    windows) and its frequencies k/8 are ignored.
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
-   and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images) and each
-   common kernel (nearest, bilinear, bicubic a=-0.5, Lanczos-3 on the centre-aligned grid of Pillow
-   and most resizers, :mod:`microcond.data.resampling`), lines of pixels are projected on the span
-   of the upscale matrix by least squares in 48-px windows. An upscaled line lies in that span up
-   to rounding and compression noise, and the same grid shifted by half an original pixel fits
-   worse; a native line fits both equally badly. The candidate whose aligned fit beats its shifted
-   fit by :data:`_GAIN` wins; among those that fit about as well per degree of freedom the coarsest
-   is the original (a finer grid contains a coarser one).
+   and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; on an axis
+   of at most :data:`_WHOLE` pixels every ``n0``) and each common kernel (nearest, bilinear,
+   bicubic a=-0.5, Lanczos-3 on the centre-aligned grid of Pillow and most resizers,
+   :mod:`microcond.data.resampling`), the lines are projected on the span of the upscale matrix by
+   least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
+   windows' scatter matrices. An upscaled line lies in that span up to rounding and compression
+   noise, and the same grids shifted by half an original pixel fit worse; a native line fits both
+   alike. Both sides are the best of the same grids (every kernel, ``n0`` +-1), so a native scores
+   about 1. A candidate whose aligned fit beats the shifted one by :data:`_GAIN` fits; among those
+   the coarsest that fits about as well per degree of freedom is the original (a finer grid
+   contains a coarser one), unless its gain is much weaker.
+3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
+   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, and
+   weak evidence that agrees counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
+   repeats with JPEG's 8-px blocks need more). An upscale of one axis alone needs a gain of
+   :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
+   also explain the pixels down to the noise (:meth:`_Axis.limit`).
 
-Measured by ``benchmarks/bench_effective.py`` (400 upscaled photographs, its docstring): 89% of
-lossless and 52% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.97; 3% of natives
-called upscaled. Most misses are smooth photographs (fog, sky, water) and JPEG, whose noise hides
-the resampling periodicity: nothing there shows the upscale, and the confidence says so. The
-spectral fall-off of the whitened luma spectrum was measured too and is not used: alone it cannot
-tell blur from an upscale (half of the native photographs flagged), and as a fallback it added a
-few percent recall for 2-6% more natives called upscaled. Only centre-aligned upscales by the four
-kernels are recognised: another kernel, or an upscale cropped afterwards, may be reported native.
-Cost on one core: about 17 full decodes for small files (0.2 MP); 0.8 of one for 3-15 MP files.
+Measured by ``benchmarks/bench_effective.py`` (400 upscaled photographs, its docstring): 98% of
+lossless and 71% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.97; no native called
+upscaled. On the emoji-like fakes of ``microcond experiment upscaled`` (bicubic, a third under
+48 px): 97% within 10%, 4% of the natives (flat graphics) called upscaled.
+Misses are smooth photographs (fog, sky, water) under JPEG noise: nothing there shows the
+upscale, and the confidence says so. The spectral fall-off of the whitened luma spectrum was
+measured too and is not used: alone it cannot tell blur from an upscale (half of the native
+photographs flagged). Only centre-aligned upscales by the four kernels are recognised: another
+kernel, or an upscale cropped afterwards, may be reported native.
 
 Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are decoded. A larger
 baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone
 (the decoder stops there; JPEG as luma only); other formats (WebP, interlaced PNG, GIF, TIFF)
 larger than ``max_pixels`` are decoded whole up to :data:`MAX_WHOLE_PIXELS` and refused above it.
-At most :data:`_ANALYSED` pixels per axis (evenly spaced lines) are analysed. Numpy and Pillow only.
+At most :data:`_LINES` evenly spaced lines per axis are analysed. Numpy and Pillow only.
 """
 
 from __future__ import annotations
@@ -56,14 +65,14 @@ from PIL import Image
 
 from microcond.data.resampling import NAMES, grids, misfits, scatter, window_starts
 
-ESTIMATOR_VERSION = "4"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "5"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
 _LINES = 512  # lines analysed per axis at most (evenly spaced in the decoded band)
 _WHOLE = 96  # axes up to this long are fitted whole, every original length tried
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
-_WINDOW, _WINDOWS = 48, 8  # re-interpolation: window length in pixels, windows at most
+_WINDOW, _WINDOWS = 48, 4  # re-interpolation: window length in pixels, windows at most
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
@@ -522,7 +531,8 @@ def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] 
         factors = {f.factor for f in fits if f.factor > 1.0}
         factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
         factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
-        pair = _same_factor(axes, sorted(factors))
+        lengths = {tuple(round(ax.length / s) for ax in axes): s for s in sorted(factors)}  # one per pair of lengths
+        pair = _same_factor(axes, sorted(lengths.values()))
         if pair is not None:
             fits, agree = pair, True
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong

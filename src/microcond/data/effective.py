@@ -40,7 +40,8 @@ Misses are smooth photographs (fog, sky, water) under JPEG noise: nothing there 
 upscale, and the confidence says so. The spectral fall-off of the whitened luma spectrum was
 measured too and is not used: alone it cannot tell blur from an upscale (half of the native
 photographs flagged). Only centre-aligned upscales by the four kernels are recognised: another
-kernel, or an upscale cropped afterwards, may be reported native.
+kernel, or an upscale cropped afterwards, may be reported native. Cost on one core: about 40 full
+decodes for small files (0.2 MP, where the grid fits dominate); 1.9 for 3-15 MP files.
 
 Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are decoded. A larger
 baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone

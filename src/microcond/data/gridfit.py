@@ -1,0 +1,366 @@
+"""How an upscale shows in the pixels: the factor by which each axis of a luma array was upscaled,
+found by fitting the resampling grids of common resizers (:mod:`microcond.data.resampling`).
+:mod:`microcond.data.effective` decodes files and calls :func:`measure`.
+
+Method (each axis: rows for the width, columns for the height):
+
+1. Resampling periodicity. Resizing by ``s`` places output pixels at a phase that repeats every
+   ``s`` pixels, on every row alike, so the row-average of ``|second difference|`` (and of
+   ``|first difference|``: nearest neighbour near 2x) is periodic and its spectrum peaks at ``1/s``
+   folded into [0, 1/2] (Gallagher 2005; Kirchner 2008). A peak at ``f`` gives the pair
+   ``1/(1-f)``, ``1/f``. JPEG's 8-px block pattern is removed first (per-phase means over 64-px
+   windows) and its frequencies k/8 are ignored.
+2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
+   and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; on an axis
+   of at most :data:`_WHOLE` pixels every ``n0``) and each common kernel (nearest, bilinear,
+   bicubic a=-0.5, Lanczos-3 on the centre-aligned grid of Pillow and most resizers,
+   :mod:`microcond.data.resampling`), the lines are projected on the span of the upscale matrix by
+   least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
+   windows' scatter matrices. An upscaled line lies in that span up to rounding and compression
+   noise, and the same grids shifted by half an original pixel fit worse; a native line fits both
+   alike. Both sides are the best of the same grids (every kernel, ``n0`` +-1), so a native scores
+   about 1. A candidate whose aligned fit beats the shifted one by :data:`_GAIN` fits; among those
+   the coarsest that fits about as well per degree of freedom is the original (a finer grid
+   contains a coarser one), unless its gain is much weaker.
+3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
+   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, and
+   weak evidence that agrees counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
+   repeats with JPEG's 8-px blocks need more). An upscale of one axis alone needs a gain of
+   :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
+   also explain the pixels down to the noise (:meth:`_Axis.limit`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from microcond.data.resampling import NAMES, grids, misfits, scatter, window_starts
+
+MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
+_LINES = 512  # lines analysed per axis at most (evenly spaced in the decoded band)
+_WHOLE = 96  # axes up to this long are fitted whole, every original length tried
+_WINDOW, _WINDOWS = 48, 4  # re-interpolation: window length in pixels, windows at most
+_GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
+_GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
+_GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
+_GAIN_EACH, _GAIN_PAIR = 1.03, 1.12  # the same for one factor on both axes: each, and their product
+_BLOCKS = 0.1  # a grid whose pattern repeats within this many pixels of every 8 px is "block-aligned"
+_GAIN_CLEAR = 3.0  # a grid this much better than its shifted self needs not explain a short axis to the noise
+_GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
+_AGREE = 0.095  # factors within 10% agree
+_NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
+_WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
+_FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
+_BATCH = 12  # original lengths fitted together (of similar width: sorted)
+_SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
+_LIMIT, _LIMIT_JPEG = 0.6, 0.3  # see _Axis.limit
+_NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
+# IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
+_IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]),
+        np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66]
+                 + [99] * 38))  # fmt: skip
+
+
+def ijg_table(quality: int | np.ndarray, table: int) -> np.ndarray:
+    """libjpeg's quantization table (0: luma, 1: chroma) at ``quality``, as jcparam.c scales it."""
+    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)
+    return np.clip((_IJG[table] * scale + 50) // 100, 1, 255)
+
+
+def _modulation(y: np.ndarray, jpeg: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Spectra (frequency in cycles/pixel from 0.1 to 0.5, power over its median) of the mean
+    |second difference| and of the mean |first difference| along the lines ``y`` (count, length)
+    (a nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it)."""
+    spectra = []
+    for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
+        d = difference.mean(axis=0) + 1e-3  # (n,)
+        m = d / np.convolve(np.pad(d, 7, mode="reflect"), np.ones(15) / 15, mode="valid") - 1  # relative modulation
+        n = len(m)
+        if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
+            phase = (np.arange(n) + 1) % 8
+            for lo in range(0, n, 64):
+                part = slice(lo, lo + 64)
+                means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
+                m[part] -= means[phase[part]]
+        power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
+        f = np.arange(len(power)) / (4 * n)
+        keep = f >= 0.1
+        if jpeg:
+            keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
+        if keep.sum() >= 2:
+            spectra.append((f[keep], power[keep] / np.median(power[keep])))
+    return spectra
+
+
+def _strongest(f: np.ndarray, power: np.ndarray, apart: float, found: list[float], top: int = 2, least: float = 15.0) -> list[float]:
+    """Frequencies of the ``top`` strongest peaks of ``power`` (over its median) above ``least``,
+    ``apart`` from each other and from those already ``found``."""
+    mine: list[float] = []
+    for i in np.argsort(power)[::-1]:
+        if len(mine) == top or power[i] < least:
+            break
+        if all(abs(f[i] - g) > apart for g in mine + found):
+            mine.append(float(f[i]))
+    return mine
+
+
+def _peaks(y: np.ndarray, jpeg: bool) -> list[float]:
+    """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
+    found: list[float] = []
+    for f, power in _modulation(y, jpeg):
+        found += _strongest(f, power, 3.0 / y.shape[1], found)
+    return found
+
+
+def _shared_peaks(axes: list[_Axis]) -> list[float]:
+    """Peaks of the two axes' spectra added: an upscale that keeps the aspect ratio repeats with the
+    same period along both, so a pattern too weak on either axis alone can stand out."""
+    grid = np.linspace(0.1, 0.5, 4001)
+    found: list[float] = []
+    jpeg = axes[0].quality is not None
+    both = [_modulation(ax.lines, jpeg) for ax in axes]
+    if min(len(spectra) for spectra in both) < 2:
+        return []
+    for (f0, p0), (f1, p1) in zip(*both):
+        added = np.interp(grid, f0, p0, left=0, right=0) + np.interp(grid, f1, p1, left=0, right=0)
+        found += _strongest(grid, added / 2, 3.0 / min(ax.lines.shape[1] for ax in axes), found, least=_SHARED_LEAST)
+    return found
+
+
+def _padded(matrices: list[np.ndarray]) -> np.ndarray:
+    width = max(m.shape[2] for m in matrices)  # zero columns are left out of every fit
+    return np.concatenate([np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]))) for m in matrices])
+
+
+@dataclass(frozen=True)
+class _Axis:
+    """One axis prepared for grid fits: its lines (count, measured), mean removed, the windows
+    tested and their scatter matrices. ``length``: the axis's size in the file (a decoded band
+    measures only the first ``measured`` pixels of it)."""
+
+    lines: np.ndarray
+    length: int
+    quality: int | None  # JPEG quality, None for lossless files
+    starts: np.ndarray
+    window: int
+    scatters: np.ndarray
+    known: dict = field(default_factory=dict, compare=False, repr=False)  # n0 -> misfits (2, kernels)
+
+    @property
+    def whole(self) -> bool:
+        return self.window == self.length
+
+    @property
+    def limit(self) -> float:
+        """Largest misfit an upscale may leave on a short axis (RMS grey levels): :data:`_LIMIT`
+        (8-bit rounding, and overshoot clipped at black and white), or more for a JPEG, a share of
+        the RMS quantization error of its luma table."""
+        if self.quality is None:
+            return _LIMIT
+        return max(_LIMIT, _LIMIT_JPEG * float(np.sqrt((ijg_table(self.quality, 0) ** 2).mean() / 12)))
+
+    def usable(self, n0: int) -> bool:
+        """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
+        return 4 <= n0 and n0 * self.window < (self.window - 8) * self.length
+
+    def fits(self, originals: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """RMS misfits (kernels, len(originals)) of the upscale grids from each original length, as
+        laid by the resizer and shifted by half an original pixel. Each is computed once per axis,
+        in batches of similar width (padding costs cubic time)."""
+        todo = sorted(set(originals) - self.known.keys())
+        for lo in range(0, len(todo), _BATCH):
+            batch = np.array(todo[lo : lo + _BATCH])
+            matrices = [grids(self.length, batch, k, self.starts, self.window, shift) for shift in (0.0, 0.5) for k in NAMES]
+            found = misfits(self.scatters, _padded(matrices), len(self.lines)).reshape(2, len(NAMES), len(batch))
+            self.known.update((n0, found[:, :, i]) for i, n0 in enumerate(batch))
+        both = np.stack([self.known[n0] for n0 in originals], axis=-1)  # (2, kernels, originals)
+        return both[0], both[1]
+
+
+@dataclass(frozen=True)
+class _Fit:
+    factor: float  # 1.0: no grid fits
+    gain: float  # shifted misfit over aligned misfit of the grid found (or the best one tried)
+    n0: int = 0
+    kernel: int = 0
+    misfit: float = 0.0  # RMS grey levels left by the grid found
+
+
+def _axis(luma: np.ndarray, axis: int, quality: int | None, length: int) -> _Axis | None:
+    if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
+        return None
+    y = np.moveaxis(luma, axis, 1)
+    if len(y) > _LINES:  # evenly spaced lines: the work per axis is bounded
+        y = y[np.linspace(0, len(y) - 1, _LINES).astype(int)]
+    y = y - y.mean(axis=1, keepdims=True)
+    measured = y.shape[1]
+    if measured == length <= _WHOLE:
+        starts, window = np.array([0]), length
+    else:
+        window = min(_WINDOW, measured - 16)
+        starts = window_starts(measured, window, int(np.clip((measured - 16) // window, 2, _WINDOWS)))
+    return _Axis(y, length, quality, starts, window, scatter(y, starts, window))
+
+
+def _score(fit: float, shifted: float) -> float:
+    return (shifted + _NOISE) / (fit + _NOISE)
+
+
+def _candidates(ax: _Axis) -> dict[int, float]:
+    """Original lengths worth testing on ``ax``, each with the gain its grid must reach."""
+    length = ax.length
+    if ax.whole:  # a short axis: every original length
+        families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // _FINEST_ORIGINAL)), length)}
+    else:  # a periodic peak gives two factors, each an original length n0 known within about a pixel
+        families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
+        families.update({round(length / s): _GAIN for f in _peaks(ax.lines, ax.quality is not None) for s in (1 / (1 - f), 1 / f)})
+    return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
+
+
+def _tested(ax: _Axis, groups: dict) -> dict:
+    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, the
+    smallest misfit of the same grids shifted half an original pixel, and the gain between them.
+    Both sides are chosen alike (the best of the group and of every kernel), so a native line,
+    which no grid favours, scores about 1 whatever the choice."""
+    originals = sorted({n0 for group in groups.values() for n0 in group})
+    if not originals:
+        return {}
+    at = {n0: i for i, n0 in enumerate(originals)}
+    aligned, shifted = ax.fits(originals)  # (kernels, originals)
+    found = {}
+    for key, group in groups.items():
+        if group:
+            columns = [at[n0] for n0 in group]
+            k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
+            fit, moved = float(aligned[k, columns[i]]), float(shifted[:, columns].min())
+            found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
+    return found
+
+
+def _explains(ax: _Axis, fit: _Fit) -> bool:
+    """On a short axis flat graphics fit some grid by chance (edges that happen to fall where it
+    allows them): a grid must also explain the lines down to the noise, or, where more is left
+    than the noise model says (overshoot clipped at black or white; JPEG noise, which grows with
+    the detail), beat its shifted self by far."""
+    noisier = ax.quality is not None or NAMES[fit.kernel] in ("bicubic", "lanczos")
+    return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
+
+
+def _per_dof(ax: _Axis, fit: _Fit) -> float:
+    """Misfit per degree of freedom left: comparable across grids of different coarseness."""
+    return (fit.misfit + _NOISE) / (1 - fit.n0 / ax.length) ** 0.5
+
+
+def _coarsest(fits: list[tuple[_Fit, float, float]]) -> _Fit:
+    """The original among the grids that fit, each given with its gain and its misfit per degree of
+    freedom. A finer grid also contains a coarser one, so the coarsest grid that fits about as well
+    as the best is the original; a much weaker gain than the best's is a grid that fits smooth
+    content by chance, not the original."""
+    strongest = max(math.log(gain) for _, gain, _ in fits)
+    fits = [(f, dof) for f, gain, dof in fits if math.log(gain) >= _WEAKER * strongest]
+    least = min(dof for _, dof in fits)
+    return max((f for f, dof in fits if dof <= _NESTED * least), key=lambda f: f.factor)
+
+
+def _grid_fit(ax: _Axis) -> _Fit:
+    """The upscale grid that fits the lines of ``ax``, or factor 1.0 if none does."""
+    families = _candidates(ax)
+    # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
+    groups = {c: [n0 for n0 in ((c - 1, c, c + 1) if need == _GAIN else (c,)) if ax.usable(n0)] for c, need in families.items()}
+    tested = _tested(ax, groups)
+    if not tested:
+        return _Fit(1.0, 1.0)
+    fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and _explains(ax, f)]
+    if not fitting:
+        return _Fit(1.0, max(f.gain for f in tested.values()))
+    return _coarsest(fitting)
+
+
+def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
+    """Both axes tested at each factor (an upscale keeps the aspect ratio), which a factor passes if
+    the product of the two axes' gains reaches :data:`_GAIN_PAIR`, each at least :data:`_GAIN_EACH`:
+    weak evidence on each axis that agrees is evidence. Returns the factor passed (per axis) or None."""
+    tested = []
+    for ax in axes:
+        groups = {s: [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for s in factors}
+        tested.append(_tested(ax, groups))
+    passed = []
+    for s in factors:
+        pair = [t.get(s) for t in tested]
+        # JPEG's 8-px blocks favour grids whose pattern repeats with them (2x, 4x, 8/3x, ...).
+        blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
+        if None in pair or min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
+            continue
+        if not all(_explains(ax, f) for ax, f in zip(axes, pair)):
+            continue
+        passed.append(pair)
+    if not passed:
+        return None
+    best = _coarsest([(pair[0], pair[0].gain * pair[1].gain, sum(_per_dof(ax, f) for ax, f in zip(axes, pair))) for pair in passed])
+    return next(pair for pair in passed if pair[0] is best)
+
+
+_N_FFT = 128  # Welch segment length: 64 frequency bins
+
+
+def _spectrum(y: np.ndarray) -> np.ndarray:
+    """Welch power spectrum of the first difference along the lines ``y`` (whitens f^-2 images). (F,)"""
+    rows = y[np.linspace(0, y.shape[0] - 1, min(128, y.shape[0])).astype(int)]
+    d = np.diff(rows, axis=1)
+    segments = d[:, : d.shape[1] // _N_FFT * _N_FFT].reshape(-1, _N_FFT)
+    segments = (segments - segments.mean(axis=1, keepdims=True)) * np.hanning(_N_FFT)
+    return (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)[1:] + 1e-9
+
+
+def _detail(power: np.ndarray) -> float:
+    """Share of the low-band level that remains near Nyquist above 8-bit rounding noise, 0..1:
+    how much a native verdict can be trusted (a flat image could hide any upscale)."""
+    f = np.arange(1, len(power) + 1) / _N_FFT
+    rounding = 4 * np.sin(np.pi * f) ** 2 / 12 * float((np.hanning(_N_FFT) ** 2).sum())
+    high = max(float((power - rounding)[f >= 0.35].mean()), 0.0)
+    return min(1.0, high / float(power[(f >= 0.05) & (f <= 0.15)].mean()) / 0.3)
+
+
+def _confidence(fit: _Fit, ax: _Axis | None) -> float:
+    if ax is None:
+        return 0.0
+    if fit.factor > 1.0:
+        return min(1.0, 1.3 - 1.0 / fit.gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
+    if ax.lines.shape[1] <= _N_FFT:
+        return 0.0
+    return _detail(_spectrum(ax.lines))
+
+
+def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Upscaling factors (height, width), each >= 1, and their confidences (0..1) of a luma array
+    (H, W). Each axis is measured alone (the height down the columns, the width along the rows);
+    unless both found the same factor, every factor either suggests is then tested on both, since
+    upscales keep the aspect ratio.
+
+    Args:
+        size: the image's (height, width) when ``luma`` is its top-left part (a decoded band):
+            upscale grids are laid over the whole image, as the resizer did.
+    """
+    size = size or luma.shape
+    axes = [_axis(luma, a, quality, size[a]) for a in (0, 1)]
+    fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
+    agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
+    if not (agree and fits[0].factor > 1.0) and None not in axes:
+        # The factors either axis suggests, tested on both: an upscale keeps the aspect ratio.
+        factors = {f.factor for f in fits if f.factor > 1.0}
+        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
+        factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
+        lengths = {tuple(round(ax.length / s) for ax in axes): s for s in sorted(factors)}  # one per pair of lengths
+        pair = _same_factor(axes, sorted(lengths.values()))
+        if pair is not None:
+            fits, agree = pair, True
+    # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
+    # evidence: flat graphics fit some grid on one axis by chance.
+    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
+    factors = (fits[0].factor, fits[1].factor)
+    return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))

@@ -32,6 +32,7 @@ Method (each axis: rows for the width, columns for the height):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -109,11 +110,11 @@ def _strongest(f: np.ndarray, power: np.ndarray, apart: float, found: list[float
     return mine
 
 
-def _peaks(y: np.ndarray, jpeg: bool) -> list[float]:
+def _peaks(ax: _Axis) -> list[float]:
     """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
     found: list[float] = []
-    for f, power in _modulation(y, jpeg):
-        found += _strongest(f, power, 3.0 / y.shape[1], found)
+    for f, power in ax.spectra:
+        found += _strongest(f, power, 3.0 / ax.lines.shape[1], found)
     return found
 
 
@@ -122,8 +123,7 @@ def _shared_peaks(axes: list[_Axis]) -> list[float]:
     same period along both, so a pattern too weak on either axis alone can stand out."""
     grid = np.linspace(0.1, 0.5, 4001)
     found: list[float] = []
-    jpeg = axes[0].quality is not None
-    both = [_modulation(ax.lines, jpeg) for ax in axes]
+    both = [ax.spectra for ax in axes]
     if min(len(spectra) for spectra in both) < 2:
         return []
     for (f0, p0), (f1, p1) in zip(*both):
@@ -150,6 +150,11 @@ class _Axis:
     window: int
     scatters: np.ndarray
     known: dict = field(default_factory=dict, compare=False, repr=False)  # n0 -> misfits (2, kernels)
+
+    @functools.cached_property
+    def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The lines' periodicity spectra (:func:`_modulation`), for the axis's peaks and the shared ones."""
+        return _modulation(self.lines, self.quality is not None)
 
     @property
     def whole(self) -> bool:
@@ -218,7 +223,7 @@ def _candidates(ax: _Axis) -> dict[int, float]:
         families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // _FINEST_ORIGINAL)), length)}
     else:  # a periodic peak gives two factors, each an original length n0 known within about a pixel
         families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
-        families.update({round(length / s): _GAIN for f in _peaks(ax.lines, ax.quality is not None) for s in (1 / (1 - f), 1 / f)})
+        families.update({round(length / s): _GAIN for f in _peaks(ax) for s in (1 / (1 - f), 1 / f)})
     return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
 
 

@@ -27,18 +27,22 @@ def test_demo_smoke_run_writes_everything_and_reuses_it(tmp_path, monkeypatch, c
     flags = ["demo", "--out", str(tmp_path / "demo"), "--steps", "2", "--samples", "8", "--sampler-steps", "2", "--n-train", "120", "--n-eval", "30", "--feature-steps", "3", "--no-progress"]
     assert main(flags) == 0
     out = tmp_path / "demo"
-    for name in ("samples-default.png", "samples-sharp.png", "sweeps/sweep-original_size-run-size.png", "sweeps/sweep-crop-run-crop.png", "metrics.json",
-                 "run-size/loss.png", "run-crop/loss.png", "data-web/preview.png", "data-wide/preview.png"):
+    for name in ("samples-default.png", "samples-sharp.png", "sweeps/sweep-original_size-run.png", "sweeps/sweep-crop-run.png", "metrics.json",
+                 "run/loss.png", "data-wide/preview.png"):
         assert (out / name).stat().st_size > 0, name
+    assert not (out / "data-web").exists() and not (out / "run-size").exists()  # one model, one data set
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["steps"] == {"size": 2, "crop": 2} and metrics["n_samples"] == 8
-    assert json.loads((out / "run-crop" / "config.json").read_text())["prediction_type"] == "v_prediction"
-    assert json.loads((out / "run-size" / "config.json").read_text())["signals"] == ["original_size"]
+    assert metrics["step"] == 2 and metrics["images_seen"] == 64 and metrics["n_samples"] == 8
+    assert set(metrics["crop_effect"]["samples"]["cutoff"]) == set(metrics["crop_effect"]["real"]["cutoff"])
+    assert 0 <= metrics["class_accuracy"]["samples"]["rate"] <= 1 and metrics["class_accuracy"]["held_out_real"]["n"] > 0
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["signals"] == ["original_size", "crop_top_left", "target_size"]
     stamp = (out / "samples-sharp.png").stat().st_mtime_ns
     capsys.readouterr()
     assert main(flags) == 0  # a second run reuses what is done
     assert (out / "samples-sharp.png").stat().st_mtime_ns == stamp
-    assert "demo done" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "demo done" in printed and "64 images trained" in printed
 
 
 def test_console_script_bad_flag_is_one_clear_line():

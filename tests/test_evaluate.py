@@ -182,3 +182,22 @@ def test_evaluate_report_and_image_folder(tmp_path, reference_set) -> None:
     assert "not Inception FID" in text and "frechet_distance" in text
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         evaluate(samples * 3, loaded, loaded_labels, cache_dir=cache, recipe=FAST)
+
+
+def test_class_accuracy_counts_the_asked_class_with_its_interval() -> None:
+    """A classifier whose answer is known (red -> 0, blue -> 1): three of four images as asked."""
+    from microcond.evaluate import class_accuracy
+    from microcond.stats import wilson
+
+    class ColourNet(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.stack([x[:, 0].mean(dim=(1, 2)), x[:, 2].mean(dim=(1, 2))], dim=1)  # (B, 2)
+
+    red, blue = torch.full((3, 8, 8), -1.0), torch.full((3, 8, 8), -1.0)
+    red[0], blue[2] = 1.0, 1.0
+    images = torch.stack([red, red, blue, blue])
+    result = class_accuracy(ColourNet(), images, [0, 1, 1, 1])  # the second is red, asked as 1
+    assert result["rate"] == 0.75 and result["n"] == 4
+    assert (result["low"], result["high"]) == wilson(3, 4)
+    with pytest.raises(ValueError, match="one class label per image"):
+        class_accuracy(ColourNet(), images, [0, 1])

@@ -300,3 +300,34 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_older_ones(tm
     monkeypatch.setattr(ckpt, "save_file", save)
     train(tiny_cfg(steps=6), tmp_path, SyntheticBatches(4), progress=False)  # space again: resumes from step 3
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")][-1] == "step-00000006"
+
+
+def test_resume_is_bitwise_equal_under_the_edm_recipe_with_zero_initialised_conditioning(tmp_path):
+    recipe = dict(prediction_type="v_prediction", timestep_sampling="lognormal", loss_weighting="edm", zero_init_conditioning=True, weight_decay=0.01)
+    train(tiny_cfg(**recipe), tmp_path / "full", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(steps=3, **recipe), tmp_path / "split", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(**recipe), tmp_path / "split", SyntheticBatches(4), progress=False)
+    for stem in ("model", "ema"):
+        a, b = (load_file(str(list_checkpoints(tmp_path / run / "checkpoints")[-1] / f"{stem}.safetensors")) for run in ("full", "split"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), stem
+    assert load_file(str(list_checkpoints(tmp_path / "full" / "checkpoints")[-1] / "model.safetensors"))["unet.add_embedding.linear_2.weight"].any()
+
+
+def test_health_check_counts_live_units_in_the_ema_weights():
+    """The logged count is what the EMA weights (which draw the samples) do with the window's inputs."""
+    from microcond.model import ConditioningHealth, build_denoiser
+
+    torch.manual_seed(0)
+    model = build_denoiser(tiny_cfg())
+    health = ConditioningHealth(model, rows=8)
+    x, t = torch.randn(6, 3, 16, 16), torch.full((6,), 10)
+    ids = torch.tensor([[8, 8, 0, 0, 16, 16]] * 6)
+    with torch.no_grad():
+        model(x, t, ids, None, torch.zeros(6, dtype=torch.long))
+        model(x, t, ids, None, torch.zeros(6, dtype=torch.long))
+    assert sum(len(v) for v in health.inputs) == 8  # the window keeps its first `rows` inputs
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert health.live(weights) == 128  # freshly initialised: every unit answers
+    weights["unet.add_embedding.linear_1.bias"] -= 1000.0  # an EMA whose units all died
+    assert health.report(weights) == {"cond_units_live": 0, "cond_units": 128}
+    assert health.report(weights) == {}  # a new window: nothing seen yet

@@ -33,16 +33,17 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = subparser(
         sub,
         "demo",
-        "Build the demo data, train two tiny models side by side, one per micro-condition (size conditioning; size + crop "
-        "conditioning with v-prediction on 2:1 originals), then write sample grids, the paper's Fig. 3 and Fig. 4 sweeps and "
-        "metrics (about 10 minutes on 2 CPU cores). Running it again resumes.",
+        "Build the demo data, train one tiny model with SDXL's three micro-conditions (original size, crop, target size), then "
+        "write sample grids, the paper's Fig. 3 and Fig. 4 sweeps and metrics (about 10 minutes on 2 CPU cores with AVX-512 "
+        "BF16). Running it again resumes.",
         ["microcond demo", "microcond demo --out runs/demo2 --steps 6000", "microcond demo --steps 20 --samples 16 --n-train 300 --n-eval 60  # a quick look"],
     )
-    config_mod.add_flags(p, DemoConfig, helps={"out": "output folder", "steps": "training steps of 32 images, per model", "samples": "samples for the metrics",
+    config_mod.add_flags(p, DemoConfig, helps={"out": "output folder", "steps": "training steps of 32 images", "samples": "samples for the metrics",
+                                               "guidance": "class guidance scale of every sample the demo draws",
                                                "sampler_steps": "DDIM steps", "n_train": "demo training images", "n_eval": "demo evaluation images",
                                                "feature_steps": "training steps of the metrics' feature classifier",
                                                "crop_samples": "samples per crop query and offset for metrics.json's crop_effect",
-                                               "emoji_per_class": "training emoji per class, 0 = all 1,582 (with 6 the crop model learned no crop)"})
+                                               "emoji_per_class": "training emoji per class, 0 = all 1,582"})
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_run_demo)
 
@@ -65,11 +66,11 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = subparser(
         sub,
         "experiment",
-        "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data, two training seeds per "
-        "model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
-        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --crop-steps 300 --seeds 1 --table-samples 100",
+        "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data with one recipe, two training "
+        "seeds per model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
+        ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --seeds 1 --table-samples 100",
          "microcond experiment crop-ablation --out runs/ablation",
-         "microcond experiment micro-guidance --run runs/paper/runs/size-s0 --out runs/micro-guidance",
+         "microcond experiment micro-guidance --run runs/paper/runs/size-crop-s0 --out runs/micro-guidance",
          "microcond experiment upscaled --out runs/upscaled"],
     )
     p.add_argument("name", choices=["paper", "crop-ablation", "micro-guidance", "upscaled"], help="which experiment (micro-guidance: "
@@ -79,7 +80,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for data, runs, grids and results.json (default runs/paper or runs/ablation); "
                                  "paper includes the ablation table when OUT/../ablation/ablation.json exists")
     p.add_argument("--docs", help="paper: write results.md, results.json and the pictures here (e.g. docs; default OUT/page)")
-    config_mod.add_flags(p, Budget, helps={"steps": "training steps per model (paper: of the size recipe's models)", "crop_steps": "paper: training steps of the crop recipe's models",
+    config_mod.add_flags(p, Budget, helps={"steps": "training steps per model",
                                            "seeds": "training seeds per model", "crop_samples": "samples per cut-off query and per crop offset (crop-ablation: 128)",
                                            "table_samples": "samples per Table 2 row", "curve_samples": "samples per point of the Fig. 3 curve",
                                            "sampler_steps": "DDIM steps of every measurement", "feature_steps": "training steps of the metrics' feature classifier"})
@@ -102,7 +103,7 @@ def _run_experiment(args: argparse.Namespace) -> int:
         from microcond.guidance_study import run_study
 
         if not args.run_dir:
-            raise ValueError("experiment micro-guidance needs --run RUN, a size-conditioned run (e.g. runs/paper/runs/size-s0)")
+            raise ValueError("experiment micro-guidance needs --run RUN, a size-conditioned run (e.g. runs/paper/runs/size-crop-s0)")
         out = Path(args.out or Path(args.run_dir) / "micro-guidance")
         results = run_study(Path(args.run_dir), out, n=given.get("curve_samples", 64), steps=given.get("sampler_steps", 25))
         for row in results["rows"]:

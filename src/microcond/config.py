@@ -38,6 +38,13 @@ class TrainConfig:
     # Objective
     prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (learns the crop better, loses the size effect: docs/results.md)
     loss_weight_cap: float = 0.0  # v_prediction: cap on a noise level's weight in epsilon terms (v weighs 1 + 1/SNR); 0 = none
+    timestep_sampling: str = "uniform"  # uniform (SDXL's DDPM) | lognormal (EDM: log sigma ~ N(lognormal_mean, lognormal_std^2))
+    lognormal_mean: float = -1.2  # EDM's P_mean
+    lognormal_std: float = 1.2  # EDM's P_std
+    loss_weighting: str = "none"  # weight of the clean-image error: none (the prediction's own) | edm (SNR + 1/sigma_data^2) | min_snr (min(SNR, gamma))
+    sigma_data: float = 0.5  # edm weighting: the data's standard deviation
+    min_snr_gamma: float = 5.0  # min_snr weighting: gamma
+    zero_init_conditioning: bool = False  # pixel presets: the conditioning MLP's output layer starts at zero (DiT, EDM2)
     beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
@@ -109,6 +116,12 @@ class TrainConfig:
             (finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "a finite number >= 0 (0 disables clipping)"),
             (self.warmup_steps >= 0, "warmup_steps", ">= 0"),
             (finite(self.loss_weight_cap) and (self.loss_weight_cap == 0 or self.loss_weight_cap >= 1), "loss_weight_cap", "0 (no cap) or a finite number >= 1"),
+            (self.timestep_sampling in ("uniform", "lognormal"), "timestep_sampling", "uniform or lognormal"),
+            (finite(self.lognormal_mean, self.lognormal_std) and self.lognormal_std > 0, "lognormal_mean/lognormal_std", "finite, lognormal_std > 0"),
+            (self.loss_weighting in ("none", "edm", "min_snr"), "loss_weighting", "none, edm or min_snr"),
+            (self.loss_weighting == "none" or not self.loss_weight_cap, "loss_weighting/loss_weight_cap", "one weighting: loss_weighting none with a cap, or no cap"),
+            (finite(self.sigma_data, self.min_snr_gamma) and self.sigma_data > 0 and self.min_snr_gamma > 0, "sigma_data/min_snr_gamma", "finite and > 0"),
+            (self.preset != "sdxl" or not self.zero_init_conditioning, "zero_init_conditioning", "off for preset sdxl (it would erase the pretrained conditioning)"),
             (self.log_every >= 1 and self.sample_every >= 0, "log_every/sample_every", "log_every >= 1 and sample_every >= 0"),
             (0 <= self.seed < 2**64, "seed", "in [0, 2**64)"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),

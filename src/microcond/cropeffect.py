@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from microcond.record import SIGNALS, MicroCond
+from microcond.stats import rate
 
 TRAIN_SIZE = 32
 WIDE = (64, 128)  # a 1:2 original: resized to 32x64, so crops can cut 32 px off its width
@@ -27,23 +28,6 @@ CROP_QUERIES = {
     "wide original, centre crop (0, 16)": MicroCond(WIDE, (0, 16), (TRAIN_SIZE, TRAIN_SIZE)),
     "wide original, crop (0, 0)": MicroCond(WIDE, (0, 0), (TRAIN_SIZE, TRAIN_SIZE)),
 }
-
-
-def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval of a binomial rate."""
-    if n == 0:
-        return (0.0, 1.0)
-    p, z = k / n, 1.96
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def rate(flags) -> dict:
-    """A cut-off rate with its 95% interval, from per-image flags."""
-    k, n = int(sum(bool(f) for f in flags)), len(flags)
-    low, high = wilson(k, n)
-    return {"rate": k / max(n, 1), "low": low, "high": high, "n": n}
 
 
 def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
@@ -112,7 +96,7 @@ def real_effect(data: Path, palette) -> dict:
     return {"cutoff": cut, "position": position_sweep(sweep, palette)}
 
 
-def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9, seed0: int = 10_000, progress: bool = True) -> dict:
+def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9, seed0: int = 10_000, guidance: float = 1.0, progress: bool = True) -> dict:
     """Cut-off rate per query and position sweep of a model's samples (``n`` per query / offset).
 
     Every query and offset uses the same seeds and classes, so differences come from the
@@ -129,7 +113,7 @@ def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9,
     def draw(micro: MicroCond) -> torch.Tensor:
         key = tuple(v for i in seen for v in micro.ids[2 * i : 2 * i + 2])  # the ids this model can see
         if key not in cache:
-            query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size)
+            query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size, guidance=guidance)
             cache[key] = model.draw(query, list(range(seed0, seed0 + n)), [i % n_classes for i in range(n)], steps=steps, progress=progress)
         return cache[key]
 

@@ -7,6 +7,9 @@
 - Fidelity (paper Table 2): Frechet distance and KID in the penultimate features of a small
   classifier trained once on the references (:mod:`microcond.features`), and a multi-scale
   sliced Wasserstein distance on Laplacian pyramids (Karras et al. 2018, no learned features).
+- Recognisability: the share of samples that classifier puts in the class they were asked for,
+  beside its accuracy on real images it never saw (the Inception Score's question, answered by
+  an in-domain classifier with known classes).
   These are IN-DOMAIN metrics; their values are not comparable with Inception FID.
 
 Images are float tensors (N, 3, H, W) in [-1, 1], as :func:`microcond.sample.sample` returns.
@@ -24,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from microcond.features import FeatureNet, FeatureRecipe, extract_features, feature_net
+from microcond.features import FeatureNet, FeatureRecipe, extract_features, extract_logits, feature_net
 from microcond.pixels import stack_hwc
+from microcond.stats import rate
 
 IN_DOMAIN = "in-domain metrics (features of a classifier trained on the references; not Inception FID)"
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601
@@ -292,6 +296,16 @@ def fidelity(samples: torch.Tensor, refs: torch.Tensor, net: FeatureNet) -> dict
     }
 
 
+def class_accuracy(net: FeatureNet, images: torch.Tensor, labels: Sequence[int] | torch.Tensor) -> dict:
+    """Share of ``images`` that ``net`` classifies as ``labels`` (argmax), with its 95% Wilson interval."""
+    images = check_images(images, "images")
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if labels.shape != (len(images),):
+        raise ValueError(f"need one class label per image: {len(images)} images, labels {tuple(labels.shape)}")
+    predicted = extract_logits(net, images).argmax(dim=1)  # (N,)
+    return rate((predicted == labels).tolist())
+
+
 def evaluate(
     samples: torch.Tensor,
     refs: torch.Tensor,
@@ -300,13 +314,21 @@ def evaluate(
     cache_dir: str | Path,
     palette: Sequence[Sequence[int]] | None = None,
     recipe: FeatureRecipe = FeatureRecipe(),
+    sample_labels: Sequence[int] | None = None,
+    held_out: tuple[torch.Tensor, Sequence[int]] | None = None,
     progress: bool = True,
 ) -> dict:
-    """Every metric of this module, labelled as in-domain; ready for :func:`format_report`."""
+    """Every metric of this module, labelled as in-domain; ready for :func:`format_report`.
+
+    Args:
+        sample_labels: the class each sample was asked for; adds ``class_accuracy``.
+        held_out: real images and labels the classifier did not train on, for the accuracy
+            that samples are compared with (``class_accuracy.ratio``).
+    """
     samples, refs = check_images(samples, "samples"), check_images(refs, "references")
     _same_resolution(samples, refs)
     net = feature_net(refs, torch.as_tensor(ref_labels, dtype=torch.int64), cache_dir, recipe, progress)
-    return {
+    report = {
         "note": IN_DOMAIN,
         "n_samples": len(samples),
         "n_refs": len(refs),
@@ -315,6 +337,13 @@ def evaluate(
         "cutoff_rate": cutoff_rate(samples, refs, palette),
         "fidelity": fidelity(samples, refs, net),
     }
+    if sample_labels is not None:
+        accuracy = {"samples": class_accuracy(net, samples, sample_labels)}
+        if held_out is not None:
+            accuracy["held_out_real"] = class_accuracy(net, *held_out)
+            accuracy["ratio"] = accuracy["samples"]["rate"] / max(accuracy["held_out_real"]["rate"], 1e-12)
+        report["class_accuracy"] = accuracy
+    return report
 
 
 def format_report(report: dict, indent: int = 0) -> str:
@@ -355,11 +384,14 @@ def _reference_files(root: Path) -> tuple[list[tuple[Path, int]], list[str] | No
     return [(f, -1) for f in sorted(root.iterdir()) if f.is_file()], None
 
 
-def load_references(path: str | Path, target_size: tuple[int, int], progress: bool = True) -> References:
+def load_references(path: str | Path, target_size: tuple[int, int], progress: bool = True, *, min_original_edge: int = 0,
+                    limit: int | None = None) -> References:
     """Read real images as the samples are made: short side resized to cover ``target_size``,
     centre crop (:func:`microcond.data.crop.decode_crop`). Unreadable files are skipped and listed.
 
     Labels come from the demo data's ``metadata.jsonl`` or from one level of class sub-folders.
+    ``min_original_edge`` keeps only originals whose short edge reaches it (not upscaled);
+    ``limit`` stops after that many images, in file order.
     """
     from microcond.data.crop import decode_crop
 
@@ -371,12 +403,16 @@ def load_references(path: str | Path, target_size: tuple[int, int], progress: bo
     pixels, labels, skipped = [], [], []
     for file, label in tqdm(files, desc="references", unit="img", disable=not progress, leave=False):
         try:
-            crop, _ = decode_crop(file, target_size, np.random.default_rng(0), mode="center")  # (h, w, 3) uint8
+            crop, micro = decode_crop(file, target_size, np.random.default_rng(0), mode="center")  # (h, w, 3) uint8
         except (ValueError, OSError) as err:
             skipped.append((str(file), str(err)))
             continue
+        if min(micro.original_size) < min_original_edge:
+            continue
         pixels.append(crop)
         labels.append(label)
+        if limit is not None and len(pixels) >= limit:
+            break
     if not pixels:
         raise ValueError(f"no readable images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {str(root)!r}; {len(skipped)} skipped")
     images = stack_hwc(pixels)  # (N, 3, h, w)

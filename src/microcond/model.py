@@ -169,47 +169,70 @@ class Denoiser(torch.nn.Module):
 
 
 def param_groups(model: Denoiser, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: the UNet's conditioning MLP at ``add_embedding_lr`` when set, the rest at ``lr``.
+    """AdamW groups: the UNet's conditioning MLP at ``add_embedding_lr`` when set, the rest at ``lr``;
+    a zero-initialised conditioning output layer is kept out of weight decay (DiT, EDM2), which
+    would otherwise pull it back to its start.
 
     The MLP's first layer takes 1536 Fourier features of the ids, most of them nearly constant
     (low frequencies, the fixed target size); Adam moves each of their weights by about lr per
     step, so together they shift a unit's pre-activation like a bias with a learning rate
     hundreds of times lr, and at lr 1e-3 units die (docs/results.md, crop ablation).
     """
-    special = set(map(id, model.unet.add_embedding.parameters())) if cfg.add_embedding_lr and hasattr(model.unet, "add_embedding") else set()
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in special]
-    groups = [{"params": rest, "lr": cfg.lr, "base_lr": cfg.lr}]
-    if special:
-        mlp = [p for p in model.unet.add_embedding.parameters() if p.requires_grad]
-        groups.append({"params": mlp, "lr": cfg.add_embedding_lr, "base_lr": cfg.add_embedding_lr})
+    mlp = getattr(model.unet, "add_embedding", None)
+    special = set(map(id, mlp.parameters())) if cfg.add_embedding_lr and mlp is not None else set()
+    no_decay = set(map(id, mlp.linear_2.parameters())) if cfg.zero_init_conditioning and mlp is not None else set()
+    groups = []
+    for params, lr, decay in (
+        ([p for p in model.parameters() if id(p) not in special and id(p) not in no_decay], cfg.lr, cfg.weight_decay),
+        ([p for p in model.parameters() if id(p) in special and id(p) not in no_decay], cfg.add_embedding_lr, cfg.weight_decay),
+        ([p for p in model.parameters() if id(p) in no_decay], cfg.add_embedding_lr or cfg.lr, 0.0),
+    ):
+        params = [p for p in params if p.requires_grad]
+        if params:
+            groups.append({"params": params, "lr": lr, "base_lr": lr, "weight_decay": decay})
     return groups
 
 
 class ConditioningHealth:
-    """Live units of the conditioning MLP's hidden layer, from the batches the loop trains on.
+    """Live units of the conditioning MLP's hidden layer, in the EMA weights, on training inputs.
 
-    A unit is live when its pre-activation exceeds -3 for some sample of the logging window
-    (below that SiLU is flat near zero and the unit passes on nothing: class, size and crop are
-    gone). Reported as ``cond_units_live`` of ``cond_units`` in metrics.jsonl.
+    A unit is live when its pre-activation exceeds -3 for some input (below that SiLU is flat near
+    zero and the unit passes on nothing: class, size and crop are gone). The hook keeps the
+    first ``rows`` inputs (pooled slot + Fourier features) the layer saw in the logging window;
+    :meth:`report` passes them through the EMA copy of the layer, which is what samples are drawn
+    with (the raw weights can read 128 of 128 while the EMA reads a handful). Reported as
+    ``cond_units_live`` of ``cond_units`` in metrics.jsonl; the crop ablation measures the same.
     """
 
-    def __init__(self, unet: torch.nn.Module) -> None:
-        self.live: torch.Tensor | None = None
-        layer = getattr(getattr(unet, "add_embedding", None), "linear_1", None)
+    THRESHOLD = -3.0
+    NAME = "unet.add_embedding.linear_1"  # the layer's name in the denoiser's state dict
+
+    def __init__(self, model: torch.nn.Module, rows: int = 1024) -> None:
+        self.rows = rows
+        self.inputs: list[torch.Tensor] = []
+        layer = dict(model.named_modules()).get(self.NAME)
         self.units = layer.out_features if layer is not None else 0
         if layer is not None:
             layer.register_forward_hook(self._observe)
 
     def _observe(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        seen = (output.detach() > -3).flatten(0, -2).any(dim=0)  # (units,)
-        self.live = seen if self.live is None else self.live | seen
+        kept = sum(len(x) for x in self.inputs)
+        if kept < self.rows:
+            self.inputs.append(inputs[0].detach().flatten(0, -2)[: self.rows - kept].float())
 
-    def report(self) -> dict:
-        """The window's count, then a new window."""
-        if self.live is None:
+    def live(self, weights: dict[str, torch.Tensor]) -> int:
+        """Units of the layer with these weights (a state dict holding it) live on the kept inputs."""
+        x = torch.cat(self.inputs)  # (rows, in_features)
+        w, b = (weights[f"{self.NAME}.{k}"].to(x.device, torch.float32) for k in ("weight", "bias"))
+        with torch.no_grad():
+            return int((torch.nn.functional.linear(x, w, b) > self.THRESHOLD).any(dim=0).sum())
+
+    def report(self, ema: dict[str, torch.Tensor]) -> dict:
+        """The window's count in the EMA weights, then a new window."""
+        if not self.inputs:
             return {}
-        row = {"cond_units_live": int(self.live.sum()), "cond_units": self.units}
-        self.live = None
+        row = {"cond_units_live": self.live(ema), "cond_units": self.units}
+        self.inputs = []
         return row
 
 
@@ -217,6 +240,9 @@ def build_denoiser(cfg: TrainConfig) -> Denoiser:
     """The denoiser a config describes: the preset's UNet (or --pretrained's) with its embedder."""
     embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
     unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)
+    if cfg.zero_init_conditioning:  # the conditions start with no effect and grow in (DiT's adaLN-Zero)
+        torch.nn.init.zeros_(unet.add_embedding.linear_2.weight)
+        torch.nn.init.zeros_(unet.add_embedding.linear_2.bias)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders), class_dropout=cfg.class_dropout, caption_dropout=cfg.caption_dropout)

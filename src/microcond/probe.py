@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from microcond.cropeffect import rate, slope
+from microcond.cropeffect import slope
+from microcond.stats import rate
 from microcond.record import MicroCond
 from microcond.stats import mean_interval, spearman
 

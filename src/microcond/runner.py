@@ -60,13 +60,16 @@ def _steps_done(run: Path) -> int:
     return json.loads(rows[-1])["step"] if rows else 0
 
 
-def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dict[str, int], parallel: int = 2, progress: bool = True) -> None:
+def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dict[str, int], parallel: int = 2, progress: bool = True,
+               one_thread: bool = True) -> None:
     """Run training commands ``parallel`` at a time with one thread each; one overall progress bar.
 
     Args:
         steps: run name -> its training steps.
+        one_thread: False lets each command lay itself out over the free cores (``microcond
+            train``'s data-parallel processes): for a single run.
     """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"} if one_thread else dict(os.environ)
     pending = [n for n in commands if _steps_done(runs[n]) < steps[n]]
     running: dict[str, subprocess.Popen] = {}
     logs = {}

@@ -1,4 +1,4 @@
-"""Small statistics of measured numbers, without torch: rank correlation and intervals of a mean.
+"""Small statistics of measured numbers, without torch: rank correlation, intervals of a mean and of a rate.
 
 Pages and probes report sample means from a handful of images (8 to 32 per value), so the
 interval of a mean uses Student's t, not the normal quantile, and the rank correlation gives
@@ -61,3 +61,20 @@ def mean_interval(values: Sequence[float]) -> dict:
         return {"mean": mean, "low": float("nan"), "high": float("nan"), "n": n}
     half = t975(n - 1) * float(v.std(ddof=1)) / math.sqrt(n)
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": n}
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval of a binomial rate."""
+    if n == 0:
+        return (0.0, 1.0)
+    p, z = k / n, 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def rate(flags) -> dict:
+    """A cut-off rate with its 95% interval, from per-image flags."""
+    k, n = int(sum(bool(f) for f in flags)), len(flags)
+    low, high = wilson(k, n)
+    return {"rate": k / max(n, 1), "low": low, "high": high, "n": n}

@@ -101,7 +101,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
-        health = ConditioningHealth(model.unet)
+        health = ConditioningHealth(model)
         if data is None:
             from microcond.data.loader import open_training_data
 
@@ -175,7 +175,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                 if world > 1:  # each rank saw its rows: the logged loss is the whole batch's
                     torch.distributed.all_reduce(window_loss)
                     window_loss /= world
-                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report()}
+                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report(ema)}
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")

@@ -92,10 +92,10 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
         "sample",
         "Sample from a trained run with chosen micro-conditions; writes a grid PNG and one PNG per sample.",
         [
-            "microcond sample runs/demo/run-size --n 16 --out runs/demo/run-size/samples/default",
-            "microcond sample runs/demo/run-size --original-size 128 128 --class 2 --guidance 2",
-            "microcond sample runs/demo/run-crop --original-size 64 128 --crop 0 16 --null-micro --guidance 1.5",
-            "microcond sample runs/demo/run-size --original-size 128 128 --micro-guidance 3",
+            "microcond sample runs/demo/run --n 16 --out runs/demo/run/samples/default",
+            "microcond sample runs/demo/run --original-size 128 128 --class 2 --guidance 2",
+            "microcond sample runs/demo/run --original-size 64 128 --crop 0 16 --null-micro --guidance 1.5",
+            "microcond sample runs/demo/run --original-size 128 128 --micro-guidance 3",
             "microcond sample runs/sdxl-ft --prompt 'a red fox in the snow' --guidance 5 --original-size 1024 1024 --n 4",
         ],
     )
@@ -133,8 +133,8 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
         "sweep",
         "One grid: rows are seeds, columns are values of c_size (paper Fig. 3) or c_crop (Fig. 4).",
         [
-            "microcond sweep runs/demo/run-size --original-size 8 16 32 64 128 --out fig3.png",
-            "microcond sweep runs/demo/run-crop --crop 0,0 0,8 0,16 0,32 --original-size-fixed 64 128 --out fig4.png",
+            "microcond sweep runs/demo/run --original-size 8 16 32 64 128 --out fig3.png",
+            "microcond sweep runs/demo/run --crop 0,0 0,8 0,16 0,32 --original-size-fixed 64 128 --out fig4.png",
         ],
     )
     p.add_argument("run_dir", metavar="RUN")
@@ -176,8 +176,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "evaluate",
         "In-domain metrics of a run's samples against real images: sharpness, cut-off rate, FD/KID, SWD.",
         [
-            "microcond evaluate runs/demo/run-size --ref runs/demo/data-web/eval --n 500",
-            "microcond evaluate runs/demo/run-size --ref runs/demo/data-web/eval --original-size 8 8 --n 200 --out small.json",
+            "microcond evaluate runs/demo/run --ref runs/demo/data-wide/eval --n 500",
+            "microcond evaluate runs/demo/run --ref runs/demo/data-wide/eval --original-size 8 8 --n 200 --out small.json",
         ],
     )
     p.add_argument("run_dir", metavar="RUN")

@@ -119,3 +119,29 @@ def test_zero_initialised_conditioning_starts_without_effect_and_outside_weight_
     # Without the option the layer starts as diffusers initialises it, and the conditions act at once.
     plain = build_denoiser(config_mod.resolve("tiny", overrides={"num_classes": 3, "resolution": 16})).eval()
     assert plain.unet.add_embedding.linear_2.weight.any()
+
+
+def test_centred_micro_features_fold_into_an_sdxl_exact_unet():
+    """The centred denoiser and the plain diffusers UNet with the centre folded into its bias
+    compute the same output from SDXL's own F(ids) (diffusers' text_time path, time_ids given)."""
+    from diffusers import UNet2DConditionModel
+
+    from microcond.model import build_denoiser, center_bias
+
+    cfg = config_mod.resolve("tiny", overrides={"center_micro_features": True, "num_classes": 3, "resolution": 16})
+    torch.manual_seed(0)
+    model = build_denoiser(cfg).eval()
+    # The constant features (target size, low frequencies) are near zero once centred.
+    ids = torch.tensor([[8, 16, 0, 0, 16, 16], [400, 800, 0, 200, 16, 16], [16, 16, 0, 0, 16, 16]])
+    centred = model.embedder(ids) - model.micro_center  # (3, 1536)
+    assert centred[:, -512:].abs().max() < 1e-6 and centred[2].abs().max() < 1e-6  # the target block; the default query itself
+    plain = UNet2DConditionModel.from_config(model.unet.config).eval()
+    plain.load_state_dict(center_bias(model.unet.state_dict(), model.micro_center, model.pooled_dim, prefix=""))
+    x, t = torch.randn(3, 3, 16, 16), torch.tensor([10, 500, 900])
+    labels = torch.tensor([0, 2, -1])
+    with torch.no_grad():
+        ours = model(x, t, ids, None, labels)
+        pooled = model.class_embedding(torch.where(labels < 0, 3, labels))
+        theirs = plain(x, t, x.new_zeros(3, 1, model.context_dim), added_cond_kwargs={"text_embeds": pooled, "time_ids": ids.float()}).sample
+    assert torch.allclose(ours, theirs, atol=1e-5)
+    assert not torch.equal(plain.add_embedding.linear_1.bias, model.unet.add_embedding.linear_1.bias)

@@ -41,10 +41,12 @@ class TrainConfig:
     timestep_sampling: str = "uniform"  # uniform (SDXL's DDPM) | lognormal (EDM: log sigma ~ N(lognormal_mean, lognormal_std^2))
     lognormal_mean: float = -1.2  # EDM's P_mean
     lognormal_std: float = 1.2  # EDM's P_std
+    uniform_timestep_share: float = 0.0  # lognormal: share of timesteps drawn uniformly instead (the noisiest levels, where layout and crop are decided)
     loss_weighting: str = "none"  # weight of the clean-image error: none (the prediction's own) | edm (SNR + 1/sigma_data^2) | min_snr (min(SNR, gamma))
     sigma_data: float = 0.5  # edm weighting: the data's standard deviation
     min_snr_gamma: float = 5.0  # min_snr weighting: gamma
     zero_init_conditioning: bool = False  # pixel presets: the conditioning MLP's output layer starts at zero (DiT, EDM2)
+    center_micro_features: bool = False  # pixel presets: the conditioning MLP sees F(ids) - F(default ids), the difference folded into its bias on export
     beta_schedule: str = "linear"  # diffusers DDPMScheduler beta schedule (SDXL: scaled_linear)
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
@@ -122,11 +124,12 @@ class TrainConfig:
             (self.loss_weighting == "none" or not self.loss_weight_cap, "loss_weighting/loss_weight_cap", "one weighting: loss_weighting none with a cap, or no cap"),
             (finite(self.sigma_data, self.min_snr_gamma) and self.sigma_data > 0 and self.min_snr_gamma > 0, "sigma_data/min_snr_gamma", "finite and > 0"),
             (self.preset != "sdxl" or not self.zero_init_conditioning, "zero_init_conditioning", "off for preset sdxl (it would erase the pretrained conditioning)"),
+            (self.preset != "sdxl" or not self.center_micro_features, "center_micro_features", "off for preset sdxl"),
             (self.log_every >= 1 and self.sample_every >= 0, "log_every/sample_every", "log_every >= 1 and sample_every >= 0"),
             (0 <= self.seed < 2**64, "seed", "in [0, 2**64)"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),
         ]
-        for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise"):
+        for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise", "uniform_timestep_share"):
             checks.append((0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]"))
         for ok, name, expected in checks:
             if not ok:

@@ -52,7 +52,7 @@ N_CLASSES = 9
 # Recipes of the ablation, every field that sets the objective spelled out (the presets' defaults change).
 DDPM_EPS = dict(prediction_type="epsilon", timestep_sampling="uniform", loss_weighting="none")  # SDXL's objective
 DDPM_V = dict(prediction_type="v_prediction", timestep_sampling="uniform", loss_weighting="none")
-EDM = dict(prediction_type="v_prediction", timestep_sampling="lognormal", loss_weighting="edm", lognormal_mean=-1.2, lognormal_std=1.2)
+EDM = dict(prediction_type="v_prediction", timestep_sampling="lognormal", loss_weighting="edm", lognormal_mean=-1.2, lognormal_std=1.2, uniform_timestep_share=0.0)
 
 # The recipe ablation (docs/results.md): (what changes, data mix, train overrides). Everything else
 # is the tiny preset with size + crop (+ target) conditioning, as the size-crop model.
@@ -63,6 +63,10 @@ ABLATIONS = {
     "edm": ("EDM: v-prediction, log sigma ~ N(-1.2, 1.2^2), weight SNR + 1/0.5^2", "wide", EDM),
     "edm-broad": ("EDM with broader noise levels, log sigma ~ N(-0.4, 1.6^2)", "wide", {**EDM, "lognormal_mean": -0.4, "lognormal_std": 1.6}),
     "edm-zero": ("EDM, conditioning output layer zero-initialised", "wide", {**EDM, "zero_init_conditioning": True}),
+    "v-wide-center": ("v-prediction, uniform timesteps, micro features centred on the default query", "wide", {**DDPM_V, "center_micro_features": True}),
+    "edm-center": ("EDM, micro features centred on the default query", "wide", {**EDM, "center_micro_features": True}),
+    "mix-center": ("EDM with half the timesteps uniform, micro features centred", "wide", {**EDM, "uniform_timestep_share": 0.5, "center_micro_features": True}),
+    "mix-center-e12": ("as mix-center, 12 emoji per class", "wide-e12", {**EDM, "uniform_timestep_share": 0.5, "center_micro_features": True}),
 }
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).

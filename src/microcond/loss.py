@@ -76,7 +76,8 @@ def loss_weights(snr: torch.Tensor, prediction_type: str, weighting: str, *, sig
 class DiffusionLoss:
     """Mean squared error of the denoiser's prediction (epsilon or v) at random timesteps.
 
-    Timesteps are uniform (SDXL) or follow EDM's log-normal noise levels; the per-sample error is
+    Timesteps are uniform (SDXL) or follow EDM's log-normal noise levels, optionally mixed with a
+    share of uniform ones (which keep the noisiest levels, where the layout is decided); the per-sample error is
     weighted as the config says (none, EDM's, min-SNR-gamma, or v's weight capped in epsilon terms).
 
     Every random draw of a step (noise, offset noise, timesteps, micro-condition dropout through
@@ -90,7 +91,10 @@ class DiffusionLoss:
         self.prediction_type, self.offset_noise, self.weight_cap = cfg.prediction_type, cfg.offset_noise, cfg.loss_weight_cap
         self.labelled = bool(cfg.num_classes)
         snr = schedule_snr(self.scheduler)  # (T,)
-        self.t_probs = timestep_probabilities(snr, cfg.lognormal_mean, cfg.lognormal_std) if cfg.timestep_sampling == "lognormal" else None
+        self.t_probs = None  # (T,) probability of each timestep; None = uniform
+        if cfg.timestep_sampling == "lognormal":
+            uniform = torch.full_like(snr, 1 / len(snr)).float()
+            self.t_probs = (1 - cfg.uniform_timestep_share) * timestep_probabilities(snr, cfg.lognormal_mean, cfg.lognormal_std) + cfg.uniform_timestep_share * uniform
         self.weights = None  # (T,) per-timestep weight of the prediction's squared error
         if cfg.loss_weighting != "none":
             self.weights = loss_weights(snr, cfg.prediction_type, cfg.loss_weighting, sigma_data=cfg.sigma_data, gamma=cfg.min_snr_gamma).float()

@@ -117,10 +117,13 @@ class Denoiser(torch.nn.Module):
     """
 
     def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int, text: bool = False,
-                 class_dropout: float = 0.0, caption_dropout: float = 0.0) -> None:
+                 class_dropout: float = 0.0, caption_dropout: float = 0.0, micro_center: torch.Tensor | None = None) -> None:
         super().__init__()
         self.unet = unet
         self.embedder = embedder
+        # Subtracted from the micro features before the conditioning MLP (see center_bias); not saved:
+        # it is a function of the config.
+        self.register_buffer("micro_center", micro_center if micro_center is not None else torch.zeros(embedder.out_dim), persistent=False)
         self.num_classes = num_classes
         self.class_dropout, self.caption_dropout = float(class_dropout), float(caption_dropout)
         self.pooled_dim = unet.add_embedding.linear_1.in_features - embedder.out_dim
@@ -161,11 +164,41 @@ class Denoiser(torch.nn.Module):
                 labels = torch.full((batch,), -1, dtype=torch.long, device=x.device)
             rows = torch.where(labels < 0, torch.full_like(labels, self.num_classes), labels)  # (B,)
             pooled = self.class_embedding(rows)  # (B, pooled_dim)
-        micro = self.embedder(ids, drop) if self.embedder.n_ids else pooled.new_zeros(batch, 0)  # (B, n_ids*256)
+        micro = self.embedder(ids, drop) - self.micro_center if self.embedder.n_ids else pooled.new_zeros(batch, 0)  # (B, n_ids*256)
         if context is None:
             context = x.new_zeros(batch, 1, self.context_dim)  # (B, 1, context_dim)
         kwargs = {"text_embeds": pooled, "micro_embeds": micro}
         return self.unet(x, t, context, added_cond_kwargs=kwargs).sample
+
+
+def micro_center(embedder: MicroCondEmbedder, resolution: int) -> torch.Tensor:
+    """(n_ids * 256,) Fourier features of SDXL's default query at ``resolution`` (original = target
+    size, crop (0, 0)), in the embedder's signal order: what ``center_micro_features`` subtracts.
+
+    Most of the 1536 features barely vary over a data set (low frequencies, a fixed target size).
+    Adam moves each of their weights in the conditioning MLP's first layer by about lr per step,
+    all in the same direction, so together they shift every unit's bias by hundreds of times lr
+    per step and the units die (docs/results.md). Measured from the default query those features
+    are near zero and carry no such drift; the layer computes the same family of functions, and
+    :func:`center_bias` folds the offset back into its bias for an SDXL-exact export.
+    """
+    from microcond.record import MicroCond
+    from microcond.conditions import time_ids
+
+    size = (resolution, resolution)
+    ids = embedder.select(time_ids([MicroCond(size, (0, 0), size)]))  # (1, 2 * n_signals)
+    return embedder(ids, torch.zeros(1, len(embedder.signal_names), dtype=torch.bool))[0]  # (n_ids * 256,)
+
+
+def center_bias(state: dict[str, torch.Tensor], center: torch.Tensor, pooled_dim: int, prefix: str = "unet.") -> dict[str, torch.Tensor]:
+    """The state dict with the centre folded into the conditioning MLP's first bias, so that the
+    plain UNet on uncentred features computes what the centred denoiser did:
+    W [p; f - c] + b = W [p; f] + (b - W[:, pooled:] c)."""
+    if not center.any():
+        return state
+    weight, bias = state[f"{prefix}add_embedding.linear_1.weight"], state[f"{prefix}add_embedding.linear_1.bias"]
+    folded = (bias.double() - weight[:, pooled_dim:].double() @ center.double()).to(bias.dtype)
+    return {**state, f"{prefix}add_embedding.linear_1.bias": folded}
 
 
 def param_groups(model: Denoiser, cfg: TrainConfig) -> list[dict]:
@@ -245,4 +278,6 @@ def build_denoiser(cfg: TrainConfig) -> Denoiser:
         torch.nn.init.zeros_(unet.add_embedding.linear_2.bias)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders), class_dropout=cfg.class_dropout, caption_dropout=cfg.caption_dropout)
+    center = micro_center(embedder, cfg.resolution) if cfg.center_micro_features and embedder.n_ids else None
+    return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders), class_dropout=cfg.class_dropout, caption_dropout=cfg.caption_dropout,
+                    micro_center=center)

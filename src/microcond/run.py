@@ -29,7 +29,7 @@ from microcond import config as config_mod
 from microcond.checkpoint import load_newest
 from microcond.conditions import SIGNALS
 from microcond.config import TrainConfig
-from microcond.model import Denoiser, build_denoiser
+from microcond.model import Denoiser, build_denoiser, center_bias
 from microcond.record import MicroCond
 from microcond.runtime import choose_precision
 from microcond.sample import crop_sweep, guidance_partners, make_cond, original_size_sweep, sample, sweep
@@ -135,7 +135,7 @@ def write_unet(run_dir: str | Path, out_dir: Path, ema: bool = True) -> None:
     """The body of :func:`export_diffusers`, written straight into ``out_dir``."""
     model, cfg, scheduler_config, step = load_run(run_dir, ema=ema)
     plain = UNet2DConditionModel.from_config(model.unet.config)
-    plain.load_state_dict(model.unet.state_dict())
+    plain.load_state_dict(center_bias(model.unet.state_dict(), model.micro_center, model.pooled_dim, prefix=""))  # SDXL-exact on plain F(ids)
     plain.save_pretrained(out_dir, safe_serialization=True)
     if model.class_embedding is not None:
         save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))

@@ -25,6 +25,7 @@ DATA_MIXES = {
     "extreme": dict(aspect_mix="extreme"),
     "wide": dict(aspect_mix="wide"),
     "wide-sq10": dict(aspect_mix="wide", square_share=0.10),
+    "wide-e12": dict(aspect_mix="wide", emoji_per_class=12),
 }
 
 def ensure_demo_data(folder: Path, mix: str, n_train: int = 6000, n_eval: int = 1000, progress: bool = True, emoji_per_class: int = 0) -> Path:

@@ -117,7 +117,7 @@ def test_zero_initialised_conditioning_starts_without_effect_and_outside_weight_
     assert id(model.unet.add_embedding.linear_1.weight) in decayed
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     # Without the option the layer starts as diffusers initialises it, and the conditions act at once.
-    plain = build_denoiser(config_mod.resolve("tiny", overrides={"num_classes": 3, "resolution": 16})).eval()
+    plain = build_denoiser(config_mod.resolve("tiny", overrides={"num_classes": 3, "resolution": 16, "zero_init_conditioning": False})).eval()
     assert plain.unet.add_embedding.linear_2.weight.any()
 
 

@@ -257,7 +257,7 @@ def test_loss_weight_cap_reweighs_v_loss_in_epsilon_terms(cap):
     output = lambda x: torch.linspace(-1, 1, x.numel()).reshape(x.shape)  # noqa: E731
     losses, seen = {}, {}
     for c in (0.0, cap):
-        cfg = config_mod.resolve("tiny", overrides={"prediction_type": "v_prediction", "loss_weight_cap": c})
+        cfg = config_mod.resolve("tiny", overrides={"prediction_type": "v_prediction", "loss_weighting": "none", "loss_weight_cap": c})
         net = RecordingNet(cfg, output)
         loss_fn = DiffusionLoss(cfg)
         losses[c] = loss_fn(net, batch, step_generator(0, 3, torch.device("cpu")), slice(0, 6), 6)

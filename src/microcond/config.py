@@ -36,7 +36,7 @@ class TrainConfig:
     num_classes: int = 0  # 0 = unconditional; otherwise a learned vector per class in the pooled slot
     signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
     # Objective
-    prediction_type: str = "epsilon"  # epsilon (SDXL) | v_prediction (learns the crop better, loses the size effect: docs/results.md)
+    prediction_type: str = "epsilon"  # epsilon (SDXL's) | v_prediction (the pixel presets': it learns the crop, docs/results.md)
     loss_weight_cap: float = 0.0  # v_prediction: cap on a noise level's weight in epsilon terms (v weighs 1 + 1/SNR); 0 = none
     timestep_sampling: str = "uniform"  # uniform (SDXL's DDPM) | lognormal (EDM: log sigma ~ N(lognormal_mean, lognormal_std^2))
     lognormal_mean: float = -1.2  # EDM's P_mean
@@ -146,9 +146,15 @@ class TrainConfig:
 
 
 # Named presets: overrides of the defaults above (DiT's DiT_models, nanoGPT's GPTConfig).
+# The pixel presets share one recipe, chosen by the recipe ablation (docs/results.md): v-prediction
+# at uniform timesteps with the clean-image error weighted SNR + 1/4^2 (EDM's weight with
+# sigma_data 4: between epsilon's SNR, which ignores the layout and so the crop, and v's SNR + 1,
+# which loses the size effect), and centred micro features (without them the conditioning MLP's
+# units die and take class, size and crop with them).
+PIXEL_RECIPE = dict(prediction_type="v_prediction", timestep_sampling="uniform", loss_weighting="edm", sigma_data=4.0, center_micro_features=True)
 PRESETS: dict[str, dict] = {
-    "tiny": dict(resolution=32, batch_size=32, lr=1e-3),
-    "small": dict(resolution=64, batch_size=32, lr=5e-4),
+    "tiny": dict(resolution=32, batch_size=32, lr=1e-3, **PIXEL_RECIPE),
+    "small": dict(resolution=64, batch_size=32, lr=5e-4, **PIXEL_RECIPE),
     "sdxl": dict(resolution=1024, caption_dropout=0.1, buckets="sdxl", batch_size=4, lr=1e-5, beta_schedule="scaled_linear", ema_decay=0.9999, warmup_steps=0, offset_noise=0.0),
 }
 

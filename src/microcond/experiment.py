@@ -50,27 +50,25 @@ SIZE_CURVE = (8, 12, 16, 24, 32, 48, 64, 128)
 N_CLASSES = 9
 
 # Recipes of the ablation, every field that sets the objective spelled out (the presets' defaults change).
-DDPM_EPS = dict(prediction_type="epsilon", timestep_sampling="uniform", loss_weighting="none")  # SDXL's objective
 DDPM_V = dict(prediction_type="v_prediction", timestep_sampling="uniform", loss_weighting="none")
 EDM = dict(prediction_type="v_prediction", timestep_sampling="lognormal", loss_weighting="edm", lognormal_mean=-1.2, lognormal_std=1.2, uniform_timestep_share=0.0)
 
 # The recipe ablation (docs/results.md): (what changes, data mix, train overrides). Everything else
 # is the tiny preset with size + crop (+ target) conditioning, as the size-crop model.
 ABLATIONS = {
-    "eps-wide": ("epsilon prediction, uniform timesteps (SDXL's objective)", "wide", DDPM_EPS),
-    "v-wide": ("v-prediction, uniform timesteps (the previous crop recipe)", "wide", DDPM_V),
-    "v-wide-zero": ("v-prediction, uniform timesteps, conditioning output layer zero-initialised", "wide", {**DDPM_V, "zero_init_conditioning": True}),
     "edm": ("EDM: v-prediction, log sigma ~ N(-1.2, 1.2^2), weight SNR + 1/0.5^2", "wide", EDM),
     "edm-broad": ("EDM with broader noise levels, log sigma ~ N(-0.4, 1.6^2)", "wide", {**EDM, "lognormal_mean": -0.4, "lognormal_std": 1.6}),
-    "edm-zero": ("EDM, conditioning output layer zero-initialised", "wide", {**EDM, "zero_init_conditioning": True}),
-    "v-wide-center": ("v-prediction, uniform timesteps, micro features centred on the default query", "wide", {**DDPM_V, "center_micro_features": True}),
     "edm-center": ("EDM, micro features centred on the default query", "wide", {**EDM, "center_micro_features": True}),
-    "mix-center": ("EDM with half the timesteps uniform, micro features centred", "wide", {**EDM, "uniform_timestep_share": 0.5, "center_micro_features": True}),
+    "v-wide-center": ("v-prediction (weight SNR + 1), uniform timesteps, centred", "wide", {**DDPM_V, "center_micro_features": True}),
+    "mix-center": ("EDM with half the timesteps uniform, centred", "wide", {**EDM, "uniform_timestep_share": 0.5, "center_micro_features": True}),
     "mix-center-e12": ("as mix-center, 12 emoji per class", "wide-e12", {**EDM, "uniform_timestep_share": 0.5, "center_micro_features": True}),
+    "v-sd2-center": ("v-prediction, uniform timesteps, weight SNR + 1/2^2, centred", "wide", {**DDPM_V, "loss_weighting": "edm", "sigma_data": 2.0, "center_micro_features": True}),
+    "v-sd4-center": ("v-prediction, uniform timesteps, weight SNR + 1/4^2, centred (the pixel presets' recipe)", "wide",
+                     {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True}),
 }
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).
-GUIDED = {"edm-cfg2": ("edm", 2.0), "edm-cfg3": ("edm", 3.0)}
+GUIDED = {"edm-cfg2": ("edm", 2.0), "v-sd4-center-cfg3": ("v-sd4-center", 3.0)}
 
 
 @dataclass(frozen=True)

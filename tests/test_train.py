@@ -331,3 +331,14 @@ def test_health_check_counts_live_units_in_the_ema_weights():
     weights["unet.add_embedding.linear_1.bias"] -= 1000.0  # an EMA whose units all died
     assert health.report(weights) == {"cond_units_live": 0, "cond_units": 128}
     assert health.report(weights) == {}  # a new window: nothing seen yet
+
+
+def test_a_dying_conditioning_path_warns_once_while_it_trains(tmp_path, capsys, monkeypatch):
+    from microcond.model import ConditioningHealth
+
+    assert ConditioningHealth.warning({"step": 5, "cond_units_live": 40, "cond_units": 128}) is None
+    assert ConditioningHealth.warning({"step": 5}) is None
+    monkeypatch.setattr(ConditioningHealth, "live", lambda self, weights: 3)  # an EMA whose units died
+    train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)
+    err = capsys.readouterr().err
+    assert err.count("warning: at step 1 only 3 of 128 units") == 1 and err.count("warning:") == 1

@@ -268,6 +268,15 @@ class ConditioningHealth:
         self.inputs = []
         return row
 
+    @staticmethod
+    def warning(row: dict) -> str | None:
+        """One line when a logged row shows fewer than a quarter of the units live, else None."""
+        live, units = row.get("cond_units_live"), row.get("cond_units")
+        if live is None or not units or live >= units / 4:
+            return None
+        return (f"warning: at step {row.get('step')} only {live} of {units} units of the conditioning MLP are live in the EMA weights: "
+                "class and micro-conditions barely reach the model (pixel presets: --center-micro-features on; or a lower --add-embedding-lr)")
+
 
 def build_denoiser(cfg: TrainConfig) -> Denoiser:
     """The denoiser a config describes: the preset's UNet (or --pretrained's) with its embedder."""

@@ -340,7 +340,9 @@ def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], fig
                   f"{ablation['budget']['steps']} steps, seed 0, {ablation['budget']['crop_samples']} samples per query and offset and "
                   f"{2 * ablation['budget']['crop_samples']} for the Frechet distance and class accuracy (SDXL's default query). A slope near the real data's means the "
                   "model moves the object as the crop says; 0 means it ignores the crop. Live units: hidden units of the conditioning MLP (EMA weights) whose "
-                  "pre-activation exceeds -3 for some of 1,024 training samples.", "",
+                  "pre-activation exceeds -3 for some of 1,024 training samples. The earlier ablation (epsilon and v at uniform timesteps without centred "
+                  "features, capped v weights, other learning rates and aspect mixes; docs/results.md before the one-model recipe) measured 1 to 12 live units "
+                  "in every row.", "",
                   *ablation_table(ablation)]
     lines += ["", "## Grids", ""]
     for key, path in figures.items():

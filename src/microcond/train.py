@@ -16,6 +16,7 @@ import contextlib
 import functools
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Iterator, Protocol
@@ -130,6 +131,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         bar = tqdm(total=cfg.steps * cfg.batch_size, initial=start * cfg.batch_size, disable=not progress or rank != 0, desc="train",
                    unit="img", unit_scale=True, dynamic_ncols=True)  # progress in images seen
         row: dict = {}
+        warned = False  # a dying conditioning path is reported once per start
         window_t, window_images, losses = time.perf_counter(), 0, []
         for step in range(start, cfg.steps):
             # Step: accumulate gradients over rounds, clip, update with warm-up.
@@ -179,6 +181,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")
+                    if (warning := health.warning(row)) and not warned:
+                        tqdm.write(warning, file=sys.stderr)
+                        warned = True
                 bar.set_postfix(step=done, loss=f"{row['loss']:.4f}")
                 window_t, window_images, losses = time.perf_counter(), 0, []
             bar.update(cfg.batch_size)

@@ -43,7 +43,14 @@ def test_train_export_and_load_in_diffusers(tmp_path, image_folder, env):
     ours = {k.removeprefix("unet."): v for k, v in ema.items() if k.startswith("unet.")}
     theirs = unet.state_dict()
     assert set(ours) == set(theirs)  # SDXL parameter names, nothing renamed
-    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    bias = "add_embedding.linear_1.bias"  # the pixel presets' centred micro features are folded into it
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k != bias)
+    from microcond.model import build_denoiser, center_bias
+    from microcond.run import run_config
+
+    model = build_denoiser(run_config(run))
+    assert model.micro_center.any() and not torch.equal(ours[bias], theirs[bias])
+    assert torch.equal(center_bias(ours, model.micro_center, model.pooled_dim, prefix="")[bias], theirs[bias])
     assert unet.config.addition_embed_type == "text_time"
 
 

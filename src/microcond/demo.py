@@ -120,7 +120,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             if not path.exists():
                 images = model.draw(query, list(range(64)), labels, steps=cfg.sampler_steps, progress=progress)
                 micro = query.micro(model.cfg.resolution)
-                save_grid(images, path, nrow=8, title=f"c_size {micro.original_size[0]}x{micro.original_size[1]}, c_crop 0,0, one class per column")
+                save_grid(images, path, nrow=8, title=f"c_size {micro.original_size[0]}x{micro.original_size[1]}, c_crop 0,0, classes 0-8 cycled")
             pictures[f"samples, {name}"] = path
         pictures["original_size sweep"] = sweep_grids(run, out / "sweeps", steps=cfg.sampler_steps, kinds=("original_size",), guidance=cfg.guidance)["original_size"]
         if fresh:

@@ -204,7 +204,7 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budge
         entry["table"], samples = table_scores(model, refs, held, budget.table_samples, budget, progress=progress)
         # Fig. 4: a model blind to the crop is still asked, to show the base rate it gives every query.
         entry["crop"] = model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES, progress=progress)
-        save_grid(samples[:64], out / "grids" / f"samples-{run_name}.png", nrow=8, title=f"{run_name}: c_size 32x32, c_crop 0,0, one class per column")
+        save_grid(samples[:64], out / "grids" / f"samples-{run_name}.png", nrow=8, title=f"{run_name}: c_size 32x32, c_crop 0,0, classes 0-8 cycled")
         # Fig. 3: sharpness against the requested original size (models that see c_size).
         if "original_size" in model.cfg.signals:
             draw = lambda s: model.draw(Query(original_size=(s, s)), list(range(20_000, 20_000 + budget.curve_samples)),  # noqa: E731

@@ -177,7 +177,7 @@ def test_a_file_broken_after_indexing_is_skipped_and_listed(tmp_path):
     dataset = BucketBatches(source, BUCKETS, 4, seed=0, epochs=1)
     out = list(make_loader(dataset))
     assert all(b["pixels"].shape[0] == 4 for b in out)  # batch shape kept
-    assert [name for name, _ in dataset.skipped] == [broken]
+    assert [name for name, _ in dataset.skips.examples] == [broken]
     assert 3 not in torch.cat([b["index"] for b in out]).tolist()
     cache = PixelCache.build(source, BUCKETS, tmp_path / "cache", progress=False)
     assert cache.failed_rows() == [3] and broken in cache.failures[0][1]

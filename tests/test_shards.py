@@ -134,7 +134,7 @@ def test_bad_sample_metadata_is_skipped_and_named_in_the_index_and_the_stream(tm
     stream = ShardStream([shard], ((32, 48), (48, 32)), 1, epochs=1)
     ids = sorted(batch["ids"][0].tolist() for batch in stream)
     assert ids == [[40, 60, 0, 0, 32, 48], [48, 32, 0, 0, 48, 32]]
-    assert stream.skipped == source.skipped
+    assert stream.skips.examples == source.skipped and stream.skips.count == len(BAD_METADATA)
 
 
 def _cut(shard: Path, at_member: str, extra: int) -> Path:
@@ -163,7 +163,7 @@ def test_a_truncated_tar_keeps_the_intact_samples_and_reports_the_damage(tmp_pat
     assert "damaged tar" in source.skipped[0][1] and f"the {len(kept)} samples before it are kept" in source.skipped[0][1]
     stream = ShardStream([shard], ((32, 48),), 1, epochs=1)
     assert sorted(int(batch["index"][0]) for batch in stream) == list(range(len(kept)))
-    assert stream.skipped == [(f"{shard}:{cut_key}", source.skipped[0][1])]
+    assert stream.skips.examples == [(f"{shard}:{cut_key}", source.skipped[0][1])]
 
 
 def test_shard_json_records_the_path_relative_to_the_folder(folder_and_shards):

@@ -233,7 +233,9 @@ def _run_train(args: argparse.Namespace) -> int:
 
     row = train(cfg, args.out, progress=not args.no_progress)
     if row and os.environ.get("RANK", "0") == "0":
-        print(f"trained to step {row['step']} ({row['images_seen']} images), loss {row['loss']:.4f}; run in {args.out}")
+        skipped = row.get("samples_skipped", 0)
+        print(f"trained to step {row['step']} ({row['images_seen']} images), loss {row['loss']:.4f}"
+              + (f", {skipped} samples skipped while loading (reasons in data.json)" if skipped else "") + f"; run in {args.out}")
     return 0
 
 

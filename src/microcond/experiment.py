@@ -65,6 +65,11 @@ ABLATIONS = {
     "v-sd2-center": ("v-prediction, uniform timesteps, weight SNR + 1/2^2, centred", "wide", {**DDPM_V, "loss_weighting": "edm", "sigma_data": 2.0, "center_micro_features": True}),
     "v-sd4-center": ("v-prediction, uniform timesteps, weight SNR + 1/4^2, centred (the pixel presets' recipe)", "wide",
                      {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True}),
+    "v-sd8-center": ("v-prediction, uniform timesteps, weight SNR + 1/8^2, centred", "wide", {**DDPM_V, "loss_weighting": "edm", "sigma_data": 8.0, "center_micro_features": True}),
+    "v-sd4-center-zero": ("as v-sd4-center, conditioning output layer zero-initialised, no weight decay on it", "wide",
+                          {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "zero_init_conditioning": True}),
+    "v-sd4-center-2x": ("as v-sd4-center, twice the training images", "wide",
+                        {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "steps": 4000}),
 }
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).
@@ -352,8 +357,11 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
     for folder in data.values():
         prepare_caches(folder / "train", {0})
     runs = {name: out / name for name in chosen}
-    commands = {name: train_command("size-crop", data[mix] / "train", runs[name], budget.steps, 0, extra) for name, (_, mix, extra) in chosen.items()}
-    train_runs(commands, runs, {name: budget.steps for name in chosen}, parallel)
+    # A row may train longer than the budget ("steps" among its overrides).
+    steps = {name: extra.get("steps", budget.steps) for name, (_, _, extra) in chosen.items()}
+    commands = {name: train_command("size-crop", data[mix] / "train", runs[name], steps[name], 0, {k: v for k, v in extra.items() if k != "steps"})
+                for name, (_, mix, extra) in chosen.items()}
+    train_runs(commands, runs, steps, parallel)
     path = out / "ablation.json"
     results = json.loads(path.read_text()) if path.exists() else {}
     if results.get("budget") != asdict(budget):

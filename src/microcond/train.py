@@ -200,6 +200,9 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
                 write_sample_grid(model, ema, scheduler, cfg, run_dir / "samples" / f"step-{done:08d}.png", device, stage)
         bar.close()
-        return row
+        from microcond.data.loader import report_skips
+
+        skipped = report_skips(data, run_dir, rank, world, device)  # a collective: every rank calls it
+        return {**row, "samples_skipped": skipped} if row else row
 
 

@@ -44,6 +44,7 @@ from microcond.data.buckets import Bucket
 from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
 from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
+from microcond.data.skips import Skips, worker_errors
 from microcond.data.urls import expand_urls, is_stream
 from microcond.record import MicroCond
 
@@ -119,10 +120,11 @@ class BucketBatches(IterableDataset):
         self.members = [rows[self.bucket_of[rows] == b] for b in range(len(self.buckets))]
         self.starved = [(self.buckets[b], len(m)) for b, m in enumerate(self.members) if 0 < len(m) < self.global_batch]
         if all(len(m) < self.global_batch for m in self.members):
-            raise ValueError(f"no bucket holds a full global batch of {self.global_batch} images "
-                             f"(bucket sizes {[len(m) for m in self.members]}); lower batch_size or use fewer buckets")
+            raise ValueError(f"no bucket holds a full global batch of {self.global_batch} images (bucket sizes "
+                             f"{[len(m) for m in self.members]}, {len(source.skipped)} images skipped, {len(failed)} failed in the "
+                             "pixel cache); lower batch_size or use fewer buckets")
         self.position = Position(carry=tuple(() for _ in self.buckets))
-        self.skipped: list[tuple[str, str]] = []  # decode failures seen in this process
+        self.skips = Skips("microcond loader")  # decode failures seen in this process
         self._plans: dict[int, tuple[list[tuple[int, np.ndarray]], tuple]] = {}
 
     # -- the plan: which images form which global batch, per epoch (indices only, cheap)
@@ -163,7 +165,8 @@ class BucketBatches(IterableDataset):
             batches, next_carry = self.plan(epoch, carry)
             for k in range(start, len(batches)):
                 if step % workers == worker:
-                    yield self.make_batch(epoch, *batches[k])
+                    batch, skips = self.make_batch(epoch, *batches[k]), self.skips.drain()
+                    yield {**batch, "skips": skips} if skips else batch
                 step += 1
             epoch, start, carry = epoch + 1, 0, next_carry
 
@@ -184,7 +187,8 @@ class BucketBatches(IterableDataset):
             conds.append(cond)
             used.append(i)
         if not used:
-            raise ValueError(f"every image of a batch failed to decode (rows {mine}); see the skipped list and rescan")
+            raise ValueError(f"every image of a batch ({len(mine)}) failed to decode, {self.skips.count} skipped so far; "
+                             f"first reasons: {self.skips.first()}; rescan the data")
         return collate(pixels, conds, self.source.labels[used].tolist(), used, size=len(mine))
 
     def sample(self, epoch: int, i: int, target: Bucket) -> tuple[np.ndarray, MicroCond]:
@@ -201,8 +205,7 @@ class BucketBatches(IterableDataset):
         return image, cond if told == original else dataclasses.replace(cond, original_size=told)
 
     def _skip(self, i: int, err: Exception) -> None:
-        self.skipped.append((self.source.names[i], str(err)))
-        print(f"microcond loader: skipped {self.source.names[i]}: {err}", file=sys.stderr)
+        self.skips.add(self.source.names[i], str(err))
 
     # -- resume
 
@@ -239,6 +242,7 @@ class ResumableLoader:
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
         self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
         self.consumed = 0  # global batches handed out since dataset.position
+        self.skips = Skips("microcond loader", quiet=True)  # every worker's, merged from the batches
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         self.dataset.position, self.consumed = self.dataset.advance(self.dataset.position, self.consumed), 0
@@ -247,7 +251,8 @@ class ResumableLoader:
         else:
             batches = DataLoader(self.dataset, batch_size=None, num_workers=self.num_workers,
                                  prefetch_factor=self.prefetch_factor, in_order=True)
-        for batch in batches:
+        for batch in worker_errors(batches):
+            self.skips.merge(batch.pop("skips", ""))
             self.consumed += 1  # counted before the consumer sees it: a checkpoint taken then includes it
             yield batch
 
@@ -302,19 +307,26 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
 
     buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
     if is_stream(cfg.data):
-        return open_stream(cfg, buckets, rank=rank, world_size=world_size, batch_size=batch_size)
+        return open_stream(cfg, buckets, run_dir, rank=rank, world_size=world_size, batch_size=batch_size)
     cache = None
     for _ in rank_zero_first(rank):  # the other ranks only read the index and cache rank 0 wrote
         source = open_source(cfg.data, min_original_edge=cfg.min_original_edge, size_source=cfg.original_size_source)
         if max(h * w for h, w in buckets) <= CACHE_MAX_AREA:
             cache = PixelCache.build(source, buckets, default_cache_dir(), progress=rank == 0)
+    skipped = source.skipped + ([(name, reason) for _, name, reason in cache.failures] if cache else [])
+    usable = len(source) - (len(cache.failures) if cache else 0)
+    if rank == 0:  # written before the checks below, so that a refused data set still lists its reasons
+        write_data_report(run_dir, {**source.summary(), "usable": usable, "cache": cache.sizes() if cache is not None else None,
+                                    "skipped_files": skipped})
+    if usable <= 0:
+        first = "; ".join(f"{name}: {reason}" for name, reason in skipped[:3])
+        raise ValueError(f"no usable image in {cfg.data}: {len(skipped)} skipped, {source.dropped_small} below min_original_edge; "
+                         f"first reasons: {first or 'none'} (all listed in {Path(run_dir) / 'data.json'})")
     dataset = BucketBatches(source, buckets, batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
                             crop_mode=cfg.crop_mode, flip_probability=cfg.flip_probability, cache=cache)
     if rank == 0:
-        summary = {**dataset.summary(), "cache": cache.sizes() if cache is not None else None,
-                   "skipped_files": source.skipped + ([(name, reason) for _, name, reason in cache.failures] if cache else [])}
-        Path(run_dir).mkdir(parents=True, exist_ok=True)
-        (Path(run_dir) / "data.json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary = {**dataset.summary(), "usable": usable, "cache": cache.sizes() if cache is not None else None, "skipped_files": skipped}
+        write_data_report(run_dir, summary)
         print(f"data: {summary['images']} images in {len(summary['per_bucket'])} buckets, {summary['skipped']} skipped, "
               f"{summary['dropped_small']} below min_original_edge" + (f", pixel cache {cache.sizes()['disk_bytes'] / 2**20:.1f} MiB "
               f"on disk (memory-mapped)" if cache else ""), file=sys.stderr)
@@ -323,7 +335,7 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
     return make_loader(dataset, num_workers=cfg.workers)
 
 
-def open_stream(cfg: Any, buckets: Sequence[Bucket], *, rank: int, world_size: int, batch_size: int) -> "StreamLoader":
+def open_stream(cfg: Any, buckets: Sequence[Bucket], run_dir: str | Path, *, rank: int, world_size: int, batch_size: int) -> "StreamLoader":
     """Streamed shards (``cfg.data`` a pipe, URL, brace pattern or ``::`` list): no index, no cache."""
     from microcond.data.stream import ShardStream, StreamLoader
 
@@ -332,6 +344,31 @@ def open_stream(cfg: Any, buckets: Sequence[Bucket], *, rank: int, world_size: i
                          flip_probability=cfg.flip_probability, shuffle_buffer=cfg.shuffle_buffer,
                          min_original_edge=cfg.min_original_edge, size_source=cfg.original_size_source)
     if rank == 0:
+        write_data_report(run_dir, {"stream": True, "shards": len(urls), "shuffle_buffer": cfg.shuffle_buffer, "workers": cfg.workers})
         print(f"data: streaming {len(urls)} shards, shuffle buffer {cfg.shuffle_buffer} samples, {cfg.workers} workers per rank",
               file=sys.stderr)
     return StreamLoader(stream, num_workers=cfg.workers)
+
+
+def write_data_report(run_dir: str | Path, summary: dict[str, Any]) -> None:
+    """``run_dir/data.json``: what the data holds and what was left out, with reasons."""
+    from microcond.checkpoint import atomic_write_text
+
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(Path(run_dir) / "data.json", json.dumps(summary, indent=2) + "\n")
+
+
+def report_skips(data: Any, run_dir: str | Path, rank: int, world_size: int, device: torch.device) -> int:
+    """Samples skipped while training (every rank's count, rank 0's examples), added to
+    ``run_dir/data.json`` by rank 0; returns the count. Call it on every rank."""
+    skips = getattr(data, "skips", None)
+    count = torch.tensor([skips.count if skips is not None else 0], dtype=torch.int64, device=device)
+    if world_size > 1:
+        torch.distributed.all_reduce(count)
+    total = int(count.item())
+    if rank == 0 and skips is not None:
+        path = Path(run_dir) / "data.json"
+        report = json.loads(path.read_text()) if path.exists() else {}
+        write_data_report(run_dir, {**report, "skipped_while_training": {**skips.summary(), "count": total, "examples_from": "rank 0"}})
+    return total
+

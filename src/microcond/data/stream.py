@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import CROP_MODES, crop, load_resized
 from microcond.data.shards import SHARD_STRIDE, sample_info, tar_samples, sample_key
+from microcond.data.skips import Skips, worker_errors
 from microcond.data.source import SHUFFLE_STREAM, SIZE_SOURCES, collate, sample_rng, told_size
 
 BUFFER_STREAM = 2  # SeedSequence tag of the shuffle buffer's picks (source.py holds 0 and 1)
@@ -85,9 +86,7 @@ class ShardStream(IterableDataset):
                  shuffle_buffer: int = 0, min_original_edge: int = 0, size_source: str = "file", epochs: int | None = None, background: tuple[int, int, int] = (255, 255, 255),
                  fast: bool = True) -> None:
         self.urls = sorted(str(u) for u in urls)
-        if len(self.urls) < world_size:
-            raise ValueError(f"{len(self.urls)} shards for world_size={world_size}: every rank needs at least one shard; "
-                             "write more, smaller shards (microcond shard --max-count)")
+        check_shards(len(self.urls), world_size, 1)
         if crop_mode not in CROP_MODES or not 0.0 <= flip_probability <= 1.0 or batch_size < 1 or shuffle_buffer < 0:
             raise ValueError(f"expected crop_mode in {CROP_MODES}, flip_probability in [0, 1], batch_size >= 1 and "
                              f"shuffle_buffer >= 0, got {crop_mode!r}, {flip_probability}, {batch_size}, {shuffle_buffer}")
@@ -101,7 +100,8 @@ class ShardStream(IterableDataset):
         self.size_source = size_source  # a sample without effective_height/width in its JSON is told its file size
         self.starts: dict[int, StreamPosition] = {}  # role -> where it resumes (StreamLoader sets these)
         self.rotate = 0  # DataLoader worker w plays role (w + rotate) % workers
-        self.skipped: list[tuple[str, str]] = []
+        self.skips = Skips("microcond stream")
+        self.decoded = 0  # samples decoded into a batch by this process
 
     def my_shards(self, epoch: int, role: int, workers: int) -> list[int]:
         """Shard numbers (positions in the sorted URL list) that this rank's ``role`` reads in ``epoch``."""
@@ -112,9 +112,7 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         role = (worker + self.rotate) % workers
-        if len(self.urls) < self.world_size * workers:
-            raise ValueError(f"{len(self.urls)} shards for {self.world_size} ranks x {workers} workers: every worker needs a shard; "
-                             "use fewer --workers or write more, smaller shards")
+        check_shards(len(self.urls), self.world_size, workers)
         start = self.starts.get(role, StreamPosition(role=role, waiting=[[] for _ in self.buckets]))
         yield from self._run(start, workers)
 
@@ -125,6 +123,7 @@ class ShardStream(IterableDataset):
         epoch, first_shard, skip = at.epoch, at.shard, at.sample
         while self.epochs is None or epoch < self.epochs:
             mine, whole, read = self.my_shards(epoch, at.role, workers), first_shard == 0 and skip == 0, 0
+            failed_before = self.skips.count
             for s in range(first_shard, len(mine)):
                 for position, name, files in self._samples(mine[s], skip):
                     item = self._item(mine[s], position, name, files)
@@ -141,8 +140,14 @@ class ShardStream(IterableDataset):
                 pick = self._pick(epoch, -1, len(shuffle))
                 shuffle[pick], shuffle[-1] = shuffle[-1], shuffle[pick]
                 yield from self._place(shuffle.pop(), waiting, at.role, epoch, len(mine), 0, shuffle)
-            if read == 0 and whole:  # else an epoch without batches would repeat forever
-                raise ValueError(f"an epoch of this worker's shards ({[self.urls[s] for s in mine]}) gave no readable sample")
+            # A whole epoch that gave nothing usable would repeat for ever: stop with the counts.
+            failed = self.skips.count - failed_before
+            if whole and (read == 0 or (self.decoded == 0 and failed >= read)):
+                shards = [self.urls[s] for s in mine]
+                raise ValueError(f"a whole epoch of {len(shards)} shard(s) ({shards[0]}{' ...' if len(shards) > 1 else ''}) gave no usable "
+                                 f"sample: {read} read, {self.decoded} decoded, {self.skips.count} skipped, {self.dropped_small} below "
+                                 f"min_original_edge (every rank and loader worker needs usable samples in its share of the shards); "
+                                 f"first reasons: {self.skips.first(2) or 'none'}")
             epoch, first_shard = epoch + 1, 0
         left = sum(len(items) for items in waiting.values())
         if left:
@@ -165,7 +170,8 @@ class ShardStream(IterableDataset):
         if batch is not None:
             position = StreamPosition(role, epoch, shard, sample, [i.index for i in shuffle],
                                       [[i.index for i in waiting[b]] for b in self.buckets])
-            yield {**batch, "position": json.dumps(asdict(position))}
+            skips = self.skips.drain()
+            yield {**batch, "position": json.dumps(asdict(position)), **({"skips": skips} if skips else {})}
 
     def _samples(self, shard: int, skip: int = 0, report: bool = True) -> Iterator[tuple[int, str, dict[str, bytes]]]:
         """(position, ``url:key``, {ext: bytes}) of one shard from sample ``skip`` on; damage listed if ``report``."""
@@ -222,13 +228,21 @@ class ShardStream(IterableDataset):
             if item.told != tuple(original):
                 cond = dataclasses.replace(cond, original_size=item.told)
             pixels.append(image), conds.append(cond), labels.append(item.label), indices.append(item.index)
+        self.decoded += len(pixels)
         if not pixels:
             return None
         return collate(pixels, conds, labels, indices, size=len(items))
 
     def _skip(self, name: str, reason: str) -> None:
-        self.skipped.append((name, reason))
-        print(f"microcond stream: skipped {name}: {reason}", file=sys.stderr)
+        self.skips.add(name, reason)
+
+
+def check_shards(shards: int, world_size: int, workers: int) -> None:
+    """Refuse a layout with a rank or loader worker that would read no shard."""
+    if shards < world_size * workers:
+        raise ValueError(f"{shards} shard(s) for {world_size} rank(s) x {workers} loader worker(s): every worker needs a shard; "
+                         f"use --workers {max(shards // world_size, 0)} or fewer processes (--nproc), or write more, smaller shards "
+                         "(microcond shard --max-count)")
 
 
 class StreamLoader:
@@ -240,6 +254,8 @@ class StreamLoader:
             raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
         self.stream, self.num_workers, self.prefetch_factor = stream, num_workers, prefetch_factor
         self.roles = max(num_workers, 1)
+        check_shards(len(stream.urls), stream.world_size, self.roles)  # here, not in a worker's traceback
+        self.skips = Skips("microcond stream", quiet=True)  # every worker's, merged from the batches
         self.positions: dict[int, dict[str, Any]] = {}
         self.next_role = 0
 
@@ -248,8 +264,9 @@ class StreamLoader:
         self.stream.rotate = self.next_role  # the first batch comes from DataLoader worker 0
         batches: Any = iter(self.stream) if self.num_workers == 0 else DataLoader(
             self.stream, batch_size=None, num_workers=self.num_workers, prefetch_factor=self.prefetch_factor, in_order=True)
-        for batch in batches:
+        for batch in worker_errors(batches):
             position = json.loads(batch.pop("position"))
+            self.skips.merge(batch.pop("skips", ""))
             self.positions[position["role"]] = position
             self.next_role = (position["role"] + 1) % self.roles
             yield batch

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import textwrap
 
-from microcond.commands import example_lines, subparser
+from microcond.commands import OneLineParser, example_lines, integer, subparser
 from microcond.commands.data import add_report, add_scan, add_shard
 from microcond.commands.probe import add_probe
 from microcond.commands.sampling import add_evaluate, add_sample, add_sweep
@@ -84,7 +85,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
                                            "seeds": "training seeds per model", "crop_samples": "samples per cut-off query and per crop offset (crop-ablation: 128)",
                                            "table_samples": "samples per Table 2 row", "curve_samples": "samples per point of the Fig. 3 curve",
                                            "sampler_steps": "DDIM steps of every measurement", "feature_steps": "training steps of the metrics' feature classifier"})
-    p.add_argument("--parallel", type=int, default=2, help="training processes at once, one thread each")
+    p.add_argument("--parallel", type=integer(1, 64, "a number of processes"), default=2, help="training processes at once, one thread each")
     p.add_argument("--settings", nargs="*", help="crop-ablation: only these settings (default all; see microcond.experiment.ABLATIONS)")
     p.set_defaults(run=_run_experiment)
 
@@ -195,7 +196,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run folder: config, checkpoints, metrics, loss curve, sample grids")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics still go to metrics.jsonl)")
-    p.add_argument("--procs", type=int, default=0, metavar="N",
+    p.add_argument("--procs", type=integer(0, 1024, "a number of processes"), default=0, metavar="N",
                    help="CPU: train as N data-parallel processes on this machine, one thread each. Default (0): the "
                         "cores free to this process decide (one process per free core that divides the batch), unless "
                         "OMP_NUM_THREADS is set, torchrun launched it, or a GPU is present (then one process)")
@@ -298,7 +299,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="microcond",
         description=textwrap.dedent(
             """\
@@ -331,25 +332,45 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``microcond`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error already printed as one line
+        return done.code if isinstance(done.code, int) else 2
     args.argv = sys.argv[1:] if argv is None else None  # process-level choices only for the console command
     if argv is None and args.command in REEXEC_COMMANDS and not getattr(args, "dry_run", False):
         from microcond.runtime import ensure_runtime_env
 
         ensure_runtime_env(sys.argv[1:])
+    if argv is None:  # the console command: SIGTERM unwinds like an error, so locks and children are released
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.run(args)
     except BrokenPipeError:  # output piped into `head` and closed early
         return 0
-    except (ValueError, OSError, RuntimeError) as err:
-        # A user mistake: one line, what was expected and found, non-zero exit.
+    except (ValueError, OverflowError, OSError, RuntimeError) as err:
+        # One line, what was expected and found. Exit 2 for a usage mistake (a bad value, a path
+        # that is not there), 1 for a failure of the work itself (a disk, a process, the numbers).
         if os.environ.get("MICROCOND_DEBUG"):
             raise
         print(f"microcond {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        usage = isinstance(err, (ValueError, OverflowError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError))
+        return 2 if usage else 1
+    except Terminated as stop:
+        print(f"microcond {args.command}: stopped by {stop}" + ("; run the same command again to resume" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"microcond {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+class Terminated(BaseException):
+    """SIGTERM received: raised where the program stands, so that ``with`` blocks and ``finally``
+    clauses run (the run lock, pipe commands, data-parallel ranks)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

@@ -131,6 +131,7 @@ class TrainConfig:
         ]
         for name in ("cond_dropout", "class_dropout", "caption_dropout", "flip_probability", "ema_decay", "offset_noise", "uniform_timestep_share"):
             checks.append((0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]"))
+        checks += [(False, name, expected) for name, expected in out_of_range(self, exempt=("seed",))]
         for ok, name, expected in checks:
             if not ok:
                 shown = {n: getattr(self, n) for n in name.split("/")}
@@ -206,9 +207,13 @@ def resolve(preset: str | None = None, toml_path: str | Path | None = None, over
                 values.update(tomllib.load(fh))
         except tomllib.TOMLDecodeError as err:
             raise ValueError(f"config file {toml_path} is not valid TOML: {err}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"config file {toml_path} is not UTF-8 text: a TOML file of flat keys was expected") from None
+        except OSError as err:
+            raise ValueError(f"cannot read config file {toml_path}: {err.strerror or err}") from None
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    chosen = values.pop("preset", None) or preset or "tiny"
-    if chosen not in PRESETS:
+    chosen = values.pop("preset") if "preset" in values else preset or "tiny"
+    if not isinstance(chosen, str) or chosen not in PRESETS:
         raise ValueError(f"unknown preset {chosen!r}; choose one of {sorted(PRESETS)}")
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(values) - set(known))
@@ -269,8 +274,35 @@ def _optional_inner(kind: type) -> type:
     return inner[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) and len(inner) == 1 else kind
 
 
+# Every number a config or flag may hold: integers within int32, other numbers finite and within
+# a million. Tighter ranges are checked field by field.
+MAX_INT = 2**31 - 1
+MAX_FLOAT = 1e6
+
+
+def out_of_range(settings: object, exempt: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(field, expected) for each number of a settings dataclass outside :data:`MAX_INT` /
+    :data:`MAX_FLOAT`, in tuples too; ``exempt`` fields have their own checks."""
+    bad = []
+    for f in fields(settings):
+        values = getattr(settings, f.name)
+        for v in values if isinstance(values, tuple) else (values,):
+            if f.name in exempt or isinstance(v, bool):
+                continue
+            if isinstance(v, int) and abs(v) > MAX_INT:
+                bad.append((f.name, f"an integer from -{MAX_INT} to {MAX_INT}"))
+                break
+            if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= MAX_FLOAT):
+                bad.append((f.name, f"a finite number from -{MAX_FLOAT:g} to {MAX_FLOAT:g}"))
+                break
+    return bad
+
+
 def check_counts(settings: object, zero_ok: Sequence[str] = ()) -> None:
-    """ValueError naming the flags of a settings dataclass's integer fields below 1 (below 0 for ``zero_ok``)."""
+    """ValueError naming the flags of a settings dataclass's integer fields below 1 (below 0 for
+    ``zero_ok``), or any number out of range (:func:`out_of_range`)."""
+    for name, expected in out_of_range(settings, exempt=("seed",)):
+        raise ValueError(f"--{name.replace('_', '-')} must be {expected}, got {getattr(settings, name)!r}")
     bad = [f"--{f.name.replace('_', '-')} {v}" for f in fields(settings) if type(v := getattr(settings, f.name)) is int and v < (0 if f.name in zero_ok else 1)]
     if bad:
         zero = f" ({', '.join('--' + n.replace('_', '-') for n in zero_ok)}: 0 allowed)" if zero_ok else ""

@@ -100,6 +100,12 @@ class DemoDataConfig:
     preview: bool = True
 
     def __post_init__(self) -> None:
+        from microcond.config import out_of_range
+
+        for name, expected in out_of_range(self):
+            raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}: change --{name.replace('_', '-')}")
+        if not 0.0 <= self.square_share <= 1.0:
+            raise ValueError(f"square_share must lie in [0, 1], got {self.square_share}: change --square-share")
         for name in ("n_train", "n_eval", "train_size", "min_size", "jobs"):
             if getattr(self, name) < 1:
                 flag = "--" + name.replace("_", "-")

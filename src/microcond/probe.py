@@ -146,10 +146,9 @@ def probe_prompts(settings: ProbeSettings) -> list[str]:
     """The prompts of the rows: the file's non-empty lines (or the built-in ones), the first ``n_prompts``."""
     prompts = list(DEFAULT_PROMPTS)
     if settings.prompts:
-        path = Path(settings.prompts)
-        if not path.is_file():
-            raise ValueError(f"--prompts {settings.prompts!r} is not a file (expected one prompt per line)")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        from microcond.sdxl.text import read_prompts
+
+        prompts = read_prompts(settings.prompts)
     n = settings.n_prompts or len(prompts)
     if not prompts or n > len(prompts):
         raise ValueError(f"--n-prompts {n} but {settings.prompts or 'the built-in list'} holds {len(prompts)} prompts")

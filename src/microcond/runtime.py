@@ -18,6 +18,8 @@ from typing import Iterator
 
 import torch
 
+from microcond.children import die_with_parent
+
 # Process settings for CPU training, applied by re-executing once (reference/cpu-measurements.md):
 # glibc otherwise unmaps and re-faults large activation buffers every step; OpenMP threads that
 # spin while waiting made bf16 steps 20-30x slower whenever another process held a core.
@@ -109,14 +111,16 @@ def launch_local(argv: list[str], processes: int, threads: int) -> int:
         port = sock.getsockname()[1]
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(processes),
             "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    ranks = [subprocess.Popen([sys.executable, "-m", "microcond.cli", *argv], preexec_fn=_die_with_parent,
+    ranks = [subprocess.Popen([sys.executable, "-m", "microcond.cli", *argv], preexec_fn=die_with_parent,
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(processes)]
     try:
         while True:
             codes = [rank.poll() for rank in ranks]
-            failed = [c for c in codes if c not in (None, 0)]
-            if failed or all(c == 0 for c in codes):
-                return failed[0] if failed else 0
+            failed = [(r, c) for r, c in enumerate(codes) if c not in (None, 0)]
+            if failed:
+                return _rank_failure(*failed[0])
+            if all(c == 0 for c in codes):
+                return 0
             time.sleep(0.2)
     finally:
         for rank in ranks:
@@ -126,12 +130,15 @@ def launch_local(argv: list[str], processes: int, threads: int) -> int:
             rank.wait()
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the launching process dies (Linux prctl)."""
-    import ctypes
-
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+def _rank_failure(rank: int, code: int) -> int:
+    """One line naming the first rank that ended badly; the launcher's exit code: 2 for a usage
+    error of the rank, else 1 (never a signal's negative number)."""
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        print(f"train: rank {rank} was killed by {name}; the other ranks were stopped (rerun the same command to resume)", file=sys.stderr)
+        return 1
+    print(f"train: rank {rank} failed (exit {code}); the other ranks were stopped", file=sys.stderr)
+    return 2 if code == 2 else 1
 
 
 def distributed() -> tuple[int, int, torch.device]:

@@ -5,6 +5,8 @@ imported inside ``run_*`` so that torch-free commands (``scan``, ``report``) sta
 from __future__ import annotations
 
 import argparse
+import math
+import typing
 
 EPILOG_INDENT = "  "
 
@@ -21,3 +23,52 @@ def subparser(sub: argparse._SubParsersAction, name: str, help: str, examples: l
         epilog=example_lines(*examples),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line ("microcond sample: error: ..."), exit 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def integer(lo: int, hi: int, what: str = "an integer") -> typing.Callable[[str], int]:
+    """An argparse type: an integer in [lo, hi], else one line saying so."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} from {lo} to {hi}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+def number(lo: float, hi: float, what: str = "a number") -> typing.Callable[[str], float]:
+    """An argparse type: a finite number in [lo, hi] (NaN and infinity refused), else one line."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and lo <= value <= hi):
+            raise argparse.ArgumentTypeError(f"expected {what} from {lo:g} to {hi:g}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+# The ranges of the commands' numeric flags. Sizes as image headers allow (data.headers.MAX_SIDE);
+# counts within int32; seeds within what torch.Generator.manual_seed takes.
+MAX_COUNT = 2**31 - 1
+SIZE = integer(1, 1 << 20, "a size in px")
+OFFSET = integer(0, 1 << 20, "a crop offset in px")
+COUNT = integer(1, MAX_COUNT, "a positive integer")
+SEED = integer(0, 2**63 - 1, "a seed")
+SCALE = number(0.0, 1000.0, "a guidance scale")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from microcond.commands import subparser
+from microcond.commands import COUNT, integer, subparser
 
 
 # ---------------------------------------------------------------------------------------- shard
@@ -25,8 +25,8 @@ def add_shard(sub: argparse._SubParsersAction) -> None:
     p.add_argument("folder", metavar="DIR", help="image folder (labels from DIR/metadata.jsonl when present)")
     p.add_argument("--index", help="index from `microcond scan` (default: scan DIR into the cache folder)")
     p.add_argument("--out", required=True, metavar="SHARDDIR", help="empty or new folder for shard-NNNNNN.tar")
-    p.add_argument("--max-count", type=int, default=1000, help="samples per shard (default 1000)")
-    p.add_argument("--min-original-edge", type=int, default=0, help="leave out images with a shorter original edge (default 0)")
+    p.add_argument("--max-count", type=COUNT, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--min-original-edge", type=integer(0, 1 << 20, "a side in px"), default=0, help="leave out images with a shorter original edge (default 0)")
     p.add_argument("--cache", help="folder for the scan index when --index is not given (default $MICROCOND_CACHE)")
     p.set_defaults(run=run_shard)
 
@@ -64,9 +64,9 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="image folders (walked) and image files")
     p.add_argument("--out", required=True, help="index file to write (or update, if it exists)")
-    p.add_argument("--max-pixels", type=int, default=None,
+    p.add_argument("--max-pixels", type=integer(1, 2**40, "a pixel count"), default=None,
                    help="images with more pixels are 'too_large' (default 178956970, Pillow's bomb limit)")
-    p.add_argument("--workers", type=int, default=None, help="processes reading headers (default: every core)")
+    p.add_argument("--workers", type=integer(1, 1024, "a number of processes"), default=None, help="processes reading headers (default: every core)")
     p.add_argument("--all-files", action="store_true", help="probe every file, not only image extensions")
     p.add_argument("--list-problems", action="store_true", help="print every unusable file (default: the first 20)")
     p.add_argument("--effective", action="store_true",

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import math
 
-from microcond.commands import subparser
+from microcond.commands import COUNT, OFFSET, SCALE, SEED, SIZE, integer, subparser
+
+STEPS = integer(1, 10_000, "a number of sampler steps")
+LABEL = integer(-1, 2**31 - 1, "a class id (-1: the null class)")
+SAMPLES = integer(1, 1_000_000, "a number of samples")
 
 
 # ------------------------------------------------------------------------ sample, sweep, evaluate
@@ -14,32 +17,32 @@ from microcond.commands import subparser
 def _pair(text: str) -> tuple[int, int]:
     """'TOP,LEFT' or 'H,W' (also 'HxW') -> a pair of ints, for list flags."""
     parts = text.replace("x", ",").split(",")
-    if len(parts) != 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
-        raise argparse.ArgumentTypeError(f"expected two integers like 0,16, got {text!r}")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) <= 1 << 20 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected two integers from 0 to {1 << 20} like 0,16, got {text!r}")
     return int(parts[0]), int(parts[1])
 
 
 def add_query_flags(p: argparse.ArgumentParser, sweep: str | None = None) -> None:
     """Micro-condition and guidance flags shared by sample, sweep and evaluate."""
     if sweep != "original_size":
-        p.add_argument("--original-size", nargs=2, type=int, metavar=("H", "W"), help="c_size; default: the target size")
+        p.add_argument("--original-size", nargs=2, type=SIZE, metavar=("H", "W"), help="c_size; default: the target size")
     if sweep != "crop":
-        p.add_argument("--crop", nargs=2, type=int, metavar=("TOP", "LEFT"), default=(0, 0), help="c_crop; default 0 0 (uncropped)")
-    p.add_argument("--target-size", nargs=2, type=int, metavar=("H", "W"), help="c_ar; default: the model's resolution")
-    p.add_argument("--class", dest="label", type=int, default=-1, help="class id (default -1: the null class)")
-    p.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (1 = none)")
-    p.add_argument("--negative-original-size", nargs=2, type=int, metavar=("H", "W"), help="guidance partner's c_size")
-    p.add_argument("--negative-crop", nargs=2, type=int, metavar=("TOP", "LEFT"), help="guidance partner's c_crop")
-    p.add_argument("--negative-target-size", nargs=2, type=int, metavar=("H", "W"), help="guidance partner's c_ar")
+        p.add_argument("--crop", nargs=2, type=OFFSET, metavar=("TOP", "LEFT"), default=(0, 0), help="c_crop; default 0 0 (uncropped)")
+    p.add_argument("--target-size", nargs=2, type=SIZE, metavar=("H", "W"), help="c_ar; default: the model's resolution")
+    p.add_argument("--class", dest="label", type=LABEL, default=-1, help="class id (default -1: the null class)")
+    p.add_argument("--guidance", type=SCALE, default=1.0, help="classifier-free guidance scale (1 = none)")
+    p.add_argument("--negative-original-size", nargs=2, type=SIZE, metavar=("H", "W"), help="guidance partner's c_size")
+    p.add_argument("--negative-crop", nargs=2, type=OFFSET, metavar=("TOP", "LEFT"), help="guidance partner's c_crop")
+    p.add_argument("--negative-target-size", nargs=2, type=SIZE, metavar=("H", "W"), help="guidance partner's c_ar")
     p.add_argument("--null-micro", action="store_true", help="guidance partner uses the null (dropped) micro-conditions")
     add_guidance_and_prompt_flags(p)
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
+    p.add_argument("--steps", type=STEPS, default=50, help="sampler steps (default 50)")
     p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
 
 
 def add_guidance_and_prompt_flags(p: argparse.ArgumentParser) -> None:
     """Micro-condition guidance and, for runs trained with text encoders, the prompts."""
-    p.add_argument("--micro-guidance", type=float, metavar="S",
+    p.add_argument("--micro-guidance", type=SCALE, metavar="S",
                    help="a separate guidance scale for the micro-conditions (default: off, plain guidance); guides away "
                         "from the negative micro-conditions, else the null ones")
     text = p.add_mutually_exclusive_group()
@@ -50,21 +53,10 @@ def add_guidance_and_prompt_flags(p: argparse.ArgumentParser) -> None:
 
 def _prompts(args: argparse.Namespace) -> list[str] | None:
     if args.prompts:
-        from pathlib import Path
+        from microcond.sdxl.text import read_prompts
 
-        lines = [line.strip() for line in Path(args.prompts).read_text(encoding="utf-8").splitlines()]
-        prompts = [line for line in lines if line]
-        if not prompts:
-            raise ValueError(f"--prompts {args.prompts} holds no prompt (one per line)")
-        return prompts
+        return read_prompts(args.prompts)
     return [args.prompt] if args.prompt is not None else None
-
-
-def _check_guidance(guidance: float, micro: float | None = None) -> None:
-    """Guidance scales: finite and >= 0 (NaN would sample black images)."""
-    for flag, value in (("--guidance", guidance), ("--micro-guidance", micro)):
-        if value is not None and not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{flag} must be a finite number >= 0 (1 = no guidance, 0 = the guidance partner alone), got {value}")
 
 
 def _query(args: argparse.Namespace):
@@ -101,9 +93,9 @@ def add_sample(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by `microcond train`")
     add_query_flags(p)
-    p.add_argument("--n", type=int, default=16, help="number of samples (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="sample i uses seed SEED+i, whatever --n or --batch-size")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--n", type=SAMPLES, default=16, help="number of samples (default 16)")
+    p.add_argument("--seed", type=SEED, default=0, help="sample i uses seed SEED+i, whatever --n or --batch-size")
+    p.add_argument("--batch-size", type=integer(1, 65536, "a batch size"), default=64)
     p.add_argument("--out", help="output folder (default RUN/samples/cli)")
     p.set_defaults(run=run_sample)
 
@@ -116,7 +108,6 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
     seeds = list(range(args.seed, args.seed + args.n))
     images = model.draw(_query(args), seeds, prompts=_prompts(args), steps=args.steps, scheduler=args.scheduler, batch_size=args.batch_size)
@@ -139,15 +130,15 @@ def add_sweep(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_dir", metavar="RUN")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--original-size", dest="sizes", nargs="+", type=int, metavar="S", help="short sides of c_size to sweep")
+    what.add_argument("--original-size", dest="sizes", nargs="+", type=SIZE, metavar="S", help="short sides of c_size to sweep")
     what.add_argument("--crop", dest="crops", nargs="+", type=_pair, metavar="TOP,LEFT", help="c_crop values to sweep")
-    p.add_argument("--original-size-fixed", nargs=2, type=int, metavar=("H", "W"), help="c_size held fixed in a crop sweep (default: the target)")
-    p.add_argument("--target-size", nargs=2, type=int, metavar=("H", "W"), help="c_ar; default: the model's resolution")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5], help="one grid row per seed")
-    p.add_argument("--class", dest="label", type=int, default=-1)
-    p.add_argument("--guidance", type=float, default=1.0)
+    p.add_argument("--original-size-fixed", nargs=2, type=SIZE, metavar=("H", "W"), help="c_size held fixed in a crop sweep (default: the target)")
+    p.add_argument("--target-size", nargs=2, type=SIZE, metavar=("H", "W"), help="c_ar; default: the model's resolution")
+    p.add_argument("--seeds", nargs="+", type=SEED, default=[0, 1, 2, 3, 4, 5], help="one grid row per seed")
+    p.add_argument("--class", dest="label", type=LABEL, default=-1)
+    p.add_argument("--guidance", type=SCALE, default=1.0)
     add_guidance_and_prompt_flags(p)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=STEPS, default=50)
     p.add_argument("--scheduler", choices=("ddim", "euler"), default="ddim")
     p.add_argument("--out", help="grid PNG (default RUN/sweeps/<kind>.png)")
     p.set_defaults(run=run_sweep)
@@ -158,7 +149,6 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     from microcond.run import Run, Query
 
-    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
     kind, values = ("original_size", args.sizes) if args.sizes else ("crop", args.crops)
     fixed = tuple(args.original_size_fixed) if args.original_size_fixed else None
@@ -183,9 +173,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("run_dir", metavar="RUN")
     p.add_argument("--ref", required=True, metavar="DIR", help="real images (the demo data's eval split, or class sub-folders)")
     add_query_flags(p)
-    p.add_argument("--n", type=int, default=500, help="samples to draw (default 500), classes cycled over the reference labels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--feature-steps", type=int, default=300, help="training steps of the feature classifier (cached per data and recipe)")
+    p.add_argument("--n", type=SAMPLES, default=500, help="samples to draw (default 500), classes cycled over the reference labels")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--feature-steps", type=integer(1, 10_000_000, "a number of training steps"), default=300, help="training steps of the feature classifier (cached per data and recipe)")
     p.add_argument("--out", help="metrics JSON (default RUN/metrics/evaluate.json)")
     p.set_defaults(run=run_evaluate)
 
@@ -198,7 +188,6 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from microcond.features import FeatureRecipe
     from microcond.run import Run, palette_for, write_metrics
 
-    _check_guidance(args.guidance, args.micro_guidance)
     model = Run(args.run_dir)
     refs = load_references(args.ref, model.size)
     labels = [i % model.cfg.num_classes for i in range(args.n)] if model.cfg.num_classes else None

@@ -6,7 +6,8 @@ separated list (WebDataset's spellings)::
     microcond train --data 'pipe:cat /data/shards/shard-{000000..000099}.tar' ...
     microcond train --data 'https://host/a-{000..009}.tar::https://host/b-{000..004}.tar' ...
 
-Shards are read once, in order, through ``webdataset.gopen`` (files, URLs, pipes); nothing is
+Shards are read once, in order, through :func:`~microcond.data.urls.open_url` (files, URLs, pipes,
+whose commands die with their reader); nothing is
 indexed first. Each epoch the shard list is shuffled by ``(seed, epoch)``; rank ``r`` takes
 shards ``r::world_size`` and its DataLoader worker ``w`` of those takes ``w::num_workers``
 (``webdataset.split_by_node`` / ``split_by_worker``, with explicit rank and seed). Samples pass
@@ -44,6 +45,7 @@ from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import CROP_MODES, crop, load_resized
 from microcond.data.shards import SHARD_STRIDE, sample_info, tar_samples, sample_key
 from microcond.data.skips import Skips, worker_errors
+from microcond.data.urls import open_url
 from microcond.data.source import SHUFFLE_STREAM, SIZE_SOURCES, collate, sample_rng, told_size
 
 BUFFER_STREAM = 2  # SeedSequence tag of the shuffle buffer's picks (source.py holds 0 and 1)
@@ -175,11 +177,9 @@ class ShardStream(IterableDataset):
 
     def _samples(self, shard: int, skip: int = 0, report: bool = True) -> Iterator[tuple[int, str, dict[str, bytes]]]:
         """(position, ``url:key``, {ext: bytes}) of one shard from sample ``skip`` on; damage listed if ``report``."""
-        from webdataset.gopen import gopen
-
         url, damage = self.urls[shard], []
         try:
-            with gopen(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            with open_url(url) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for position, (key, files) in enumerate(tar_samples(tar, lambda member: tar.extractfile(member).read(), damage)):
                     if position >= skip:
                         yield position, f"{url}:{key}", files

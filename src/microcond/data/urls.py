@@ -6,6 +6,8 @@ or several of these joined by ``::``. Anything else is a local folder or ``.tar`
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 STREAM_PREFIXES = ("pipe:", "http://", "https://", "file:", "gs://", "s3://")
 
 
@@ -22,3 +24,29 @@ def expand_urls(spec: str) -> list[str]:
     if not urls:
         raise ValueError(f"no shard URLs in --data {spec!r}")
     return urls
+
+
+# The commands webdataset's gopen runs for these schemes, started here as ChildPipes so that they
+# die with their reader (microcond.children); other schemes go through webdataset's gopen.
+CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-L")
+URL_COMMANDS = {"http": CURL, "https": CURL, "sftp": CURL, "ftps": CURL, "scp": CURL, "gs": ("gsutil", "cat")}
+
+
+def open_url(url: str) -> BinaryIO:
+    """A shard's bytes, read as a stream: a local path, ``file:``, ``pipe:CMD`` or a URL."""
+    from urllib.parse import urlparse
+
+    from microcond.children import ChildPipe
+
+    if url.startswith("pipe:"):
+        return ChildPipe(url[len("pipe:"):])  # type: ignore[return-value]
+    scheme = urlparse(url).scheme
+    if scheme in URL_COMMANDS:
+        return ChildPipe([*URL_COMMANDS[scheme], url])  # type: ignore[return-value]
+    if scheme == "file":
+        return open(url[len("file:"):].removeprefix("//"), "rb")
+    if scheme == "" or len(scheme) == 1:  # a path (or a Windows drive letter)
+        return open(url, "rb")
+    from webdataset.gopen import gopen
+
+    return gopen(url)

@@ -159,3 +159,19 @@ class TextCache:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir())
+
+
+def read_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:
+    """The non-empty lines of a prompt file (UTF-8 text, one prompt per line), refused with the
+    file and the flag named when the file is missing, binary or empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{flag} {str(path)!r} is not UTF-8 text (expected one prompt per line)") from None
+    except OSError as err:
+        raise ValueError(f"{flag} {str(path)!r}: cannot read it ({err.strerror or err}); expected a text file, one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"{flag} {str(path)!r} holds no prompt (one per line)")
+    return prompts
+

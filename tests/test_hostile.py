@@ -78,3 +78,205 @@ def test_skips_stay_bounded_and_merge_across_processes(capsys):
     assert worker.drain() == "" and main.count == worker.count == 1000
     assert main.kinds == {"decoded size (N, N) differs": 1000} and len(main.examples) == 3
     assert len(capsys.readouterr().err.splitlines()) == 3  # two skips and one "counted, not printed"
+
+
+# ---------------------------------------------------------------- processes, signals, exit codes
+
+
+def _alive(marker: str) -> list[int]:
+    """Pids of processes whose command line holds ``marker``."""
+    import os
+
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                if marker.encode() in fh.read():
+                    pids.append(int(pid))
+        except OSError:
+            continue
+    return pids
+
+
+def test_6_sigterm_to_a_streaming_train_stops_its_pipe_commands(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    shard = tar_with(tmp_path / "s.tar", {f"k{k}.png": png(40, 60) for k in range(4)})
+    marker = f"sleep 61{os.getpid() % 10}"
+    ready = tmp_path / "started"
+    # The pipe sends part of the shard, says it started, then stalls: train waits on the data.
+    data = f"pipe:head -c 2000 {shard}; touch {ready}; {marker}"
+    proc = subprocess.Popen([sys.executable, "-m", "microcond.cli", "train", "--data", data, "--out", str(tmp_path / "run"),
+                             "--procs", "1", "--steps", "1", "--batch-size", "2", "--no-progress"], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(600):  # until the pipe runs (at most a minute)
+            if ready.exists() and _alive(marker):
+                break
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "stopped by SIGTERM" in err, err
+    for _ in range(50):
+        if not _alive(marker):
+            break
+        time.sleep(0.1)
+    assert not _alive(marker), "the pipe command outlived train"
+
+
+def test_13_a_rank_killed_by_a_signal_is_named_and_exits_1(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from microcond import runtime
+
+    real = subprocess.Popen
+
+    def rank_program(cmd, env, **kw):  # rank 1 dies by SIGKILL, rank 0 would wait for it
+        code = "import os, signal, time\nif os.environ['RANK'] == '1': os.kill(os.getpid(), signal.SIGKILL)\ntime.sleep(60)"
+        return real([sys.executable, "-c", code], env=env, **kw)
+
+    monkeypatch.setattr(runtime.subprocess, "Popen", rank_program)
+    assert runtime.launch_local(["train"], 2, 1) == 1
+    assert "rank 1 was killed by SIGKILL" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------ config files and flags
+
+
+@pytest.mark.parametrize("preset", ["[1]", "{a = 1}", "[]", "0", "false", '""'])
+def test_8_10_a_toml_preset_of_another_type_is_refused(tmp_path, preset):
+    from microcond.config import resolve
+
+    path = tmp_path / "run.toml"
+    path.write_text(f"preset = {preset}\n")
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve(toml_path=path)
+
+
+def test_15_binary_config_and_prompt_files_are_named(tmp_path, capsys):
+    from microcond.cli import main
+
+    binary = tmp_path / "weights.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["train", str(binary), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(binary) in err and "not UTF-8" in err, err
+    from microcond.sdxl.text import read_prompts
+
+    with pytest.raises(ValueError, match=r"--prompts .*weights\.bin.* is not UTF-8 text"):
+        read_prompts(binary)
+    with pytest.raises(ValueError, match=r"--prompts .*nowhere.txt.*cannot read it"):
+        read_prompts(tmp_path / "nowhere.txt")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["sample", "RUN", "--original-size", "99999999999999999999", "5"], "--original-size"),  # 9
+    (["sample", "RUN", "--seed", str(10**23)], "--seed"),  # 15
+    (["evaluate", "RUN", "--ref", "REF", "--n", "0"], "--n"),  # 14
+    (["evaluate", "RUN", "--ref", "REF", "--n", "-3"], "--n"),  # 14
+])
+def test_9_14_15_out_of_range_flags_are_one_line_naming_the_flag(tmp_path, capsys, argv, flag):
+    from microcond.cli import main
+
+    argv = [str(tmp_path / a) if a in ("RUN", "REF") else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"argument {flag}:" in err and "Traceback" not in err, err
+
+
+# ------------------------------------------------------------------------------ the flag fuzz
+
+BAD_VALUES = ["abc", "nan", "-3", "1e400", "99999999999999999999"]
+NEGATIVE_OK = {"--lognormal-mean"}  # a log-normal's mean may be any finite number
+PLACEHOLDERS = {  # the other arguments each command needs; paths that do not exist
+    "demo": [], "experiment": ["paper"], "train": ["--dry-run"], "export": ["RUN", "--diffusers", "OUT"],
+    "sample": ["RUN"], "sweep": ["RUN", "--original-size", "8"], "evaluate": ["RUN", "--ref", "REF"],
+    "probe": ["RUN", "--out", "OUT"], "demo-data": ["--out", "OUT"], "shard": ["RUN", "--out", "OUT"],
+    "scan": ["RUN", "--out", "OUT"], "report": ["RUN", "--out", "OUT"],
+}
+
+
+def _numeric_flags():
+    import typing
+
+    from microcond.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if not action.option_strings or action.nargs == 0 or action.choices:
+                continue
+            kind = getattr(action.type, "__name__", "")
+            if action.type in (int, float) or kind.startswith(("an ", "a ")) or action.dest in {"adam_betas", "seeds", "crops"}:
+                yield command, action.option_strings[-1], action.nargs
+
+
+def test_fuzz_every_numeric_flag_with_bad_values_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
+    """Every numeric flag of every command, with a word, NaN, a negative, an overflow and a huge
+    integer: exit 2 and one line naming the flag, never a traceback and never any work."""
+    from microcond import demo, demodata, experiment
+    from microcond.cli import main
+
+    def refuse(*args, **kwargs):
+        raise ValueError("WORK STARTED")
+
+    for module, name in ((demo, "run_demo"), (experiment, "run_paper"), (experiment, "run_ablation"), (demodata, "build_demo_data")):
+        monkeypatch.setattr(module, name, refuse)
+    cases, accepted = 0, []
+    for command, flag, nargs in _numeric_flags():
+        for value in BAD_VALUES:
+            if value == "-3" and flag in NEGATIVE_OK:
+                continue
+            base = [str(tmp_path / a) if a in ("RUN", "REF", "OUT") else a for a in PLACEHOLDERS[command]]
+            if flag in base:  # the fuzzed flag replaces the placeholder's own use of it
+                base = base[:base.index(flag)] + base[base.index(flag) + 2:]
+            values = [value] * (nargs if isinstance(nargs, int) else 1)
+            code = main([command, *base, flag, *values])
+            err = capsys.readouterr().err
+            cases += 1
+            assert "Traceback" not in err and err.count("\n") <= 1, (command, flag, value, err)
+            named = flag in err or flag[2:].replace("-", "_") in err
+            if code != 2 or not named or "WORK STARTED" in err:
+                accepted.append((command, flag, value, code, err.strip()))
+    print(f"flag fuzz: {cases} cases, {len(accepted)} accepted")
+    assert cases > 300
+    assert not accepted, "\n".join(map(str, accepted))
+
+
+def test_fuzz_every_config_field_in_a_toml_file(tmp_path):
+    """Each TrainConfig field in a TOML file with a wrong type, a huge number, a negative number
+    and NaN: refused with a ValueError naming the field (the CLI prints it as one line, exit 2)."""
+    import dataclasses
+    import typing
+
+    from microcond.config import TrainConfig, resolve
+
+    hints = typing.get_type_hints(TrainConfig)
+    cases, accepted = 0, []
+    for f in dataclasses.fields(TrainConfig):
+        kind = hints[f.name]
+        numeric = kind in (int, float) or typing.get_args(kind)[:1] in ((int,), (float,))
+        values = ['"abc"', "[[1]]", "99999999999999999999", "nan"] + (["-3"] if numeric and f.name not in ("lognormal_mean",) else [])
+        if kind is str or typing.get_args(kind)[:1] == (str,):
+            values = ["5", "[[1]]", "nan"]
+        for value in values:
+            path = tmp_path / f"{f.name}.toml"
+            path.write_text(f"{f.name} = {value}\n")
+            cases += 1
+            try:
+                resolve(toml_path=path)
+            except ValueError as err:
+                if f.name not in str(err) and f.name.replace("_", "-") not in str(err):
+                    accepted.append((f.name, value, str(err)))
+                continue
+            accepted.append((f.name, value, "accepted"))
+    print(f"config fuzz: {cases} cases, {len(accepted)} accepted")
+    assert cases > 150
+    assert not accepted, "\n".join(map(str, accepted))

@@ -104,6 +104,8 @@ class DemoDataConfig:
 
         for name, expected in out_of_range(self):
             raise ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}: change --{name.replace('_', '-')}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}: change --seed")
         if not 0.0 <= self.square_share <= 1.0:
             raise ValueError(f"square_share must lie in [0, 1], got {self.square_share}: change --square-share")
         for name in ("n_train", "n_eval", "train_size", "min_size", "jobs"):

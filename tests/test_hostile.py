@@ -280,3 +280,71 @@ def test_fuzz_every_config_field_in_a_toml_file(tmp_path):
     print(f"config fuzz: {cases} cases, {len(accepted)} accepted")
     assert cases > 150
     assert not accepted, "\n".join(map(str, accepted))
+
+
+@pytest.mark.parametrize("data, workers, expected", [
+    ("pipe:cat shards/shard-000000.tar", 0, 1),  # one shard: one rank, whatever the cores
+    ("shards/shard-{000000..000003}.tar", 2, 2),  # four shards, two loader workers per rank
+    ("shards/shard-{000000..000003}.tar", 0, 4),
+])
+def test_16_the_default_layout_gives_every_rank_a_shard_and_says_why(monkeypatch, capsys, data, workers, expected):
+    import argparse
+
+    from microcond import runtime
+    from microcond.cli import _cpu_layout
+    from microcond.config import resolve
+
+    monkeypatch.setattr(runtime, "free_cores", lambda: 4)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    cfg = resolve(overrides={"data": data, "workers": workers})
+    processes, threads = _cpu_layout(argparse.Namespace(argv=["train"], procs=0), cfg)
+    assert (processes, threads) == (expected, 4 // expected)
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and f"train: {expected} data-parallel process" in line and "streamed shard" in line, line
+
+
+def test_11_an_effective_size_above_the_files_is_refused_in_shards_and_indexes(tmp_path):
+    from microcond.data.shards import index_shards
+    from microcond.data.source import ImageSource
+
+    shard = tar_with(tmp_path / "a.tar", {
+        "big.png": png(30, 30), "big.json": b'{"effective_height": 100000, "effective_width": 100000}',
+        "ok.png": png(30, 30), "ok.json": b'{"effective_height": 15, "effective_width": 15}'})
+    source = index_shards([shard], size_source="effective")
+    assert [n.rsplit(":", 1)[1] for n in source.names] == ["ok"] and source.told_size(0) == (15, 15)
+    assert len(source.skipped) == 1 and "exceeds the original size (30, 30)" in source.skipped[0][1]
+    stream = ShardStream([shard], ((32, 32),), 1, epochs=1, size_source="effective")
+    assert [b["ids"][0, :2].tolist() for b in stream] == [[15, 15]] and stream.skips.count == 1
+    rows = {"path": ["/a.png", "/b.png"], "height": [30, 30], "width": [30, 30], "bytes": [1, 1], "mtime_ns": [1, 1],
+            "status": ["ok", "ok"], "reason": ["", ""], "effective_height": [100000, 10], "effective_width": [100000, 10]}
+    indexed = ImageSource.from_rows(rows, None, {}, size_source="effective")
+    assert indexed.names == ["/b.png"] and "exceeds the file's (30, 30)" in indexed.skipped[0][1]
+
+
+def test_12_a_disk_that_fills_up_while_sharding_leaves_no_shard_and_a_rerun_works(tmp_path, monkeypatch):
+    import errno
+
+    import webdataset
+
+    from microcond.data.shards import index_shards, write_shards
+    from test_loader import EVEN, make_source
+
+    source = make_source(tmp_path / "data", EVEN)
+    real, calls = webdataset.TarWriter.write, []
+
+    def fill_up(self, sample):
+        calls.append(1)
+        if len(calls) == 7:  # the third shard, part-way
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, sample)
+
+    monkeypatch.setattr(webdataset.TarWriter, "write", fill_up)
+    out = tmp_path / "shards"
+    with pytest.raises(OSError, match=r"writing .*shard-000002\.tar failed \(No space left on device\); the 2 complete shard"):
+        write_shards(source, out, max_count=3, progress=False)
+    assert sorted(p.name for p in out.iterdir()) == []
+    monkeypatch.setattr(webdataset.TarWriter, "write", real)
+    written = write_shards(source, out, max_count=3, progress=False)  # the same command again
+    assert sorted(p.name for p in out.iterdir()) == [p.name for p in written]
+    assert len(index_shards(written)) == len(source)

@@ -224,8 +224,6 @@ def _run_train(args: argparse.Namespace) -> int:
 
         processes, threads = layout
         if processes > 1:
-            print(f"train: {processes} data-parallel processes x {threads} thread{'s' * (threads > 1)} "
-                  "(--procs N to choose)", file=sys.stderr)
             return launch_local([*args.argv, "--procs", "1"], processes, threads)  # each rank: this command, torchrun's variables
         import torch
 
@@ -245,6 +243,7 @@ def _cpu_layout(args: argparse.Namespace, cfg) -> tuple[int, int] | None:
     under torchrun, on a GPU, with OMP_NUM_THREADS set, or called from Python (``main([...])``)."""
     import torch
 
+    from microcond.data.urls import expand_urls, is_stream
     from microcond.runtime import free_cores, plan_layout
 
     here = args.argv is None or "WORLD_SIZE" in os.environ or torch.cuda.is_available()
@@ -257,7 +256,15 @@ def _cpu_layout(args: argparse.Namespace, cfg) -> tuple[int, int] | None:
         if cfg.batch_size % (args.procs * cfg.grad_accumulation):
             raise ValueError(f"--procs {args.procs} must divide batch_size {cfg.batch_size} / grad_accumulation {cfg.grad_accumulation}")
         return args.procs, max(1, free_cores() // args.procs)
-    return plan_layout(free_cores(), cfg.batch_size, cfg.grad_accumulation)
+    cores, limit, why = free_cores(), 8, ""
+    if is_stream(cfg.data):  # every rank and loader worker reads whole shards of its own
+        shards = len(expand_urls(cfg.data))
+        limit = max(1, shards // max(cfg.workers, 1))
+        why = f", at most {limit} for {shards} streamed shard{'s' * (shards > 1)}" + (f" over {cfg.workers} loader workers each" if cfg.workers else "")
+    processes, threads = plan_layout(cores, cfg.batch_size, cfg.grad_accumulation, max_processes=limit)
+    print(f"train: {processes} data-parallel process{'es' * (processes > 1)} x {threads} thread{'s' * (threads > 1)} "
+          f"({cores} free core{'s' * (cores > 1)}, a process count that divides batch {cfg.batch_size}{why}; --procs N to choose)", file=sys.stderr)
+    return processes, threads
 
 
 # --------------------------------------------------------------------------------------- export

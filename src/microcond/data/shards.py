@@ -29,6 +29,7 @@ so training from them crops like training from the folder.
 from __future__ import annotations
 
 import io
+import contextlib
 import json
 import os
 import sys
@@ -59,7 +60,6 @@ def sample_key(key: str) -> int:
 def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000, progress: bool = True) -> list[Path]:
     """Write every row of ``source`` into ``out_dir/shard-NNNNNN.tar``, ``max_count`` samples each."""
     import webdataset
-    from tqdm import tqdm
 
     if not (isinstance(max_count, int) and max_count >= 1):
         raise ValueError(f"max_count must be a positive integer of samples per shard, got {max_count!r}")
@@ -69,9 +69,34 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
     out.mkdir(parents=True, exist_ok=True)
     if any(out.glob("shard-*.tar")):
         raise ValueError(f"{out} already holds shard-*.tar files; choose an empty --out folder")
+    for stale in out.glob(".shard-*.tar.partial"):  # left by a writer killed outright
+        stale.unlink()
     written: list[Path] = []
-    with webdataset.ShardWriter(str(out / "shard-%06d.tar"), maxcount=max_count, verbose=0,
-                                post=lambda name: written.append(Path(name))) as sink:
+
+    def finished(partial: str) -> None:  # a shard gets its name only when it is whole
+        whole = out / Path(partial).name.removeprefix(".").removesuffix(".partial")
+        os.replace(partial, whole)
+        written.append(whole)
+
+    try:
+        _write_samples(webdataset.ShardWriter(str(out / ".shard-%06d.tar.partial"), maxcount=max_count, verbose=0, post=finished),
+                       source, progress)
+    except OSError as err:
+        partial = sorted(out.glob(".shard-*.tar.partial"))
+        for path in [*written, *partial]:
+            path.unlink(missing_ok=True)
+        where = partial[-1].name.removeprefix(".").removesuffix(".partial") if partial else "a shard"
+        raise OSError(f"writing {out / where} failed ({err.strerror or err}); the {len(written)} complete shard(s) and the "
+                      f"partial one were removed from {out}, so the same command can run again") from None
+    return written
+
+
+def _write_samples(writer: Any, source: ImageSource, progress: bool) -> None:
+    """Every row of ``source`` as a sample: the image's bytes and its JSON (original size, label,
+    effective size when measured, the file's path relative to the folder)."""
+    from tqdm import tqdm
+
+    try:
         for i in tqdm(range(len(source)), desc="shards", unit="img", disable=not progress, file=sys.stderr):
             file = source.locations[i][0]
             ext = Path(file).suffix.lower().lstrip(".") or "img"
@@ -84,8 +109,13 @@ def write_shards(source: ImageSource, out_dir: str | Path, max_count: int = 1000
                 meta["effective_height"], meta["effective_width"] = (int(v) for v in source.effective_sizes[i])
             if source.root is not None:  # provenance without the local folder's absolute path
                 meta["source"] = Path(os.path.relpath(source.names[i], source.root)).as_posix()
-            sink.write({"__key__": f"{i:09d}", ext: data, "json": json.dumps(meta).encode()})
-    return written
+            writer.write({"__key__": f"{i:09d}", ext: data, "json": json.dumps(meta).encode()})
+    except BaseException:
+        writer.post = None  # a shard cut short by the error must not get its final name
+        with contextlib.suppress(Exception):
+            writer.close()
+        raise
+    writer.close()
 
 
 def tar_samples(tar: tarfile.TarFile, read: Callable[[tarfile.TarInfo], Any],
@@ -168,6 +198,9 @@ def sample_info(files: dict[str, Any], read: Callable[[Any], bytes]) -> tuple[An
         if (problem := size_problem(*size)) is not None:
             raise ValueError(f"the image header gives {problem}")
     effective = _original_size(meta, "effective")
+    if effective is not None and (effective[0] > size[0] or effective[1] > size[1]):  # undoing an upscale never grows
+        raise ValueError(f"effective size {effective} (h, w) in the sample's JSON exceeds the original size {size}; "
+                         "an effective size is at most the file's (rescan with `microcond scan --effective`)")
     return image, size, from_meta, _label(meta, read(files["cls"]) if "cls" in files else None), effective
 
 

@@ -157,6 +157,9 @@ class ImageSource:
             if status != "ok":
                 skipped.append((str(path), f"{status}: {reason}"))
                 continue
+            if eh is not None and ew is not None and (eh > h or ew > w):  # undoing an upscale never grows
+                skipped.append((str(path), f"effective size ({eh}, {ew}) exceeds the file's ({h}, {w}) in the index: rescan with --effective"))
+                continue
             if min(h, w) < min_original_edge:
                 dropped += 1
                 continue

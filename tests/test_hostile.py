@@ -348,3 +348,92 @@ def test_12_a_disk_that_fills_up_while_sharding_leaves_no_shard_and_a_rerun_work
     written = write_shards(source, out, max_count=3, progress=False)  # the same command again
     assert sorted(p.name for p in out.iterdir()) == [p.name for p in written]
     assert len(index_shards(written)) == len(source)
+
+
+# ------------------------------------------------------------------- hostile JPEG headers
+
+
+def _jpeg_declaring(width: int, height: int, progressive: bool) -> bytes:
+    """A small real JPEG whose frame header (SOF0/SOF2) is patched to declare ``width`` x ``height``."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    out = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(out, format="JPEG", quality=80, progressive=progressive)
+    data = bytearray(out.getvalue())
+    at = data.find(b"\xff\xc2" if progressive else b"\xff\xc0")
+    data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+@pytest.mark.parametrize("progressive, words", [(True, "progressive JPEG of 13000x13000"), (False, "image data is missing")])
+def test_3_4_a_small_jpeg_declaring_13000_px_is_refused_before_decoding(tmp_path, progressive, words):
+    import resource
+
+    from microcond.data.effective import estimate
+    from microcond.data.index import effective_columns
+
+    path = tmp_path / "huge.jpg"
+    path.write_bytes(_jpeg_declaring(13000, 13000, progressive))
+    assert path.stat().st_size < 4096
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match=words):
+        estimate(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024  # KiB: nothing large was decoded
+    *measured, reason = effective_columns(str(path), 13000, 13000)  # what scan --effective stores
+    assert measured[:3] == [None, None, None] and words in reason
+
+
+@pytest.mark.parametrize("make", ["flat", "flat_jpeg", "line", "two_tone"])
+def test_5_degenerate_images_measure_without_numpy_warnings(make):
+    import io
+    import warnings
+
+    import numpy as np
+    from PIL import Image
+
+    from microcond.data.effective import estimate
+
+    pixels = {"flat": np.full((200, 300, 3), 40, np.uint8), "flat_jpeg": np.full((200, 300, 3), 200, np.uint8),
+              "line": np.zeros((1, 300, 3), np.uint8), "two_tone": np.repeat(np.array([[0], [255]], np.uint8), 100, axis=0)[:, :, None].repeat(300, 1).repeat(3, 2)}[make]
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="JPEG" if make == "flat_jpeg" else "PNG")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # before the fix: RuntimeWarning from numpy's divide
+        e = estimate(out.getvalue())
+    assert e.file_size == pixels.shape[:2] and 1 <= e.height <= pixels.shape[0] and 1 <= e.width <= pixels.shape[1]
+    if make != "two_tone":  # nothing varies: native, with no confidence (two tones may read as an upscale)
+        assert (e.height, e.width) == pixels.shape[:2] and e.confidence == 0.0
+
+
+# ------------------------------------------------------------------------------ the soak test
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_soak_streamed_training_on_good_and_bad_shards_counts_every_skip(tmp_path, capsys, workers):
+    """Streamed training over good shards and shards broken every way (cut, bad JSON, pixels that
+    contradict their JSON, an empty file, a failing pipe): it trains, and data.json and the end
+    line count what was left out."""
+    from test_train import tiny_cfg
+
+    from microcond.train import train
+
+    good = [tar_with(tmp_path / f"good{k}.tar", {f"g{k}{j}.png": png(40, 60) for j in range(6)}) for k in range(3)]
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(good[0].read_bytes()[:2500])
+    bad_json = tar_with(tmp_path / "badjson.tar", {"b0.png": png(40, 60), "b0.json": b"{nope", "b1.png": png(40, 60)})
+    empty = tmp_path / "empty.tar"
+    empty.write_bytes(b"")
+    parts = [*map(str, good), str(cut), str(bad_json), str(_bad_aspect_shard(tmp_path / "aspect.tar")), str(empty), "pipe:false"]
+    cfg = tiny_cfg(data="::".join(parts), resolution=32, buckets="32x48", batch_size=4, steps=12, checkpoint_every=12, shuffle_buffer=4, workers=workers)
+    row = train(cfg, tmp_path / "run", progress=False)
+    assert row["step"] == 12 and row["samples_skipped"] > 0
+    report = json.loads((tmp_path / "run" / "data.json").read_text())["skipped_while_training"]
+    assert report["count"] == row["samples_skipped"] and sum(report["kinds"].values()) == report["count"]
+    reasons = " ".join(report["kinds"])
+    for words in ("damaged tar", "empty file", "JSON is unreadable", "another aspect", "command 'false' exited with status N"):
+        assert words in reasons, (words, reasons)

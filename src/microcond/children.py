@@ -65,19 +65,30 @@ class ChildPipe:
         code = self.proc.wait()
         _open.discard(self)
         if code != 0 and code not in EARLY_STOP:
-            shown = self.command if isinstance(self.command, str) else " ".join(self.command)
-            raise OSError(f"command {shown!r} exited with status {code}")
+            raise OSError(f"command {self._shown()!r} exited with status {code}")
+
+    def _shown(self) -> str:
+        return self.command if isinstance(self.command, str) else " ".join(self.command)
 
     def __enter__(self) -> "ChildPipe":
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is not None:  # already failing: stop the command, keep the first error
-            self.kill_group()
-            with contextlib.suppress(OSError):
-                self.close()
+        if exc[0] is None:
+            self.close()
             return
-        self.close()
+        # Already failing (the reader found no tar, say): a command that failed on its own is the
+        # cause worth reporting. With its output closed it ends soon (SIGPIPE at the latest).
+        self.proc.stdout.close()
+        try:
+            code = self.proc.wait(timeout=2.0)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            self.proc.wait()
+            code = 0
+        _open.discard(self)
+        if code != 0 and code not in EARLY_STOP:
+            raise OSError(f"command {self._shown()!r} exited with status {code}") from None
 
 
 @atexit.register

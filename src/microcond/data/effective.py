@@ -23,6 +23,10 @@ Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are d
 baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone
 (the decoder stops there; JPEG as luma only); other formats (WebP, interlaced PNG, GIF, TIFF)
 larger than ``max_pixels`` are decoded whole up to :data:`MAX_WHOLE_PIXELS` and refused above it.
+A progressive JPEG is decoded whole (libjpeg keeps every coefficient to output any row) up to
+:data:`MAX_PROGRESSIVE_PIXELS`, and refused above it, before any decoding. A JPEG too small for
+its own size (less than half a bit per 8x8 block: image data missing, which a decoder fills with
+grey that would read as a huge upscale) is refused too, not measured.
 At most 512 evenly spaced lines per axis are analysed. Numpy and Pillow only.
 """
 
@@ -41,9 +45,13 @@ from PIL import Image
 
 from microcond.data.gridfit import ijg_table, measure
 
-ESTIMATOR_VERSION = "5"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "6"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
+MAX_PROGRESSIVE_PIXELS = 1 << 24  # a progressive JPEG is decoded whole (every coefficient kept): 16 MP, <= 96 MiB
+# A Huffman-coded JPEG spends at least one bit per 8x8 luma block on its DC code alone (two with
+# the AC end-of-block code); half a bit per block leaves room for arithmetic coding's best case.
+MIN_BITS_PER_BLOCK = 0.5
 _SWAP = (5, 6, 7, 8)  # EXIF orientations that swap height and width
 
 @dataclass(frozen=True)
@@ -156,6 +164,8 @@ def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndar
     with image:
         width, height = image.size
         try:  # a header that opened may still fail to decode: the same one-line error
+            if image.format == "JPEG":
+                _check_jpeg(image, _file_bytes(source))
             quality = jpeg_quality(image)
             orientation = _orientation(image)
             partial = (image.format in ("JPEG", "PNG") and len(image.tile) == 1 and not image.info.get("interlace")
@@ -175,6 +185,24 @@ def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndar
         except (OSError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error) as err:
             raise ValueError(f"{name}: cannot decode ({type(err).__name__}: {err})") from None
     return luma, (height, width), orientation if orientation in range(1, 9) else 1, quality
+
+
+def _file_bytes(source: str | os.PathLike | bytes) -> int:
+    return len(source) if isinstance(source, (bytes, bytearray)) else os.path.getsize(source)
+
+
+def _check_jpeg(image: Image.Image, size: int) -> None:
+    """Refuse, before decoding, a JPEG that cannot be measured within the budget or whose image
+    data is mostly missing (module doc)."""
+    width, height = image.size
+    if (image.info.get("progressive") or image.info.get("progression")) and width * height > MAX_PROGRESSIVE_PIXELS:
+        buffer = width * height * 2 * len(image.getbands())  # 16-bit coefficients of every component, at most
+        raise ValueError(f"progressive JPEG of {width}x{height} (w x h): libjpeg keeps all of its coefficients (up to "
+                         f"{buffer / 2**20:,.0f} MiB) to decode any row, above the budget of {MAX_PROGRESSIVE_PIXELS:,} pixels; not measured")
+    blocks = -(-width // 8) * -(-height // 8)
+    if size < blocks * MIN_BITS_PER_BLOCK / 8:
+        raise ValueError(f"JPEG of {width}x{height} (w x h) in {size:,} bytes, below the {blocks * MIN_BITS_PER_BLOCK / 8:,.0f} that "
+                         "its 8x8 blocks need at the least: its image data is missing (truncated), and a decoder would fill it grey")
 
 
 def jpeg_quality(image: Image.Image) -> int | None:

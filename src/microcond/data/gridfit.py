@@ -93,8 +93,9 @@ def _modulation(y: np.ndarray, jpeg: bool) -> list[tuple[np.ndarray, np.ndarray]
         keep = f >= 0.1
         if jpeg:
             keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
-        if keep.sum() >= 2:
-            spectra.append((f[keep], power[keep] / np.median(power[keep])))
+        median = np.median(power[keep]) if keep.sum() >= 2 else 0.0
+        if median > 0:  # a flat image has no modulation at all: no spectrum to read
+            spectra.append((f[keep], power[keep] / median))
     return spectra
 
 

@@ -121,7 +121,7 @@ def test_dry_run_resolves_the_defaults_from_the_model(folder, tmp_path, capsys):
     (["--out", "{tmp}"], "must be a diffusers SDXL pipeline folder on disk"),
     (["--out", "{tmp}", "--n-prompts", "9"], "--n-prompts 9 but the built-in list holds 8 prompts"),
     (["--out", "{tmp}", "--resolution", "40"], "--resolution must be a multiple of 16"),
-    (["--out", "{tmp}", "--crops", "0,-0.25"], "--crops >= 0"),
+    (["--out", "{tmp}", "--crops", "0,-0.25"], "argument --crops: expected TOP,LEFT as two fractions of the resolution in [0, 1)"),
 ])
 def test_user_mistakes_are_one_line(folder, tmp_path, capsys, args, message):
     model = str(tmp_path / "missing") if "must be a diffusers" in message else str(folder)

@@ -175,7 +175,7 @@ def test_a_start_that_fails_on_the_data_leaves_no_config(tmp_path, image_folder,
     assert main([*common, "--batch-size", "64"]) == 2  # 24 images: no bucket holds a batch
     err = capsys.readouterr().err.strip().splitlines()
     assert "lower batch_size" in err[-1] and not any("Traceback" in line for line in err)
-    assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "data.json"]  # no config; the data's report says why
     assert main(common) == 0  # the corrected command is a fresh start, not "a different config"
     assert json.loads((run / "config.json").read_text())["batch_size"] == 4
 

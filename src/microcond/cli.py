@@ -255,7 +255,10 @@ def _cpu_layout(args: argparse.Namespace, cfg) -> tuple[int, int] | None:
     if args.procs:
         if cfg.batch_size % (args.procs * cfg.grad_accumulation):
             raise ValueError(f"--procs {args.procs} must divide batch_size {cfg.batch_size} / grad_accumulation {cfg.grad_accumulation}")
-        return args.procs, max(1, free_cores() // args.procs)
+        threads = max(1, free_cores() // args.procs)
+        print(f"train: {args.procs} data-parallel process{'es' * (args.procs > 1)} x {threads} thread{'s' * (threads > 1)} (--procs {args.procs})",
+              file=sys.stderr)
+        return args.procs, threads
     cores, limit, why = free_cores(), 8, ""
     if is_stream(cfg.data):  # every rank and loader worker reads whole shards of its own
         shards = len(expand_urls(cfg.data))

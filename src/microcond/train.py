@@ -64,8 +64,9 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None, progress: bool = True) -> dict:
     """Train (or resume) the run in ``run_dir``; returns the final metrics row.
 
-    The run folder is locked for the whole training. Nothing but the lock is written into it before
-    the data is open and holds a full batch, so a start that fails there leaves no config behind.
+    The run folder is locked for the whole training. Nothing but the lock and the data's report
+    (data.json, which says why data was refused) is written into it before the data is open and
+    holds a full batch, so a start that fails there leaves no config behind.
     """
     run_dir = Path(run_dir)
     rank, world, device = distributed()

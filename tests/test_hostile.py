@@ -9,7 +9,6 @@ import pytest
 
 from microcond.config import TrainConfig
 from microcond.data.loader import open_training_data
-from microcond.data.skips import Skips
 from microcond.data.stream import ShardStream, StreamLoader
 from test_shards import png, tar_with
 
@@ -70,6 +69,8 @@ def test_7_a_loader_workers_error_is_its_own_line_not_its_traceback(tmp_path):
 
 
 def test_skips_stay_bounded_and_merge_across_processes(capsys):
+    from microcond.data.skips import Skips
+
     worker, main = Skips("w", keep=3, echo=2), Skips("m", keep=3, quiet=True)
     for k in range(1000):
         worker.add(f"s:{k}", f"decoded size ({k}, 40) differs")

@@ -31,7 +31,7 @@ import numpy as np
 import PIL
 from PIL import Image, features
 
-from microcond.record import resized_size
+from microcond.cond.record import resized_size
 from microcond.data.crop import decode_crop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from microcond.demodata import DemoDataConfig, build_demo_data
+from microcond.demodata.build import DemoDataConfig, build_demo_data
 
 
 def build_seconds(root: Path, n_train: int, n_eval: int, jobs: int) -> float:

@@ -25,19 +25,19 @@ from collections import deque
 
 import numpy as np
 import torch
+from common import timed
 
-from microcond.evaluate import (
+from microcond.metrics.evaluate import (
+    border_background,
     cut_off,
     frechet_distance,
     kernel_inception_distance,
     largest_component,
     object_masks,
-    border_background,
     sharpness,
     sliced_wasserstein,
 )
-from microcond.features import FeatureRecipe, extract_features, feature_net
-from common import timed
+from microcond.metrics.features import FeatureRecipe, extract_features, feature_net
 
 PALETTE = [(222, 212, 246), (200, 236, 214), (40, 110, 120)]
 

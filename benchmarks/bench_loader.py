@@ -30,8 +30,8 @@ import torch
 from PIL import Image
 
 from microcond.data.loader import BucketBatches, make_loader
-from microcond.data.source import ImageSource
 from microcond.data.pixelcache import PixelCache
+from microcond.data.source import ImageSource
 
 
 def synthetic_folder(folder: Path, count: int, seed: int = 0) -> ImageSource:

@@ -17,11 +17,11 @@ import platform
 import resource
 
 import torch
+from common import timed
 from torch import nn
 
 from microcond import MicroCond
-from microcond.sample import Cond, make_cond, sample, uncond_for
-from common import timed
+from microcond.sample.samplers import Cond, make_cond, sample, uncond_for
 
 
 class ConvDenoiser(nn.Module):

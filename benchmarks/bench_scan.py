@@ -126,7 +126,7 @@ def main() -> None:
         "pillow_loop": ([py, "-c", BASELINE, str(corpus)], None),
         "scan_first": ([py, "-c", SCAN, str(corpus), str(index)], lambda: index.unlink(missing_ok=True)),
         "scan_unchanged": ([py, "-c", SCAN, str(corpus), str(index)], None),
-        "cli_unchanged": ([py, "-m", "microcond.cli", "scan", str(corpus), "--out", str(index)], None),
+        "cli_unchanged": ([py, "-m", "microcond.cli.main", "scan", str(corpus), "--out", str(index)], None),
     }
     env = {"cpus": len(os.sched_getaffinity(0)), "device": "cpu", "python": sys.version.split()[0]}
     results = {}

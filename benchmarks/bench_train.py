@@ -1,7 +1,7 @@
 """Training throughput, loop efficiency, the embedding's share, and the allocator setting.
 
 Prints one JSON line per result. Each figure comes with its baseline from the same run:
-- `train_images_per_s`: the full loop (`microcond.train.train`: data from the pixel cache,
+- `train_images_per_s`: the full loop (`microcond.train.loop.train`: data from the pixel cache,
   conditions, EMA, logging) for `tiny` at 32 px (batch 32) and `small` at 64 px;
 - `loop_efficiency`: a bare forward+backward+AdamW step of the same model on one fixed batch,
   divided by the full loop's time per step (target >= 0.9);
@@ -57,8 +57,8 @@ def make_images(folder: Path, n: int = 256) -> Path:
 
 def full_loop(preset: str, data: Path, steps: int, out: Path) -> float:
     """Median images/s of the full training loop over logging windows after warm-up."""
-    from microcond import config as config_mod
-    from microcond.train import train
+    from microcond.train import config as config_mod
+    from microcond.train.loop import train
 
     res = 32 if preset == "tiny" else 64
     cfg = config_mod.resolve(preset, overrides=dict(data=str(data), resolution=res, batch_size=32, steps=steps, log_every=10, checkpoint_every=10**6, sample_every=0))
@@ -69,10 +69,10 @@ def full_loop(preset: str, data: Path, steps: int, out: Path) -> float:
 
 def bare_step(preset: str, steps: int) -> tuple[float, float]:
     """(images/s of a bare fwd+bwd+AdamW step, seconds of the embedding per step)."""
-    from microcond import config as config_mod
-    from microcond.conditions import MicroCond, time_ids
+    from microcond.cond.embedder import MicroCond, time_ids
     from microcond.model import build_denoiser
-    from microcond.runtime import choose_precision
+    from microcond.train import config as config_mod
+    from microcond.train.launch import choose_precision
 
     res = 32 if preset == "tiny" else 64
     cfg = config_mod.resolve(preset, overrides=dict(resolution=res, batch_size=32))
@@ -115,7 +115,7 @@ def layout_run(data: Path, out: Path, steps: int, flags: list[str], extra: dict[
 
     shutil.rmtree(out, ignore_errors=True)
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | extra
-    cmd = [sys.executable, "-m", "microcond.cli", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
+    cmd = [sys.executable, "-m", "microcond.cli.main", "train", "--preset", "tiny", "--data", str(data), "--out", str(out),
            "--steps", str(steps), "--log-every", str(max(steps // 6, 1)), "--sample-every", "0", "--no-progress", *flags]
     wrapped = [sys.executable, "-c", "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); "
                "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(r.returncode)", *cmd]
@@ -128,7 +128,7 @@ def layout_run(data: Path, out: Path, steps: int, flags: list[str], extra: dict[
 
 
 def layouts(steps: int, repeats: int, tmp: Path) -> None:
-    from microcond.demodata import DemoDataConfig, build_demo_data
+    from microcond.demodata.build import DemoDataConfig, build_demo_data
 
     data = tmp / "demo"
     build_demo_data(DemoDataConfig(out=str(data), n_train=1200, n_eval=16), progress=False)
@@ -179,7 +179,7 @@ def main() -> None:
             emit(result="loop_efficiency", preset=preset, value=round(full / bare, 3), target=">= 0.9")
             emit(result="embedding_share", preset=preset, value=round(emb_s / (32 / full), 5), embedding_ms=round(emb_s * 1e3, 3), target="< 0.01")
         if not args.skip_allocator:
-            from microcond.runtime import RUNTIME_ENV
+            from microcond.train.launch import RUNTIME_ENV
 
             allocator = {k: v for k, v in RUNTIME_ENV.items() if k.startswith("MALLOC_")}
             for setting, extra in (("none", {}), ("allocator", allocator), ("allocator+omp_passive", RUNTIME_ENV)):

@@ -32,7 +32,7 @@ class RecordingNet:
     config, and a record of what the loss hands it; returns ``output(x)`` (zeros by default)."""
 
     def __init__(self, cfg, output=None):
-        from microcond.conditions import MicroCondEmbedder
+        from microcond.cond.embedder import MicroCondEmbedder
         from microcond.model import Denoiser
 
         self.embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)

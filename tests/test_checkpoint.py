@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from microcond.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_newest, save_checkpoint
+from microcond.train.checkpoint import CheckpointError, list_checkpoints, load_checkpoint, load_newest, save_checkpoint
 
 
 def write(root: Path, step: int, keep: int = 5) -> Path:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import microcond
 from microcond import MicroCond, MicroCondEmbedder, fourier_features, time_ids
-from microcond.conditions import resized_size
+from microcond.cond.embedder import resized_size
 
 
 def oracle(x: torch.Tensor, dim: int = 256) -> torch.Tensor:

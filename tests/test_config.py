@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from microcond import config as config_mod
-from microcond.cli import main
+from microcond.cli.main import main
+from microcond.train import config as config_mod
 
 
 @pytest.mark.parametrize("flag, value, field", [

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from microcond.conditions import MicroCond, resized_size
+from microcond.cond.embedder import MicroCond, resized_size
 from microcond.data.crop import crop, decode_crop, load_resized, open_image, oriented_size, to_rgb
 
 

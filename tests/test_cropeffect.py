@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from microcond.cropeffect import CROP_QUERIES, real_crops, real_effect, slope
-from microcond.demodata import PALETTE, DemoDataConfig, build_demo_data
-from microcond.evaluate import cut_off, object_centres
-from microcond.experiment import detector_floor
+from microcond.demodata.build import PALETTE, DemoDataConfig, build_demo_data
+from microcond.experiments.paper import detector_floor
+from microcond.metrics.cropeffect import CROP_QUERIES, real_crops, real_effect, slope
+from microcond.metrics.evaluate import cut_off, object_centres
 
 
 def _square(top: int, left: int, side: int = 8, size: int = 32) -> torch.Tensor:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microcond.cli import main
-from microcond.demodata import (
+from microcond.cli.main import main
+from microcond.demodata.build import (
     PALETTE,
     SKIN_TONES,
     DemoDataConfig,
@@ -216,10 +216,10 @@ def test_cli_missing_font_is_one_line_naming_the_fix(tmp_path, capsys):
 
 def test_ensure_demo_data_builds_a_missing_folder_of_the_default_mix(tmp_path, monkeypatch):
     """A folder with no build record is built, even when the mix asked for is the default one."""
-    from microcond import runner
+    from microcond.experiments import launch as runner
 
     built = []
-    monkeypatch.setattr("microcond.demodata.build_demo_data", lambda cfg, progress: built.append(cfg) or {"cfg": cfg})
-    monkeypatch.setattr("microcond.demodata.describe", lambda summary: "built")
+    monkeypatch.setattr("microcond.demodata.build.build_demo_data", lambda cfg, progress: built.append(cfg) or {"cfg": cfg})
+    monkeypatch.setattr("microcond.demodata.build.describe", lambda summary: "built")
     runner.ensure_demo_data(tmp_path / "data-web", "web", n_train=10, n_eval=5, progress=False)
     assert [(c.out, c.aspect_mix, c.n_train) for c in built] == [(str(tmp_path / "data-web"), "web", 10)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from microcond.detail import DETAIL_GRID, detail_map, object_measures
+from microcond.metrics.objects import DETAIL_GRID, detail_map, object_measures
 
 SIZE = 64  # 2 px per detail cell
 

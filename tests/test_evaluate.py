@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from microcond.evaluate import (
+from microcond.metrics.evaluate import (
     IN_DOMAIN,
     cut_off,
     cutoff_rate,
@@ -23,7 +23,7 @@ from microcond.evaluate import (
     sharpness,
     sliced_wasserstein,
 )
-from microcond.features import FeatureRecipe, cache_key, extract_features, feature_net
+from microcond.metrics.features import FeatureRecipe, cache_key, extract_features, feature_net
 
 PALETTE = [(235, 235, 235), (40, 40, 60)]  # light and dark backgrounds
 OBJECT_COLOURS = [(200, 50, 50), (50, 160, 60), (60, 80, 210)]
@@ -186,8 +186,8 @@ def test_evaluate_report_and_image_folder(tmp_path, reference_set) -> None:
 
 def test_class_accuracy_counts_the_asked_class_with_its_interval() -> None:
     """A classifier whose answer is known (red -> 0, blue -> 1): three of four images as asked."""
-    from microcond.evaluate import class_accuracy
-    from microcond.stats import wilson
+    from microcond.metrics.evaluate import class_accuracy
+    from microcond.metrics.stats import wilson
 
     class ColourNet(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from microcond.guidance import combine_guidance
+from microcond.cond.guidance import combine_guidance
 
 
 def branches(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

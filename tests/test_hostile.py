@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_shards import png, tar_with
 
-from microcond.config import TrainConfig
 from microcond.data.loader import open_training_data
 from microcond.data.stream import ShardStream, StreamLoader
-from test_shards import png, tar_with
+from microcond.train.config import TrainConfig
 
 BUCKETS = ((32, 48),)
 
@@ -111,7 +111,7 @@ def test_6_sigterm_to_a_streaming_train_stops_its_pipe_commands(tmp_path):
     ready = tmp_path / "started"
     # The pipe sends part of the shard, says it started, then stalls: train waits on the data.
     data = f"pipe:head -c 2000 {shard}; touch {ready}; {marker}"
-    proc = subprocess.Popen([sys.executable, "-m", "microcond.cli", "train", "--data", data, "--out", str(tmp_path / "run"),
+    proc = subprocess.Popen([sys.executable, "-m", "microcond.cli.main", "train", "--data", data, "--out", str(tmp_path / "run"),
                              "--procs", "1", "--steps", "1", "--batch-size", "2", "--no-progress"], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):  # until the pipe runs (at most a minute)
@@ -135,7 +135,7 @@ def test_13_a_rank_killed_by_a_signal_is_named_and_exits_1(monkeypatch, capsys):
     import subprocess
     import sys
 
-    from microcond import runtime
+    from microcond.train import launch as runtime
 
     real = subprocess.Popen
 
@@ -153,7 +153,7 @@ def test_13_a_rank_killed_by_a_signal_is_named_and_exits_1(monkeypatch, capsys):
 
 @pytest.mark.parametrize("preset", ["[1]", "{a = 1}", "[]", "0", "false", '""'])
 def test_8_10_a_toml_preset_of_another_type_is_refused(tmp_path, preset):
-    from microcond.config import resolve
+    from microcond.train.config import resolve
 
     path = tmp_path / "run.toml"
     path.write_text(f"preset = {preset}\n")
@@ -162,7 +162,7 @@ def test_8_10_a_toml_preset_of_another_type_is_refused(tmp_path, preset):
 
 
 def test_15_binary_config_and_prompt_files_are_named(tmp_path, capsys):
-    from microcond.cli import main
+    from microcond.cli.main import main
 
     binary = tmp_path / "weights.bin"
     binary.write_bytes(bytes(range(256)) * 4)
@@ -184,7 +184,7 @@ def test_15_binary_config_and_prompt_files_are_named(tmp_path, capsys):
     (["evaluate", "RUN", "--ref", "REF", "--n", "-3"], "--n"),  # 14
 ])
 def test_9_14_15_out_of_range_flags_are_one_line_naming_the_flag(tmp_path, capsys, argv, flag):
-    from microcond.cli import main
+    from microcond.cli.main import main
 
     argv = [str(tmp_path / a) if a in ("RUN", "REF") else a for a in argv]
     assert main(argv) == 2
@@ -205,9 +205,7 @@ PLACEHOLDERS = {  # the other arguments each command needs; paths that do not ex
 
 
 def _numeric_flags():
-    import typing
-
-    from microcond.cli import build_parser
+    from microcond.cli.main import build_parser
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     for command, parser in sub.choices.items():
@@ -222,8 +220,10 @@ def _numeric_flags():
 def test_fuzz_every_numeric_flag_with_bad_values_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
     """Every numeric flag of every command, with a word, NaN, a negative, an overflow and a huge
     integer: exit 2 and one line naming the flag, never a traceback and never any work."""
-    from microcond import demo, demodata, experiment
-    from microcond.cli import main
+    from microcond.cli.main import main
+    from microcond.demodata import build as demodata
+    from microcond.experiments import demo
+    from microcond.experiments import paper as experiment
 
     def refuse(*args, **kwargs):
         raise ValueError("WORK STARTED")
@@ -257,7 +257,7 @@ def test_fuzz_every_config_field_in_a_toml_file(tmp_path):
     import dataclasses
     import typing
 
-    from microcond.config import TrainConfig, resolve
+    from microcond.train.config import TrainConfig, resolve
 
     hints = typing.get_type_hints(TrainConfig)
     cases, accepted = 0, []
@@ -291,9 +291,9 @@ def test_fuzz_every_config_field_in_a_toml_file(tmp_path):
 def test_16_the_default_layout_gives_every_rank_a_shard_and_says_why(monkeypatch, capsys, data, workers, expected):
     import argparse
 
-    from microcond import runtime
-    from microcond.cli import _cpu_layout
-    from microcond.config import resolve
+    from microcond.cli.main import _cpu_layout
+    from microcond.train import launch as runtime
+    from microcond.train.config import resolve
 
     monkeypatch.setattr(runtime, "free_cores", lambda: 4)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -327,9 +327,9 @@ def test_12_a_disk_that_fills_up_while_sharding_leaves_no_shard_and_a_rerun_work
     import errno
 
     import webdataset
+    from test_loader import EVEN, make_source
 
     from microcond.data.shards import index_shards, write_shards
-    from test_loader import EVEN, make_source
 
     source = make_source(tmp_path / "data", EVEN)
     real, calls = webdataset.TarWriter.write, []
@@ -421,7 +421,7 @@ def test_soak_streamed_training_on_good_and_bad_shards_counts_every_skip(tmp_pat
     line count what was left out."""
     from test_train import tiny_cfg
 
-    from microcond.train import train
+    from microcond.train.loop import train
 
     good = [tar_with(tmp_path / f"good{k}.tar", {f"g{k}{j}.png": png(40, 60) for j in range(6)}) for k in range(3)]
     cut = tmp_path / "cut.tar"

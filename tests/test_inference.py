@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microcond.cli import main
-from microcond.run import Query
-from microcond.record import MicroCond
+from microcond.cli.main import main
+from microcond.cond.record import MicroCond
+from microcond.sample.run import Query
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_evaluate_writes_labelled_metrics(run, image_folder, tmp_path):
 def test_run_draws_and_exports_a_unet_diffusers_loads(run, tmp_path):
     from diffusers import UNet2DConditionModel
 
-    from microcond.run import Run
+    from microcond.sample.run import Run
 
     loaded = Run(run)
     images = loaded.draw(Query(original_size=(8, 8)), [0, 1], steps=2, progress=False)
@@ -83,7 +83,7 @@ def test_run_draws_and_exports_a_unet_diffusers_loads(run, tmp_path):
 def test_micro_guidance_study_writes_its_table_curve_and_grids(run, tmp_path):
     import json
 
-    from microcond.guidance_study import run_study
+    from microcond.experiments.micro_guidance import run_study
 
     results = run_study(run, tmp_path / "mg", scales=(None, 3.0), sizes=(8, 64), n=2, steps=2, progress=False)
     assert [row["micro_guidance"] for row in results["rows"]] == ["off", "3"]

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from microcond.data.loader import BucketBatches, make_loader
-from microcond.data.source import ImageSource
 from microcond.data.pixelcache import PixelCache, cache_key
+from microcond.data.source import ImageSource
 
 BUCKETS = ((32, 32), (32, 48), (48, 32))
 

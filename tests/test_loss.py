@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-
 from conftest import RecordingNet
-from microcond import config as config_mod
-from microcond.batch import pixel_batch
-from microcond.loss import DiffusionLoss, loss_weights, schedule_snr, timestep_probabilities, training_scheduler
-from microcond.train import step_generator
+
+from microcond.train import config as config_mod
+from microcond.train.batch import pixel_batch
+from microcond.train.loop import step_generator
+from microcond.train.loss import DiffusionLoss, loss_weights, schedule_snr, timestep_probabilities, training_scheduler
 
 
 def _batch(n: int = 64):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from microcond.paperpage import reading, rows, write_results
+from microcond.experiments.paperpage import reading, rows, write_results
 
 QUERIES = ["square original, crop (0, 0)", "wide original, centre crop (0, 16)", "wide original, crop (0, 0)"]
 SIZES = [8, 16, 32, 128]
@@ -73,7 +73,7 @@ def test_page_and_json_hold_the_same_numbers(tmp_path: Path) -> None:
 
 
 def test_ablation_table_holds_both_effects_fidelity_and_recognisability() -> None:
-    from microcond.paperpage import ablation_table
+    from microcond.experiments.paperpage import ablation_table
 
     results = _results()
     entry = results["runs"]["size-crop-s0"]
@@ -85,7 +85,7 @@ def test_ablation_table_holds_both_effects_fidelity_and_recognisability() -> Non
 
 
 def test_further_experiments_are_included_with_their_pictures(tmp_path):
-    from microcond.paperpage import further_experiments
+    from microcond.experiments.paperpage import further_experiments
 
     (tmp_path / "upscaled").mkdir()
     (tmp_path / "upscaled" / "upscaled.md").write_text("# Title\n\nA table.\n\n## Part\n\n![curve](upscaled-curve.png)\n")

@@ -16,10 +16,10 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLPipeline
 from diffusers.callbacks import SDXLCFGCutoffCallback
-
-from microcond.conditions import fourier_features
-from microcond.pipeline import MicroCondXLPipeline, micro_conditions
 from test_sdxl import write_tiny_sdxl
+
+from microcond.cond.embedder import fourier_features
+from microcond.sample.pipeline import MicroCondXLPipeline, micro_conditions
 
 PROMPT = "a red cube on a table"
 POOLED = 32  # the tiny text encoders' pooled width; the micro-condition features follow it

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from microcond.pixels import stack_hwc, to_model, to_uint8
+from microcond.data.pixels import stack_hwc, to_model, to_uint8
 
 
 def test_round_trip_is_exact_and_the_range_is_minus_one_to_one():

@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-
-from microcond import probe
-from microcond.cli import main
-from microcond.grid import GRID_CELL_PX, PAD
-from microcond.probepage import reading
 from test_detail import discs
 from test_sdxl import write_tiny_sdxl
+
+from microcond.cli.main import main
+from microcond.probe import sweeps as probe
+from microcond.probe.page import reading
+from microcond.sample.grid import GRID_CELL_PX, PAD
 
 # model_index.json as a stock SDXL base checkpoint has it (without the optional image encoder parts).
 STOCK_INDEX = {"_class_name": "StableDiffusionXLPipeline", "_diffusers_version": "0.19.0.dev0", "force_zeros_for_empty_prompt": True,

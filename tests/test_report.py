@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from microcond.cli import main
+from microcond.cli.main import main
 from microcond.data.buckets import assign_bucket, parse_buckets
 from microcond.data.report import bucket_fill, min_edge_discards, write_report
 from microcond.data.scan import scan

@@ -9,8 +9,8 @@ from diffusers import DDPMScheduler
 from PIL import Image
 
 from microcond import MicroCond
-from microcond.grid import save_grid, save_images
-from microcond.sample import (
+from microcond.sample.grid import save_grid, save_images
+from microcond.sample.samplers import (
     Cond,
     crop_sweep,
     make_cond,
@@ -130,7 +130,7 @@ def test_guidance_zero_is_the_unconditional_sample_and_default_partner_is_null_c
 
 
 def test_micro_guidance_guides_the_micro_conditions_with_their_own_scale() -> None:
-    from microcond.sample import guidance_partners
+    from microcond.sample.samplers import guidance_partners
 
     cond = make_cond([micro(128), micro(64)], labels=[1, 2])
     kwargs = dict(shape=SHAPE, seeds=[3, 4], steps=6, progress=False)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import errno
 import io
+import json
 import os
 import stat
 import struct
@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
-from microcond.cli import main
+from microcond.cli.main import main
 from microcond.data import scan as scan_mod
 from microcond.data.scan import probe_image, read_index, scan
 
@@ -383,7 +384,7 @@ def test_cli_scan_lists_problems_and_sums_up(tmp_path, capsys):
 def test_scan_command_does_not_import_torch(tmp_path):
     _save(tmp_path / "a.png", _image(6, 7))
     code = (
-        "import sys; from microcond.cli import main; "
+        "import sys; from microcond.cli.main import main; "
         f"main(['scan', {str(tmp_path)!r}, '--out', {str(tmp_path / 'i.parquet')!r}]); "
         "bad = [m for m in ('torch', 'diffusers') if m in sys.modules]; assert not bad, bad"
     )

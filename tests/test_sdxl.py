@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RecordingNet
 from PIL import Image
 
-from conftest import RecordingNet
-from microcond import config as config_mod
-from microcond.batch import Batch
-from microcond.cli import main
-from microcond.conditions import MicroCond
+from microcond.cli.main import main
+from microcond.cond.embedder import MicroCond
 from microcond.data.loader import BucketBatches
 from microcond.data.shards import index_shards
-from microcond.loss import DiffusionLoss
 from microcond.sdxl import LatentBatches, LatentCache, LatentSpace, TextEncoders, read_captions
-from microcond.train import step_generator
+from microcond.train import config as config_mod
+from microcond.train.batch import Batch
+from microcond.train.loop import step_generator
+from microcond.train.loss import DiffusionLoss
 
 BUCKETS = "64x64,48x80"
 
@@ -195,7 +195,7 @@ def test_pickled_weights_are_refused(tiny, tmp_path):
 
     from diffusers import UNet2DConditionModel
 
-    from microcond.conditions import MicroCondEmbedder
+    from microcond.cond.embedder import MicroCondEmbedder
     from microcond.model import build_unet
 
     folder = tmp_path / "pickled"
@@ -370,7 +370,7 @@ def test_sample_a_text_run_from_prompts(tiny, images, cache_env, tmp_path, capsy
 
 def test_pipeline_export_never_writes_into_a_folder_it_reads(tiny, images, cache_env, tmp_path, capsys, monkeypatch):
     from microcond import sdxl
-    from microcond.sdxl import export as sdxl_export
+    from microcond.sample import export as sdxl_export
 
     run = tmp_path / "run"
     assert main(["train", "--preset", "sdxl", "--pretrained", str(tiny), "--data", str(images), "--out", str(run), "--resolution", "64",

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_loader import BUCKETS, EVEN, make_source
 
 from microcond.data.loader import BucketBatches, make_loader
 from microcond.data.shards import SHARD_STRIDE, index_shards, write_shards
 from microcond.data.stream import ShardStream
-from test_loader import BUCKETS, EVEN, make_source
 
 
 @pytest.fixture(scope="module")
@@ -96,8 +96,9 @@ def test_write_refuses_a_folder_with_shards(folder_and_shards, tmp_path):
 
 
 def test_cli_shard_writes_shards_the_loader_reads(tmp_path, capsys):
-    from microcond.cli import main
     from test_loader import write_images
+
+    from microcond.cli.main import main
 
     rows = write_images(tmp_path / "data", [(40, 40), (40, 60), (60, 40)])
     code = main(["shard", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--max-count", "2",

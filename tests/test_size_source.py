@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_loader import write_images
 
-from microcond import config as config_mod
 from microcond.data.loader import BucketBatches
 from microcond.data.shards import index_shards, write_shards
 from microcond.data.source import ImageSource, told_size
 from microcond.data.stream import ShardStream, StreamLoader
-from test_loader import write_images
+from microcond.train import config as config_mod
 
 SIZES = [(40, 40), (40, 60), (60, 40), (48, 48)]
 EFFECTIVE = [(20, 20), (40, 30), None, (48, 48)]  # 2x upscaled, upscaled along one axis, unmeasured, native

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from microcond.stats import average_ranks, mean_interval, spearman, t975
+from microcond.metrics.stats import average_ranks, mean_interval, spearman, t975
 
 
 def test_spearman_of_monotone_pairs_is_one_or_minus_one():

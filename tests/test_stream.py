@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_loader import BUCKETS, ODD, make_source
 
-from microcond.checkpoint import list_checkpoints
 from microcond.data.loader import BucketBatches
 from microcond.data.shards import SHARD_STRIDE, index_shards, write_shards
 from microcond.data.stream import ShardStream, StreamLoader
 from microcond.data.urls import expand_urls, is_stream
-from test_loader import BUCKETS, ODD, make_source
+from microcond.train.checkpoint import list_checkpoints
 
 PER_SHARD = 3
 
@@ -95,7 +95,7 @@ def test_train_streams_through_a_pipe_and_resumes_bitwise(shards, tmp_path):
 
     from test_train import tiny_cfg
 
-    from microcond.train import train
+    from microcond.train.loop import train
 
     _, paths = shards
     settings = dict(data=pipe_spec(paths), resolution=32, batch_size=4, checkpoint_every=2, shuffle_buffer=5, flip_probability=0.5)

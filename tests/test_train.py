@@ -12,15 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RecordingNet
 from safetensors.torch import load_file
 
-from conftest import RecordingNet
-from microcond import config as config_mod
-from microcond.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
-from microcond.run import load_run
-from microcond.monitor import metrics_line
-from microcond.runtime import run_lock
-from microcond.train import train
+from microcond.sample.run import load_run
+from microcond.train import config as config_mod
+from microcond.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from microcond.train.launch import run_lock
+from microcond.train.loop import train
+from microcond.train.monitor import metrics_line
 
 
 class SyntheticBatches:
@@ -114,13 +114,29 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert gap < 1e-3 * other, (gap, other)
 
 
-def test_periodic_sample_grid_from_ema(tmp_path):
+def test_periodic_sample_grid_from_a_resident_ema_copy(tmp_path, monkeypatch):
     from PIL import Image
 
-    train(tiny_cfg(steps=2, checkpoint_every=2, sample_every=2), tmp_path, SyntheticBatches(4), progress=False)
-    grid = Image.open(tmp_path / "samples" / "step-00000002.png")
-    assert grid.width > grid.height > 0  # 2 rows of 8 samples
-    assert len(np.unique(np.asarray(grid.convert("L")))) > 10  # not a blank image
+    from microcond.sample import training_grids
+    from microcond.sample.training_grids import TrainingGrids
+
+    grids, seen = TrainingGrids(), []
+    real = training_grids.denoise_fn
+
+    def spy(model, *args, **kwargs):
+        seen.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(training_grids, "denoise_fn", spy)
+    train(tiny_cfg(steps=4, checkpoint_every=4, sample_every=2), tmp_path, SyntheticBatches(4), progress=False, sample_grid=grids)
+    for step in (2, 4):
+        grid = Image.open(tmp_path / "samples" / f"step-{step:08d}.png")
+        assert grid.width > grid.height > 0  # 2 rows of 8 samples
+        assert len(np.unique(np.asarray(grid.convert("L")))) > 10  # not a blank image
+    assert len(seen) == 2 and seen[0][0] is seen[1][0] is grids.shadow  # one resident copy, refreshed in place
+    ema = load_file(str(list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors"))
+    assert all(torch.equal(seen[1][1][k], ema[k]) for k in ema)  # it held the EMA weights of step 4
+    assert not any(torch.equal(seen[0][1][k], seen[1][1][k]) for k in ema if k.endswith("conv_in.weight"))
 
 
 def test_resume_and_load_run_skip_a_corrupt_newest_checkpoint(tmp_path, capsys):
@@ -231,7 +247,7 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_p
         assert "\n" not in str(caught.value) and "--out" in str(caught.value)
     assert not (tmp_path / "config.json").exists()
     # Another process holds it, then is killed: the lock is taken over.
-    code = "import sys, time; from pathlib import Path; from microcond.runtime import run_lock\n" \
+    code = "import sys, time; from pathlib import Path; from microcond.train.launch import run_lock\n" \
            "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(600)"
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
@@ -248,9 +264,9 @@ def test_a_second_training_on_the_same_folder_is_refused_naming_the_holder(tmp_p
 @pytest.mark.parametrize("cap", [1.0, 20.0])
 def test_loss_weight_cap_reweighs_v_loss_in_epsilon_terms(cap):
     """v-loss x min(1, cap x alpha_bar): cap 1 is exactly the epsilon loss of the same prediction."""
-    from microcond.batch import pixel_batch
-    from microcond.loss import DiffusionLoss
-    from microcond.train import step_generator
+    from microcond.train.batch import pixel_batch
+    from microcond.train.loop import step_generator
+    from microcond.train.loss import DiffusionLoss
 
     pixels = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
     batch = pixel_batch({"pixels": pixels, "ids": torch.zeros(6, 6, dtype=torch.long), "labels": torch.zeros(6, dtype=torch.long)})
@@ -278,7 +294,7 @@ def test_loss_weight_cap_reweighs_v_loss_in_epsilon_terms(cap):
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_keeps_the_older_ones(tmp_path, monkeypatch):
     from safetensors import SafetensorError
 
-    import microcond.checkpoint as ckpt
+    import microcond.train.checkpoint as ckpt
 
     train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)  # checkpoint at step 3
     before = {p.name: (p / "model.safetensors").read_bytes() for p in list_checkpoints(tmp_path / "checkpoints")}

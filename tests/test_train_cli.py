@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from microcond.checkpoint import list_checkpoints
-from microcond.cli import main
-from microcond.runtime import run_lock
+from microcond.cli.main import main
+from microcond.train.checkpoint import list_checkpoints
+from microcond.train.launch import run_lock
 
 FLAGS = ["--preset", "tiny", "--resolution", "16", "--batch-size", "4", "--precision", "fp32", "--sample-every", "0", "--log-every", "1", "--num-classes", "2"]
 
@@ -46,7 +46,7 @@ def test_train_export_and_load_in_diffusers(tmp_path, image_folder, env):
     bias = "add_embedding.linear_1.bias"  # the pixel presets' centred micro features are folded into it
     assert all(torch.equal(ours[k], theirs[k]) for k in ours if k != bias)
     from microcond.model import build_denoiser, center_bias
-    from microcond.run import run_config
+    from microcond.sample.run import run_config
 
     model = build_denoiser(run_config(run))
     assert model.micro_center.any() and not torch.equal(ours[bias], theirs[bias])
@@ -64,9 +64,9 @@ def test_refuses_missing_data_and_bad_flags(tmp_path, env, capsys):
 @pytest.mark.parametrize("launcher", ["torchrun", "procs"])
 def test_two_processes_match_one(tmp_path, image_folder, env, launcher):
     common = ["--data", str(image_folder), "--steps", "3", "--no-progress", *FLAGS]
-    one = subprocess.run([sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "one"), *common], env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run([sys.executable, "-m", "microcond.cli.main", "train", "--out", str(tmp_path / "one"), *common], env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    cli = ["-m", "microcond.cli", "train", "--out", str(tmp_path / "two"), *common]
+    cli = ["-m", "microcond.cli.main", "train", "--out", str(tmp_path / "two"), *common]
     if launcher == "torchrun":
         two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", *cli],
                              env=env, capture_output=True, text=True, timeout=300)
@@ -84,7 +84,7 @@ def test_two_processes_match_one(tmp_path, image_folder, env, launcher):
 
 
 def test_killing_the_launcher_ends_its_ranks(tmp_path, image_folder, env):
-    cmd = [sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "run"), "--data", str(image_folder),
+    cmd = [sys.executable, "-m", "microcond.cli.main", "train", "--out", str(tmp_path / "run"), "--data", str(image_folder),
            "--steps", "100000", "--no-progress", "--procs", "2", *FLAGS]
     launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -121,7 +121,7 @@ def test_sigkills_and_corruptions_then_rerun_match_uninterrupted(tmp_path, image
     """A run killed four times, its newest checkpoint or log damaged after some kills, ends bitwise equal."""
     common = ["--data", str(image_folder), "--steps", "12", "--checkpoint-every", "1", "--keep-checkpoints", "3", "--no-progress", *FLAGS]
     run = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "microcond.cli", "train", "--out", str(run), *common]
+    cmd = [sys.executable, "-m", "microcond.cli.main", "train", "--out", str(run), *common]
     ckpts = run / "checkpoints"
     kills = 0
     for delay, damage in ((0.2, None), (0.05, "flip"), (0.3, "state"), (0.1, "metrics")):
@@ -141,7 +141,7 @@ def test_sigkills_and_corruptions_then_rerun_match_uninterrupted(tmp_path, image
     assert not [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 13))
-    full = subprocess.run([sys.executable, "-m", "microcond.cli", "train", "--out", str(tmp_path / "full"), *common], env=env, capture_output=True, text=True, timeout=300)
+    full = subprocess.run([sys.executable, "-m", "microcond.cli.main", "train", "--out", str(tmp_path / "full"), *common], env=env, capture_output=True, text=True, timeout=300)
     assert full.returncode == 0, full.stderr
     a, b = weights(run), weights(tmp_path / "full")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -181,7 +181,7 @@ def test_a_start_that_fails_on_the_data_leaves_no_config(tmp_path, image_folder,
 
 
 def test_second_training_on_a_locked_run_is_one_line_naming_the_holder(tmp_path, image_folder, env, capsys):
-    from microcond.runtime import run_lock
+    from microcond.train.launch import run_lock
 
     run = tmp_path / "run"
     with run_lock(run):
@@ -195,13 +195,13 @@ def test_second_training_on_a_locked_run_is_one_line_naming_the_holder(tmp_path,
     (2, 32, 1, (2, 1)), (1, 32, 1, (1, 1)), (4, 6, 1, (3, 1)), (3, 32, 1, (2, 1)), (2, 32, 32, (1, 2)), (16, 32, 1, (8, 2)),
 ])
 def test_layout_is_data_parallel_over_free_cores_dividing_the_batch(cores, batch, accumulation, layout):
-    from microcond.runtime import plan_layout
+    from microcond.train.launch import plan_layout
 
     assert plan_layout(cores, batch, accumulation) == layout
 
 
 def test_free_cores_counts_a_busy_process_beside_us():
-    from microcond.runtime import free_cores
+    from microcond.train.launch import free_cores
 
     allowed = len(os.sched_getaffinity(0))
     idle = free_cores()

@@ -7,10 +7,10 @@ import json
 import numpy as np
 from PIL import Image
 
+from microcond.data.pixels import stack_hwc
 from microcond.data.source import ImageSource
-from microcond.evaluate import laplacian_variance
-from microcond.pixels import stack_hwc
-from microcond.upscaled import fake_upscales, index_variants
+from microcond.experiments.upscaled import fake_upscales, index_variants
+from microcond.metrics.evaluate import laplacian_variance
 
 
 def demo_like(folder, n=20):

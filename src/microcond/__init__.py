@@ -12,10 +12,10 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "MicroCond": "microcond.record",
-    "MicroCondEmbedder": "microcond.conditions",
-    "fourier_features": "microcond.conditions",
-    "time_ids": "microcond.conditions",
+    "MicroCond": "microcond.cond.record",
+    "MicroCondEmbedder": "microcond.cond.embedder",
+    "fourier_features": "microcond.cond.embedder",
+    "time_ids": "microcond.cond.embedder",
     "MicroCondUNet": "microcond.model",
 }
 

@@ -4,16 +4,20 @@ SDXL adds ``add_embedding(concat(pooled_text, F(ids)))`` to the timestep embeddi
 (``addition_embed_type="text_time"``). diffusers computes F(ids) itself and so cannot express
 sgm's dropped (zero) condition (diffusers issue #4208). :class:`MicroCondUNet` keeps every
 parameter name of ``UNet2DConditionModel`` (an SDXL checkpoint loads unchanged) and also
-accepts the features precomputed by :class:`~microcond.conditions.MicroCondEmbedder`.
+accepts the features precomputed by :class:`~microcond.cond.embedder.MicroCondEmbedder`.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from diffusers import UNet2DConditionModel
 
-from microcond.conditions import MicroCondEmbedder
-from microcond.config import TrainConfig
+from microcond.cond.embedder import MicroCondEmbedder
+
+if TYPE_CHECKING:  # the training config describes a model; the model does not need it to run
+    from microcond.train.config import TrainConfig
 
 
 class MicroCondUNet(UNet2DConditionModel):
@@ -182,8 +186,8 @@ def micro_center(embedder: MicroCondEmbedder, resolution: int) -> torch.Tensor:
     are near zero and carry no such drift; the layer computes the same family of functions, and
     :func:`center_bias` folds the offset back into its bias for an SDXL-exact export.
     """
-    from microcond.record import MicroCond
-    from microcond.conditions import time_ids
+    from microcond.cond.embedder import time_ids
+    from microcond.cond.record import MicroCond
 
     size = (resolution, resolution)
     ids = embedder.select(time_ids([MicroCond(size, (0, 0), size)]))  # (1, 2 * n_signals)

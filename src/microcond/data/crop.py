@@ -1,7 +1,7 @@
 """Decode, resize and crop one training image, returning its pixels and its ``MicroCond``.
 
 Paper Algorithm 1, generalised to buckets: record the original size; resize so the image
-covers the target (one side equal, :func:`microcond.conditions.resized_size`); pick the crop
+covers the target (one side equal, :func:`microcond.cond.embedder.resized_size`); pick the crop
 offset uniformly along the axis with slack (the other offset is 0); crop. A horizontal flip
 is applied to the resized image BEFORE the offset is chosen, so the recorded
 ``crop_top_left`` is true for the returned pixels (diffusers #6234 recorded it for the unflipped
@@ -21,7 +21,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import ExifTags, Image
 
-from microcond.record import MicroCond, resized_size
+from microcond.cond.record import MicroCond, resized_size
 
 Size = tuple[int, int]  # (height, width)
 Source = str | os.PathLike | bytes | BinaryIO

@@ -13,7 +13,6 @@ import zlib
 from struct import unpack_from
 from typing import NamedTuple
 
-
 TAIL = 4096
 _HEAD = 16384
 SWAP_ORIENTATIONS = frozenset({5, 6, 7, 8})  # transpose/rotate 90: (h, w) -> (w, h)

@@ -22,7 +22,7 @@ consumed, by the iterable that :func:`make_loader` returns::
     checkpoint["loader"] = loader.state_dict()        # counts every batch handed out so far
 
 Small targets: :class:`PixelCache` decodes each image once into resized uint8 pixels (the
-original scaled to cover its bucket, ``microcond.conditions.resized_size``) in a memory-mapped
+original scaled to cover its bucket, ``microcond.cond.embedder.resized_size``) in a memory-mapped
 file, and the crops come from it with the same :func:`~microcond.data.crop.crop` call as the
 decoding path, so both give identical pixels and MicroConds for a seed.
 """
@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from microcond.cond.record import MicroCond
 from microcond.data.buckets import Bucket
 from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
-from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
 from microcond.data.skips import Skips, worker_errors
+from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
 from microcond.data.urls import expand_urls, is_stream
-from microcond.record import MicroCond
 
 if TYPE_CHECKING:
     from microcond.data.stream import StreamLoader
@@ -301,9 +301,8 @@ def open_training_data(cfg: Any, run_dir: str | Path, *, rank: int, world_size: 
     Rank 0 scans and builds the cache first while the other ranks wait, then they reuse it. The
     summary (counts per bucket, skipped files with reasons) goes to ``run_dir/data.json``.
     """
+    from microcond.base.ranks import rank_zero_first
     from microcond.data.buckets import parse_buckets
-
-    from microcond.runtime import rank_zero_first
 
     buckets = parse_buckets(cfg.buckets or f"square:{cfg.resolution}")
     if is_stream(cfg.data):
@@ -352,7 +351,7 @@ def open_stream(cfg: Any, buckets: Sequence[Bucket], run_dir: str | Path, *, ran
 
 def write_data_report(run_dir: str | Path, summary: dict[str, Any]) -> None:
     """``run_dir/data.json``: what the data holds and what was left out, with reasons."""
-    from microcond.checkpoint import atomic_write_text
+    from microcond.base.files import atomic_write_text
 
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(run_dir) / "data.json", json.dumps(summary, indent=2) + "\n")

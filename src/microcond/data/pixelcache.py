@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 
+from microcond.cond.record import resized_size
 from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import load_resized
-from microcond.record import resized_size
 
 if TYPE_CHECKING:
     from microcond.data.source import ImageSource

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from microcond.base.files import atomic_path, atomic_write_text
 from microcond.data.buckets import assign_bucket, parse_buckets
 from microcond.data.scan import read_index
 
@@ -120,7 +121,8 @@ def _plot_sizes(path: Path, heights: np.ndarray, widths: np.ndarray, cut: int) -
                 bbox=dict(facecolor="white", alpha=0.9, edgecolor="tab:red", lw=0.5))
     ax.plot([lo, hi], [lo, hi], color="grey", lw=0.6, ls=":")
     _pixel_ticks(ax, lo, hi)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def _pixel_ticks(ax: Any, lo: float, hi: float) -> None:
@@ -152,7 +154,8 @@ def _plot_min_edge(path: Path, heights: np.ndarray, widths: np.ndarray, edges: S
     ax.set_xticks(list(edges), [str(e) for e in edges])
     ax.grid(True, alpha=0.3)
     ax.legend(loc="upper left")
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def _plot_aspect(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
@@ -165,7 +168,8 @@ def _plot_aspect(path: Path, heights: np.ndarray, widths: np.ndarray) -> None:
     ax.set(xlabel="aspect ratio width:height (log scale; left: portrait, right: landscape; ends include beyond)",
            ylabel="images (%)", title="Aspect ratios")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec: str) -> None:
@@ -182,7 +186,8 @@ def _plot_buckets(path: Path, fill: dict[tuple[int, int], tuple[int, int]], spec
            title=f"Bucket fill ({spec}: {len(fill)} buckets)", ylim=(0, 1.3 * max(1, total.max())))
     ax.legend(fontsize=8, loc="upper right")
     ax.grid(True, axis="y", alpha=0.3)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def _plot_effective(path: Path, long_edge: np.ndarray, effective_edge: np.ndarray, factors: np.ndarray) -> None:
@@ -196,7 +201,8 @@ def _plot_effective(path: Path, long_edge: np.ndarray, effective_edge: np.ndarra
                  f"upscaled > {UPSCALED}x")
     ax.legend(loc="upper left", fontsize=8)
     _pixel_ticks(ax, lo, hi)
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
 
 
 def _effective_section(index: str | os.PathLike, out: Path) -> list[str]:
@@ -263,7 +269,7 @@ def write_report(index: str | os.PathLike, out_dir: str | os.PathLike, buckets: 
     if not ok:
         parts += ["", "No usable images: nothing to plot. Check the scan's problem list (`microcond scan --list-problems`)."]
         text = "\n".join(parts) + "\n"
-        (out / "report.md").write_text(text)
+        atomic_write_text((out / "report.md"), text)
         return text + f"\nwrote {out / 'report.md'}"
     short = np.minimum(heights, widths)
     q = np.percentile(short, [5, 25, 50, 75, 95]).round().astype(int)

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from microcond.data.headers import ACCEPTED_MODES, DEFAULT_MAX_PIXELS, Probe, _probe_file, probe_image  # noqa: F401 (part of scan's API)
-from microcond.data.index import COLUMNS, EFFECTIVE_COLUMNS, INDEX_VERSION, effective_columns, PARSER_VERSION, PriorIndex, index_schema, index_settings, read_index  # noqa: F401 (read_index, INDEX_VERSION: part of scan's API)
+from microcond.data.index import COLUMNS, EFFECTIVE_COLUMNS, INDEX_VERSION, PARSER_VERSION, PriorIndex, effective_columns, index_schema, index_settings, read_index  # noqa: F401 (read_index, INDEX_VERSION: part of scan's API)
 from microcond.data.walk import IMAGE_EXTENSIONS, Entry, Walk, sort_key  # noqa: F401 (IMAGE_EXTENSIONS: part of scan's API)
 
 PROBLEMS = {

@@ -28,14 +28,14 @@ so training from them crops like training from the folder.
 
 from __future__ import annotations
 
-import io
 import contextlib
+import hashlib
+import io
 import json
 import os
 import sys
 import tarfile
 from pathlib import Path
-import hashlib
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from microcond.cond.record import MicroCond, stack_ids
 from microcond.data.buckets import Bucket
 from microcond.data.crop import load_resized
 from microcond.data.metadata import labels_of
-from microcond.record import MicroCond, stack_ids
 
 if TYPE_CHECKING:
     import torch

@@ -43,10 +43,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import CROP_MODES, crop, load_resized
-from microcond.data.shards import SHARD_STRIDE, sample_info, tar_samples, sample_key
+from microcond.data.shards import SHARD_STRIDE, sample_info, sample_key, tar_samples
 from microcond.data.skips import Skips, worker_errors
-from microcond.data.urls import open_url
 from microcond.data.source import SHUFFLE_STREAM, SIZE_SOURCES, collate, sample_rng, told_size
+from microcond.data.urls import open_url
 
 BUFFER_STREAM = 2  # SeedSequence tag of the shuffle buffer's picks (source.py holds 0 and 1)
 

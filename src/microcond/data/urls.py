@@ -27,7 +27,7 @@ def expand_urls(spec: str) -> list[str]:
 
 
 # The commands webdataset's gopen runs for these schemes, started here as ChildPipes so that they
-# die with their reader (microcond.children); other schemes go through webdataset's gopen.
+# die with their reader (microcond.base.children); other schemes go through webdataset's gopen.
 CURL = ("curl", "--connect-timeout", "30", "--retry", "30", "--retry-delay", "2", "-f", "-s", "-L")
 URL_COMMANDS = {"http": CURL, "https": CURL, "sftp": CURL, "ftps": CURL, "scp": CURL, "gs": ("gsutil", "cat")}
 
@@ -36,7 +36,7 @@ def open_url(url: str) -> BinaryIO:
     """A shard's bytes, read as a stream: a local path, ``file:``, ``pipe:CMD`` or a URL."""
     from urllib.parse import urlparse
 
-    from microcond.children import ChildPipe
+    from microcond.base.children import ChildPipe
 
     if url.startswith("pipe:"):
         return ChildPipe(url[len("pipe:"):])  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""SDXL fine-tuning: VAE latents, the two text encoders, captions, a latent cache, pipeline export.
+"""SDXL fine-tuning: VAE latents, the two text encoders, captions, a latent cache (the export of a
+fine-tuned pipeline is in :mod:`microcond.sample.export`).
 
 Conditioning as published (SDXL section 2.1, sgm ``GeneralConditioner``; diffusers
 ``StableDiffusionXLPipeline.encode_prompt`` is the oracle in the tests): the cross-attention
@@ -13,11 +14,10 @@ equals a freshly encoded one; sgm samples from the posterior instead.
 Everything is read from local folders (``local_files_only=True``); nothing is downloaded.
 """
 
-from microcond.sdxl.export import export_pipeline
 from microcond.sdxl.folders import TEXT_PARTS, folder_identity, require_folder
 from microcond.sdxl.inputs import SDXLInputs
 from microcond.sdxl.latents import LatentBatches, LatentCache, LatentSpace
 from microcond.sdxl.text import TextCache, TextEncoders, read_captions
 
 __all__ = ["LatentBatches", "LatentCache", "LatentSpace", "SDXLInputs", "TEXT_PARTS", "TextCache", "TextEncoders",
-           "export_pipeline", "folder_identity", "read_captions", "require_folder"]
+           "folder_identity", "read_captions", "require_folder"]

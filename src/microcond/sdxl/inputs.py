@@ -8,12 +8,12 @@ from typing import Any, Sequence
 
 import torch
 
-from microcond.batch import Batch, pixel_batch
+from microcond.base.ranks import rank_zero_first
 from microcond.data.loader import ResumableLoader, make_loader
 from microcond.data.source import default_cache_dir
-from microcond.runtime import rank_zero_first
 from microcond.sdxl.latents import LatentBatches, LatentCache, LatentSpace
 from microcond.sdxl.text import TextCache, TextEncoders, read_captions
+from microcond.train.batch import Batch, pixel_batch
 
 
 class SDXLInputs:

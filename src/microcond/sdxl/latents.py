@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from microcond.data.loader import BucketBatches
 from microcond.data.pixelcache import cache_key, staged
-from microcond.pixels import to_model
+from microcond.data.pixels import to_model
 from microcond.sdxl.folders import folder_identity, require_folder
 
 LATENT_CACHE_VERSION = 1

@@ -79,9 +79,13 @@ def test_ablation_table_holds_both_effects_fidelity_and_recognisability() -> Non
     entry = results["runs"]["size-crop-s0"]
     row = {"setting": "EDM", "aspect_mix": "wide", "guidance": 1.0, "step": 100, "images_seen": 3200, "cond_units_live": 40, "table": entry["table"],
            **entry["crop"], "sharpness": {"8": 0.01, "128": 0.06}}
-    lines = ablation_table({"real": {"wide": {"cutoff": results["real"]["cutoff"], "position": results["real"]["position"]}}, "rows": {"edm": row}})
-    assert lines[-1] == "| EDM | -0.65 [-0.70, -0.60] | 2% [0, 7] | 33% [28, 38] | 90% [85, 95] | 6.0x | 4.00 | 60% (0.75) | 40 of 128 | 3,200 |"
-    assert len({line.count("|") for line in lines}) == 1  # every row has every column
+    weaker = {**row, "setting": "weaker", "sharpness": {"8": 0.02, "128": 0.06}, "images_seen": 6400}
+    lines = ablation_table({"real": {"wide": {"cutoff": results["real"]["cutoff"], "position": results["real"]["position"]}},
+                            "rows": {"edm": row, "weaker": weaker}})
+    table = [line for line in lines if line.startswith("|")]
+    assert table[-2] == "| EDM | -0.65 [-0.70, -0.60] | 2% [0, 7] | 33% [28, 38] | 90% [85, 95] | 6.0x | 4.00 | 60% (0.75) | 40 of 128 | 3,200 |"
+    assert len({line.count("|") for line in table}) == 1  # every row has every column
+    assert "- Fig. 3 sharpness c_size 128 / 8 (goal >= 5x): 6.0x by edm (3,200 images)." in lines
 
 
 def test_further_experiments_are_included_with_their_pictures(tmp_path):

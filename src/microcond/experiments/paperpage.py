@@ -237,7 +237,29 @@ def ablation_table(ablation: dict) -> list[str]:
         cells = [row["setting"], _slope(row["position"]), *(_pct(row["cutoff"][q]) for q in queries), f"{sharp['128'] / max(sharp['8'], 1e-12):.1f}x",
                  fidelity, f"{live if live is not None else 'n/a'} of 128", f"{row['images_seen']:,}" if "images_seen" in row else ""]
         lines.append("| " + " | ".join(cells) + " |")
-    return lines
+    return lines + ["", *best_reached(ablation)]
+
+
+def best_reached(ablation: dict) -> list[str]:
+    """One line per goal of the size+crop model: the ablation row that came nearest, with its images."""
+    rows = {name: row for name, row in ablation["rows"].items() if row.get("guidance", 1.0) == 1.0}
+    if not rows:
+        return []
+    real = next(iter(ablation["real"].values()))
+    queries = list(real["cutoff"])
+    ratio = lambda r: r["sharpness"]["128"] / max(r["sharpness"]["8"], 1e-12)  # noqa: E731
+    gap = lambda r: max(abs(r["cutoff"][q]["rate"] - real["cutoff"][q]["rate"]) for q in queries)  # noqa: E731
+    lift = lambda r: r["cutoff"][queries[2]]["rate"] - r["cutoff"][queries[1]]["rate"]  # noqa: E731
+    slope = lambda r: abs(r["position"]["slope"] - real["position"]["slope"])  # noqa: E731
+    accuracy = lambda r: r.get("table", {}).get("class_accuracy_ratio", 0.0)  # noqa: E731
+    goals = [("Fig. 3 sharpness c_size 128 / 8 (goal >= 5x)", max(rows, key=lambda n: ratio(rows[n])), lambda r: f"{ratio(r):.1f}x"),
+             ("largest cut-off gap to the real data (goal <= 10 points)", min(rows, key=lambda n: gap(rows[n])), lambda r: f"{100 * gap(r):.0f} points"),
+             ("cut-off lift, wide original centre -> (0, 0) (goal >= 30 points)", max(rows, key=lambda n: lift(rows[n])), lambda r: f"{100 * lift(r):+.0f} points"),
+             ("object centre slope (goal within 0.1 of the real one)", min(rows, key=lambda n: slope(rows[n])),
+              lambda r: f"{r['position']['slope']:+.2f} (real {real['position']['slope']:+.2f})"),
+             ("class accuracy against held-out real (goal >= 0.70)", max(rows, key=lambda n: accuracy(rows[n])), lambda r: f"{accuracy(r):.2f}")]
+    return ["Best reached per goal:", ""] + [f"- {goal}: {show(rows[name])} by {name} ({rows[name]['images_seen']:,} images)."
+                                             for goal, name, show in goals]
 
 
 FURTHER = {"upscaled": "Upscaled files: conditioning on the file, effective or true size",

@@ -358,3 +358,11 @@ def test_a_dying_conditioning_path_warns_once_while_it_trains(tmp_path, capsys, 
     train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)
     err = capsys.readouterr().err
     assert err.count("warning: at step 1 only 3 of 128 units") == 1 and err.count("warning:") == 1
+
+
+def test_checkpoint_time_is_reported_apart_from_images_per_second(tmp_path):
+    train(tiny_cfg(), tmp_path, SyntheticBatches(4), progress=False)  # checkpoints after steps 3 and 6, a row per step
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    maintenance = {r["step"]: r["maintenance_s"] for r in rows}
+    assert maintenance[4] > 0 and maintenance[1] == maintenance[2] == maintenance[3] == maintenance[5] == 0  # step 3's checkpoint, in step 4's row
+    assert all(r["images_per_s"] > 0 for r in rows)

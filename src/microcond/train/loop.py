@@ -170,6 +170,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         row: dict = {}
         warned = False  # a dying conditioning path is reported once per start
         window_t, window_images, losses = time.perf_counter(), 0, []
+        maintenance = 0.0  # seconds of checkpoints and sample grids in the window: not training time
         for step in range(start, cfg.steps):
             # Step: accumulate gradients over rounds, clip, update with warm-up.
             for group in optimizer.param_groups:
@@ -209,12 +210,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             window_images += cfg.batch_size
             done = step + 1
             if done % cfg.log_every == 0 or done == cfg.steps:
-                elapsed = time.perf_counter() - window_t
+                training_s = time.perf_counter() - window_t - maintenance
                 window_loss = torch.tensor(float(np.mean(losses)), dtype=torch.float64, device=device)
                 if world > 1:  # each rank saw its rows: the logged loss is the whole batch's
                     torch.distributed.all_reduce(window_loss)
                     window_loss /= world
-                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(elapsed, 1e-9), **health.report(ema)}
+                row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm),
+                       "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(training_s, 1e-9),
+                       "maintenance_s": maintenance, **health.report(ema)}
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")
@@ -222,11 +225,14 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                         tqdm.write(warning, file=sys.stderr)
                         warned = True
                 bar.set_postfix(step=done, loss=f"{row['loss']:.4f}")
-                window_t, window_images, losses = time.perf_counter(), 0, []
+                window_t, window_images, losses, maintenance = time.perf_counter(), 0, [], 0.0
             bar.update(cfg.batch_size)
 
-            # Checkpoint (rank 0 writes; every rank holds identical weights).
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            # Checkpoint and sample grid, the maintenance (rank 0 writes; every rank holds identical weights).
+            checkpoint_due = done % cfg.checkpoint_every == 0 or done == cfg.steps
+            grid_due = rank == 0 and sample_grid is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps)
+            started = time.perf_counter()
+            if checkpoint_due:
                 if rank == 0:
                     opt_tensors, groups = optimizer_to_tensors(optimizer)
                     tensors = {"model": model.state_dict(), "ema": ema, "optimizer": opt_tensors}
@@ -234,9 +240,11 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                     plot_loss(metrics_path, run_dir / "loss.png")
                 if world > 1:
                     torch.distributed.barrier()
-            if rank == 0 and sample_grid is not None and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+            if grid_due:
                 sample_grid(model=model, ema=ema, scheduler=scheduler, cfg=cfg, path=run_dir / "samples" / f"step-{done:08d}.png",
                             device=device, stage=stage)
+            if checkpoint_due or grid_due:
+                maintenance += time.perf_counter() - started  # reported apart from images/s
         bar.close()
         from microcond.data.loader import report_skips
 

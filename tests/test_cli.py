@@ -44,7 +44,7 @@ def test_demo_smoke_run_writes_everything_and_reuses_it(tmp_path, monkeypatch, c
 
 
 def test_console_script_bad_flag_is_one_clear_line():
-    proc = subprocess.run([sys.executable, "-m", "microcond.cli.main", "demo", "--steps", "x"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "microcond.cli", "demo", "--steps", "x"], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "invalid int value" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -111,7 +111,7 @@ def test_6_sigterm_to_a_streaming_train_stops_its_pipe_commands(tmp_path):
     ready = tmp_path / "started"
     # The pipe sends part of the shard, says it started, then stalls: train waits on the data.
     data = f"pipe:head -c 2000 {shard}; touch {ready}; {marker}"
-    proc = subprocess.Popen([sys.executable, "-m", "microcond.cli.main", "train", "--data", data, "--out", str(tmp_path / "run"),
+    proc = subprocess.Popen([sys.executable, "-m", "microcond.cli", "train", "--data", data, "--out", str(tmp_path / "run"),
                              "--procs", "1", "--steps", "1", "--batch-size", "2", "--no-progress"], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):  # until the pipe runs (at most a minute)

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from microcond.cli.main import main
@@ -72,12 +73,17 @@ def test_run_draws_and_exports_a_unet_diffusers_loads(run, tmp_path):
 
     from microcond.sample.run import Run
 
+    from microcond.model import center_bias
+
     loaded = Run(run)
     images = loaded.draw(Query(original_size=(8, 8)), [0, 1], steps=2, progress=False)
     assert images.shape == (2, *loaded.shape) and images.abs().max() <= 1
+    again = loaded.draw(Query(original_size=(8, 8)), [1], steps=2, progress=False)
+    assert torch.allclose(again[0], images[1], atol=1e-4) and (images[0] - images[1]).abs().max() > 0.01  # a seed's pixels, batched or not
     out = loaded.export(tmp_path / "unet")
-    unet = UNet2DConditionModel.from_pretrained(out)
-    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in loaded.model.unet.parameters())
+    exported = UNet2DConditionModel.from_pretrained(out).state_dict()
+    ours = center_bias(loaded.model.unet.state_dict(), loaded.model.micro_center, loaded.model.pooled_dim, prefix="")
+    assert exported.keys() == ours.keys() and all(torch.equal(exported[k], ours[k]) for k in ours)  # the EMA weights, centre folded
 
 
 def test_micro_guidance_study_writes_its_table_curve_and_grids(run, tmp_path):

@@ -389,5 +389,3 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

@@ -80,7 +80,7 @@ def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dic
             name = pending.pop(0)
             runs[name].mkdir(parents=True, exist_ok=True)
             logs[name] = open(runs[name] / "train.log", "a")
-            cmd = [sys.executable, "-m", "microcond.cli.main", *commands[name][1:], "--no-progress"]
+            cmd = [sys.executable, "-m", "microcond.cli", *commands[name][1:], "--no-progress"]
             running[name] = subprocess.Popen(cmd, env=env, stdout=logs[name], stderr=subprocess.STDOUT)
         time.sleep(2)
         for name, proc in list(running.items()):

@@ -43,6 +43,12 @@ def run_config(run_dir: Path) -> TrainConfig:
     return config_mod.from_dict(json.loads((run_dir / "config.json").read_text()))
 
 
+def with_ema(weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A model's state dict with its floating-point tensors replaced by their EMA (float32 in the
+    checkpoint, cast to the model's dtype); buffers the EMA does not hold stay as they are."""
+    return {**weights, **{k: v.to(weights[k].dtype) for k, v in ema.items()}}
+
+
 def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device = "cpu") -> tuple[Denoiser, TrainConfig, dict, int]:
     """(denoiser in eval mode, config, scheduler config, step) from the newest checkpoint that verifies."""
     run_dir = Path(run_dir)
@@ -54,9 +60,7 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device =
     scheduler_config = json.loads((run_dir / "scheduler_config.json").read_text())
     model = build_denoiser(cfg)
     weights = tensors["model"]
-    if ema:
-        weights = {**weights, **{k: v.to(weights[k].dtype) for k, v in tensors["ema"].items()}}
-    model.load_state_dict(weights)
+    model.load_state_dict(with_ema(weights, tensors["ema"]) if ema else weights)
     return model.to(device).eval(), cfg, scheduler_config, state["step"]
 
 
@@ -229,7 +233,7 @@ class Run:
         """(N, 3, H, W) in [-1, 1]: the samples, decoded by the run's VAE when they are latents."""
         if self.latent_space is None:
             return samples
-        return torch.cat([self.latent_space.decode(samples[k:k + 4]).cpu() for k in range(0, len(samples), 4)])
+        return self.latent_space.decode_in_chunks(samples)
 
     def draw(self, query: Query, seeds: Sequence[int], labels: Sequence[int] | None = None, *, prompts: Sequence[str] | None = None,
              steps: int = 50, scheduler: str = "ddim", batch_size: int = 64, progress: bool = True) -> torch.Tensor:

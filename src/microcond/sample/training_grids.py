@@ -17,7 +17,7 @@ from diffusers import DDPMScheduler
 from microcond.cond.record import MicroCond
 from microcond.model import Denoiser
 from microcond.sample.grid import save_grid
-from microcond.sample.run import denoise_fn
+from microcond.sample.run import denoise_fn, with_ema
 from microcond.sample.samplers import make_cond, sample
 from microcond.train.config import TrainConfig
 from microcond.train.launch import choose_precision
@@ -36,9 +36,7 @@ class TrainingGrids:
         """The resident copy holding the EMA weights (and the model's other state)."""
         if self.shadow is None:
             self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
-        with torch.no_grad():
-            for name, tensor in self.shadow.state_dict().items():
-                tensor.copy_(ema[name] if name in ema else model.state_dict()[name])
+        self.shadow.load_state_dict(with_ema(model.state_dict(), ema))  # copies into the resident tensors
         return self.shadow
 
     def __call__(self, *, model: Denoiser, ema: dict[str, torch.Tensor], scheduler: DDPMScheduler, cfg: TrainConfig, path: Path,
@@ -58,6 +56,6 @@ class TrainingGrids:
         images = sample(denoise, cond, shape=shape, seeds=range(n), steps=GRID_STEPS, scheduler_config=dict(scheduler.config),
                         clamp=latent_space is None, device=device, progress=False)
         if latent_space is not None:
-            images = torch.cat([latent_space.decode(images[k:k + 4].to(device)).cpu() for k in range(0, n, 4)])  # (n, 3, H, W)
+            images = latent_space.decode_in_chunks(images)  # (n, 3, H, W)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(images, path, nrow=8)

@@ -58,6 +58,11 @@ class LatentSpace:
         z = latents.to(self.vae.device, torch.float32) / self.scaling_factor + self.shift_factor
         return self.vae.decode(z).sample.float().clamp(-1.0, 1.0)
 
+    def decode_in_chunks(self, latents: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+        """:meth:`decode` ``chunk`` latents at a time (the VAE's activations at 1024 px are large),
+        gathered on the CPU: (B, 3, H, W)."""
+        return torch.cat([self.decode(latents[k:k + chunk]).cpu() for k in range(0, len(latents), chunk)])
+
 
 class LatentCache:
     """Each image's latents for ``crops`` crops, with the ids of each crop, memory-mapped float16.

@@ -35,7 +35,7 @@ def ensure_runtime_env(argv: list[str]) -> None:
     if os.environ.get("MICROCOND_NO_REEXEC") or not missing:
         return
     os.environ.update(missing)
-    os.execv(sys.executable, [sys.executable, "-m", "microcond.cli.main", *argv])
+    os.execv(sys.executable, [sys.executable, "-m", "microcond.cli", *argv])
 
 
 def choose_precision(setting: str, device: torch.device) -> torch.dtype | None:
@@ -79,6 +79,12 @@ def free_cores(interval: float = 0.25) -> int:
         after = times()
     except (OSError, ValueError):
         return limit
+    return cores_left(before, after, allowed, limit)
+
+
+def cores_left(before: dict[int, tuple[int, int]], after: dict[int, tuple[int, int]], allowed: list[int], limit: int) -> int:
+    """Allowed cores less the busy ones between two ``/proc/stat`` readings ({cpu: (total ticks,
+    idle ticks)}), within ``limit`` and at least 1."""
     busy = 0.0
     for cpu in allowed:
         if cpu in before and cpu in after and after[cpu][0] > before[cpu][0]:
@@ -111,7 +117,7 @@ def launch_local(argv: list[str], processes: int, threads: int) -> int:
         port = sock.getsockname()[1]
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(processes),
             "LOCAL_WORLD_SIZE": str(processes), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    ranks = [subprocess.Popen([sys.executable, "-m", "microcond.cli.main", *argv], preexec_fn=die_with_parent,
+    ranks = [subprocess.Popen([sys.executable, "-m", "microcond.cli", *argv], preexec_fn=die_with_parent,
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}) for r in range(processes)]
     try:
         while True:

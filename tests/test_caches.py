@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from microcond.data.pixelcache import remove_stale_staging, staged
+from microcond.data.ragged import remove_stale_staging, staged
 
 
 def _dead_pid() -> int:
@@ -57,3 +57,31 @@ def test_a_pixel_cache_build_clears_a_killed_builds_folder(tmp_path, image_folde
     built = PixelCache.build(source, parse_buckets("square:16"), cache, processes=1, progress=False)
     assert built.folder.parent == cache and (built.folder / "meta.json").is_file()
     assert not killed.exists() and not [p for p in cache.iterdir() if ".tmp" in p.name]
+
+
+def test_ragged_arrays_hold_rows_of_any_shape_failures_and_side_arrays(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from microcond.data.ragged import RaggedArrays
+
+    shapes = [(2, 3), (1, 5), (4, 1)]
+    rows = [np.arange(np.prod(s), dtype=np.float16).reshape(s) + k for k, s in enumerate(shapes)]
+    with RaggedArrays.create(tmp_path, "demo-abc", shapes, np.float16) as cache:
+        for k in (0, 2):
+            cache.row(k)[...] = rows[k]
+        cache.fail(1, "b.png", "not an image")
+        cache.arrays["side"] = np.arange(3)
+        cache.finish({"key": "abc"})
+    store = RaggedArrays(tmp_path / "demo-abc")
+    assert len(store) == 3 and store.key == "abc" and store.failed_rows() == [1] and store.failures == [(1, "b.png", "not an image")]
+    assert np.array_equal(store.get(0), rows[0]) and np.array_equal(store.get(2), rows[2]) and store.get(1).shape == (1, 5)
+    assert np.array_equal(store.array("side"), np.arange(3)) and store.value_bytes() == 2 * sum(np.prod(s) for s in shapes)
+    store.get(0)
+    copy = pickle.loads(pickle.dumps(store))  # a loader worker maps the file itself
+    assert copy._values is None and np.array_equal(copy.get(2), rows[2])
+    with pytest.raises(RuntimeError, match="without finish"):
+        with RaggedArrays.create(tmp_path, "demo-def", shapes, np.uint8):
+            pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-abc"]

@@ -252,7 +252,7 @@ def test_latent_cache_key_covers_every_setting_that_changes_it(tiny, images, cac
     first = LatentCache.build(dataset(images, cache_env, crop_mode="center"), space, 4, cache_env, progress=False)
     assert first.crops == 1  # centre crops without flips are the same every epoch
     again = LatentCache.build(dataset(images, cache_env, crop_mode="center"), space, 4, cache_env, progress=False)
-    assert again.folder == first.folder and (first.folder / "latents.npy").stat().st_mtime_ns == (again.folder / "latents.npy").stat().st_mtime_ns
+    assert again.folder == first.folder and (first.folder / "values.npy").stat().st_mtime_ns == (again.folder / "values.npy").stat().st_mtime_ns
 
 
 def test_caption_dropout_zeroes_context_and_pooled_per_sample_from_the_step_generator():

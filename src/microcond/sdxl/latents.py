@@ -14,11 +14,12 @@ import torch
 from tqdm import tqdm
 
 from microcond.data.loader import BucketBatches
-from microcond.data.pixelcache import cache_key, staged
+from microcond.data.pixelcache import cache_key
+from microcond.data.ragged import MARKER, RaggedArrays
 from microcond.data.pixels import to_model
 from microcond.sdxl.folders import folder_identity, require_folder
 
-LATENT_CACHE_VERSION = 1
+LATENT_CACHE_VERSION = 2  # 2: the ragged-array layout of data.ragged
 
 
 class LatentSpace:
@@ -64,26 +65,21 @@ class LatentSpace:
         return torch.cat([self.decode(latents[k:k + chunk]).cpu() for k in range(0, len(latents), chunk)])
 
 
-class LatentCache:
+class LatentCache(RaggedArrays):
     """Each image's latents for ``crops`` crops, with the ids of each crop, memory-mapped float16.
 
     Crop ``k`` of image ``i`` is the crop the loader makes for it in epoch ``k`` (same seed,
     crop mode, flip), so a run with the cache trains on exactly the crops (up to float16
     rounding of the latents) that re-encoding would give in its first ``crops`` epochs; epoch
-    ``e`` uses crop ``e mod crops``. Layout of ``CACHE/latents-<key>/``: ``latents.npy`` (flat
-    float16), ``offsets.npy`` (N+1,), ``shapes.npy`` (N, 3) ``(C, h, w)``, ``ids.npy``
-    (N, crops, 6) int64 (the MicroCond of each crop, crop offsets included), ``meta.json``.
+    ``e`` uses crop ``e mod crops``. A ragged array (:mod:`microcond.data.ragged`) in
+    ``CACHE/latents-<key>/``: row ``i`` is (crops, C, h, w); ``ids.npy`` (N, crops, 6) int64 holds
+    the MicroCond of each crop, crop offsets included.
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        meta = json.loads((self.folder / "meta.json").read_text())
-        self.key, self.crops, self.settings = meta["key"], int(meta["crops"]), meta["settings"]
-        self.failures: list[tuple[int, str, str]] = [tuple(f) for f in meta["failures"]]
-        self.offsets = np.load(self.folder / "offsets.npy")
-        self.shapes = np.load(self.folder / "shapes.npy")
-        self.ids = np.load(self.folder / "ids.npy")
-        self._latents: np.ndarray | None = None
+        super().__init__(folder)
+        self.crops, self.settings = int(self.meta["crops"]), self.meta["settings"]
+        self.ids = self.array("ids")
 
     @staticmethod
     def key_for(dataset: BucketBatches, latent_space: LatentSpace, crops: int) -> tuple[str, dict]:
@@ -104,17 +100,14 @@ class LatentCache:
             crops = 1  # every epoch's crop is the same: one is enough
         key, settings = cls.key_for(dataset, latent_space, crops)
         folder = Path(cache_dir) / f"latents-{key}"
-        if (folder / "meta.json").is_file():
+        if (folder / MARKER).is_file():
             return cls(folder)
         n = len(dataset.source)
         targets = [dataset.buckets[b] for b in dataset.bucket_of.tolist()]
-        shapes = np.array([latent_space.latent_shape(t) for t in targets], dtype=np.int64).reshape(n, 3)
-        offsets = np.concatenate([[0], np.cumsum(shapes.prod(axis=1) * crops)]).astype(np.int64)
-        with staged(cache_dir, folder.name, "meta.json") as tmp:
-            latents = np.lib.format.open_memmap(tmp / "latents.npy", mode="w+", dtype=np.float16, shape=(int(offsets[-1]),))
-            ids = np.zeros((n, crops, 6), dtype=np.int64)
+        shapes = np.array([(crops, *latent_space.latent_shape(t)) for t in targets], dtype=np.int64).reshape(n, 4)
+        with cls.create(cache_dir, folder.name, shapes, np.float16) as cache:
+            ids = cache.arrays["ids"] = np.zeros((n, crops, 6), dtype=np.int64)
             rows = np.sort(np.concatenate(dataset.members)) if dataset.members else np.zeros(0, np.int64)
-            failures: dict[int, tuple[int, str, str]] = {}
             jobs = [(int(i), k) for b in range(len(dataset.buckets)) for i in rows[dataset.bucket_of[rows] == b] for k in range(crops)]
             bar = tqdm(total=len(jobs), desc="latent cache", unit="crop", disable=not progress, file=sys.stderr)
             for start in range(0, len(jobs), batch):
@@ -123,7 +116,7 @@ class LatentCache:
                     try:
                         image, cond = dataset.sample(k, i, targets[i])  # (th, tw, 3) uint8, MicroCond
                     except (OSError, ValueError) as err:
-                        failures[i] = (i, dataset.source.names[i], str(err) or type(err).__name__)
+                        cache.fail(i, dataset.source.names[i], str(err) or type(err).__name__)
                         continue
                     pixels.append(image)
                     done.append((i, k))
@@ -134,42 +127,19 @@ class LatentCache:
                     encoded = latent_space.encode(stack).cpu().numpy().astype(np.float16)  # (b, C, h, w)
                     for j, z in zip(same, encoded):
                         i, k = done[j]
-                        size = z.size
-                        latents[offsets[i] + k * size:offsets[i] + (k + 1) * size] = z.reshape(-1)
+                        cache.row(i)[k] = z
                 bar.update(len(jobs[start:start + batch]))
             bar.close()
-            latents.flush()
-            del latents
-            np.save(tmp / "offsets.npy", offsets)
-            np.save(tmp / "shapes.npy", shapes)
-            np.save(tmp / "ids.npy", ids)
-            (tmp / "meta.json").write_text(json.dumps({"key": key, "crops": crops, "settings": settings, "images": n,
-                                                       "failures": sorted(failures.values())}, indent=1))
+            cache.finish({"key": key, "crops": crops, "settings": settings, "images": n})
         return cls(folder)
-
-    @property
-    def latents(self) -> np.ndarray:
-        if self._latents is None:
-            self._latents = np.load(self.folder / "latents.npy", mmap_mode="r")
-        return self._latents
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_latents": None}  # workers map the file themselves
 
     def get(self, i: int, crop: int) -> np.ndarray:
         """Latents of crop ``crop`` of row ``i``: (C, h, w) float16, a read-only view of the map."""
-        shape = tuple(int(v) for v in self.shapes[i])
-        size = int(np.prod(shape))
-        start = int(self.offsets[i]) + crop * size
-        return self.latents[start:start + size].reshape(shape)
-
-    def failed_rows(self) -> list[int]:
-        return [row for row, _, _ in self.failures]
+        return super().get(i)[crop]
 
     def sizes(self) -> dict[str, int]:
         """Bytes on disk; latents are memory-mapped (page cache shared by workers), ids and index in memory."""
-        return {"disk_bytes": sum(p.stat().st_size for p in self.folder.iterdir()), "latent_bytes": int(self.offsets[-1]) * 2,
-                "in_memory_bytes": int(self.ids.nbytes + self.offsets.nbytes + self.shapes.nbytes)}
+        return {"disk_bytes": self.disk_bytes(), "latent_bytes": self.value_bytes(), "in_memory_bytes": int(self.ids.nbytes) + self.index_bytes()}
 
 
 class LatentBatches(BucketBatches):

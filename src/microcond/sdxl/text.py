@@ -15,9 +15,12 @@ import torch
 from tqdm import tqdm
 
 from microcond.data.metadata import captions_of
-from microcond.data.pixelcache import staged
+from microcond.data.ragged import MARKER, RaggedArrays
 from microcond.data.source import ImageSource
 from microcond.sdxl.folders import TEXT_PARTS, folder_identity, require_folder
+
+
+TEXT_CACHE_VERSION = 2  # 2: the ragged-array layout of data.ragged
 
 
 class TextEncoders:
@@ -111,54 +114,47 @@ def _read_captions(shard: str, found: dict[str, str]) -> None:
                     found[key] = text
 
 
-class TextCache:
+class TextCache(RaggedArrays):
     """Each distinct caption's (context, pooled) embedding, computed once, memory-mapped float16.
 
     The text encoders are frozen and captions do not change, so a run can read these files
-    instead of running both encoders every step (and free their memory). Layout of
-    ``CACHE/text-<key>/``: ``context.npy`` (U, L, D), ``pooled.npy`` (U, P), ``captions.json`` (the U
-    distinct captions, in row order). The key covers the encoders' weights and the captions.
-    Disk: U x (L x D + P) x 2 bytes, about 315 KB per distinct caption at SDXL sizes.
+    instead of running both encoders every step (and free their memory). A ragged array
+    (:mod:`microcond.data.ragged`) in ``CACHE/text-<key>/``: row ``u`` is caption ``u``'s context
+    (L, D), ``pooled.npy`` (U, P) beside it, and ``meta.json`` lists the U distinct captions in row
+    order. The key covers the encoders' weights and the captions. Disk: U x (L x D + P) x 2
+    bytes, about 315 KB per distinct caption at SDXL sizes.
     """
 
     def __init__(self, folder: str | Path) -> None:
-        self.folder = Path(folder)
-        self.row_of = {c: i for i, c in enumerate(json.loads((self.folder / "captions.json").read_text()))}
-        self.context = np.load(self.folder / "context.npy", mmap_mode="r")  # (U, L, D) float16
-        self.pooled = np.load(self.folder / "pooled.npy", mmap_mode="r")  # (U, P) float16
+        super().__init__(folder)
+        self.row_of = {c: i for i, c in enumerate(self.meta["captions"])}
+        self.pooled = self.array("pooled")  # (U, P) float16
 
     @classmethod
     def build(cls, captions: Sequence[str], text: TextEncoders, cache_dir: str | Path, *, batch: int = 32, progress: bool = True) -> "TextCache":
         """Encode the distinct captions once, or reuse the files with the same key."""
         distinct = sorted(set(captions))
-        key = hashlib.sha256(json.dumps([text.identity(), distinct]).encode()).hexdigest()[:24]
+        key = hashlib.sha256(json.dumps([TEXT_CACHE_VERSION, text.identity(), distinct]).encode()).hexdigest()[:24]
         folder = Path(cache_dir) / f"text-{key}"
-        if (folder / "captions.json").is_file():
+        if (folder / MARKER).is_file():
             return cls(folder)
-        with staged(cache_dir, folder.name, "captions.json") as tmp:
-            context = pooled = None
+        context, pooled = text.encode(distinct[:1])  # the shapes: (1, L, D), (1, P)
+        with cls.create(cache_dir, folder.name, [context.shape[1:]] * len(distinct), np.float16) as cache:
+            cache.arrays["pooled"] = np.zeros((len(distinct), pooled.shape[1]), dtype=np.float16)
             for start in tqdm(range(0, len(distinct), batch), desc="text cache", unit="batch", disable=not progress, file=sys.stderr):
                 c, p = text.encode(distinct[start:start + batch])  # (b, L, D), (b, P)
-                if context is None:
-                    context = np.lib.format.open_memmap(tmp / "context.npy", mode="w+", dtype=np.float16, shape=(len(distinct), *c.shape[1:]))
-                    pooled = np.lib.format.open_memmap(tmp / "pooled.npy", mode="w+", dtype=np.float16, shape=(len(distinct), p.shape[1]))
-                context[start:start + len(c)] = c.cpu().numpy()
-                pooled[start:start + len(p)] = p.cpu().numpy()
-            context.flush()
-            pooled.flush()
-            del context, pooled
-            (tmp / "captions.json").write_text(json.dumps(distinct))  # written last: marks a complete folder
+                for k, (row_c, row_p) in enumerate(zip(c.cpu().numpy(), p.cpu().numpy())):
+                    cache.row(start + k)[...] = row_c
+                    cache.arrays["pooled"][start + k] = row_p
+            cache.finish({"key": key, "captions": distinct})
         return cls(folder)
 
     def lookup(self, captions: Sequence[str], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(context (B, L, D), pooled (B, P)) float32 for captions that were cached."""
         rows = [self.row_of[c] for c in captions]
-        context = torch.from_numpy(np.stack([self.context[r] for r in rows])).float()
+        context = torch.from_numpy(np.stack([self.get(r) for r in rows])).float()
         pooled = torch.from_numpy(np.stack([self.pooled[r] for r in rows])).float()
         return context.to(device), pooled.to(device)
-
-    def disk_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.folder.iterdir())
 
 
 def read_prompts(path: str | Path, flag: str = "--prompts") -> list[str]:

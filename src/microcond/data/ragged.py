@@ -118,8 +118,9 @@ class RaggedArrays:
         """Build ``cache_dir/name`` with rows of ``shapes``; the body fills them and ends with
         ``writer.finish(meta)`` (meta holds at least the key)."""
         shapes = np.asarray(shapes, dtype=np.int64)
+        shapes = shapes.reshape(len(shapes), -1) if len(shapes) else shapes.reshape(0, 0)  # (N, ndim), no rows allowed
         with staged(cache_dir, name) as tmp:
-            writer = RaggedWriter(tmp, shapes.reshape(len(shapes), -1), np.dtype(dtype))
+            writer = RaggedWriter(tmp, shapes, np.dtype(dtype))
             yield writer
             if not (tmp / MARKER).is_file():
                 raise RuntimeError(f"the build of {name} ended without finish(meta)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import select
 import subprocess
 import sys
@@ -69,7 +70,10 @@ def test_two_processes_match_one(tmp_path, image_folder, env, launcher):
     assert one.returncode == 0, one.stderr
     cli = ["-m", "microcond.cli", "train", "--out", str(tmp_path / "two"), *common]
     if launcher == "torchrun":
-        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517", *cli],
+        with socket.socket() as sock:  # a free port, not a fixed one another process may hold
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *cli],
                              env=env, capture_output=True, text=True, timeout=300)
     else:  # microcond launches its own ranks
         two = subprocess.run([sys.executable, *cli, "--procs", "2"], env=env, capture_output=True, text=True, timeout=300)

@@ -376,8 +376,9 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"microcond {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"microcond {args.command}: interrupted" + ("; run the same command again to resume" if args.command == "train" else ""),
+              file=sys.stderr)
+        return 1
 
 
 class Terminated(BaseException):

@@ -11,7 +11,8 @@ import torch
 
 from microcond.demodata.build import PALETTE, DemoDataConfig, build_demo_data
 from microcond.experiments.paper import detector_floor
-from microcond.metrics.cropeffect import CROP_QUERIES, real_crops, real_effect, slope
+from microcond.metrics.cropeffect import CROP_QUERIES, real_crops, real_effect
+from microcond.metrics.stats import slope
 from microcond.metrics.evaluate import cut_off, object_centres
 
 

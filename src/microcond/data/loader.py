@@ -44,7 +44,7 @@ from microcond.cond.record import MicroCond
 from microcond.data.buckets import Bucket
 from microcond.data.crop import CROP_MODES, crop
 from microcond.data.pixelcache import PixelCache, bucket_targets, cache_key
-from microcond.data.skips import Skips, worker_errors
+from microcond.data.skips import Skips, check_num_workers, worker_errors
 from microcond.data.source import SHUFFLE_STREAM, ImageSource, collate, default_cache_dir, sample_rng
 from microcond.data.urls import expand_urls, is_stream
 
@@ -238,8 +238,7 @@ class ResumableLoader:
     """Iterates a :class:`BucketBatches` through a DataLoader and counts consumed batches."""
 
     def __init__(self, dataset: BucketBatches, num_workers: int = 0, prefetch_factor: int = 2) -> None:
-        if not (isinstance(num_workers, int) and num_workers >= 0):
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        check_num_workers(num_workers)
         self.dataset, self.num_workers, self.prefetch_factor = dataset, num_workers, prefetch_factor
         self.consumed = 0  # global batches handed out since dataset.position
         self.skips = Skips("microcond loader", quiet=True)  # every worker's, merged from the batches

@@ -1,5 +1,6 @@
-"""What loading reports: samples left out (counted, summarised, bounded in memory and in print),
-and a loader worker's error as one line.
+"""What the two loaders (indexed and streamed) share around their DataLoader workers: samples
+left out (counted, summarised, bounded in memory and in print), a worker's error as one line,
+and the check of the worker count.
 
 A loader that meets a bad sample skips it and goes on; a stream that meets the same bad sample
 every epoch, or a data set that is bad throughout, must neither fill the terminal nor grow a list
@@ -84,6 +85,12 @@ class Skips:
     def summary(self) -> dict[str, Any]:
         """For data.json: the count, the count per kind (most common first) and the first examples."""
         return {"count": self.count, "kinds": dict(self.kinds.most_common()), "examples": [list(e) for e in self.examples]}
+
+
+def check_num_workers(num_workers: int) -> None:
+    """The loaders' DataLoader worker count: a non-negative integer (0 loads in the main process)."""
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
 
 
 def worker_errors(batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

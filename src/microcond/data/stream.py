@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from microcond.data.buckets import Bucket, assign_bucket
 from microcond.data.crop import CROP_MODES, crop, load_resized
 from microcond.data.shards import SHARD_STRIDE, sample_info, sample_key, tar_samples
-from microcond.data.skips import Skips, worker_errors
+from microcond.data.skips import Skips, check_num_workers, worker_errors
 from microcond.data.source import SHUFFLE_STREAM, SIZE_SOURCES, collate, sample_rng, told_size
 from microcond.data.urls import open_url
 
@@ -250,8 +250,7 @@ class StreamLoader:
     worker, the position after the last batch handed out: the state a checkpoint saves."""
 
     def __init__(self, stream: ShardStream, num_workers: int = 0, prefetch_factor: int = 2) -> None:
-        if not (isinstance(num_workers, int) and num_workers >= 0):
-            raise ValueError(f"num_workers must be a non-negative integer, got {num_workers!r}")
+        check_num_workers(num_workers)
         self.stream, self.num_workers, self.prefetch_factor = stream, num_workers, prefetch_factor
         self.roles = max(num_workers, 1)
         check_shards(len(stream.urls), stream.world_size, self.roles)  # here, not in a worker's traceback

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from microcond.cond.record import SIGNALS, MicroCond
-from microcond.metrics.stats import rate
+from microcond.metrics.stats import rate, slope
 
 TRAIN_SIZE = 32
 WIDE = (64, 128)  # a 1:2 original: resized to 32x64, so crops can cut 32 px off its width
@@ -57,21 +56,6 @@ def real_crops(data: Path, query: MicroCond, limit: int = 2000) -> torch.Tensor:
     if not out:
         raise ValueError(f"{data} holds no training image of the query's shape {query.original_size}")
     return stack_hwc(out)  # (N, 3, 32, 32)
-
-
-def slope(offsets: Sequence[float], centres: Sequence[float]) -> dict:
-    """Least-squares slope of object centre x against c_left, with a 95% interval (normal, OLS
-    standard error); images without an object (NaN) are left out."""
-    x, y = np.asarray(offsets, dtype=np.float64), np.asarray(centres, dtype=np.float64)
-    keep = np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < 3 or np.ptp(x) == 0:
-        return {"slope": float("nan"), "low": float("nan"), "high": float("nan"), "n": int(len(x))}
-    xc = x - x.mean()
-    b = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
-    residual = y - y.mean() - b * xc
-    se = math.sqrt((residual**2).sum() / (len(x) - 2) / (xc * xc).sum())
-    return {"slope": b, "low": b - 1.96 * se, "high": b + 1.96 * se, "n": int(len(x))}
 
 
 def position_sweep(images_by_left: dict[int, torch.Tensor], palette) -> dict:

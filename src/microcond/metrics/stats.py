@@ -78,3 +78,18 @@ def rate(flags) -> dict:
     k, n = int(sum(bool(f) for f in flags)), len(flags)
     low, high = wilson(k, n)
     return {"rate": k / max(n, 1), "low": low, "high": high, "n": n}
+
+
+def slope(offsets: Sequence[float], centres: Sequence[float]) -> dict:
+    """Least-squares slope of ``centres`` against ``offsets`` (object centre x against c_left), with a 95% interval (normal, OLS
+    standard error); images without an object (NaN) are left out."""
+    x, y = np.asarray(offsets, dtype=np.float64), np.asarray(centres, dtype=np.float64)
+    keep = np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 3 or np.ptp(x) == 0:
+        return {"slope": float("nan"), "low": float("nan"), "high": float("nan"), "n": int(len(x))}
+    xc = x - x.mean()
+    b = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    residual = y - y.mean() - b * xc
+    se = math.sqrt((residual**2).sum() / (len(x) - 2) / (xc * xc).sum())
+    return {"slope": b, "low": b - 1.96 * se, "high": b + 1.96 * se, "n": int(len(x))}

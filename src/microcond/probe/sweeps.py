@@ -14,7 +14,7 @@ general checkpoint draws any background, so the demo's colour-based cut-off dete
 its objects; :mod:`microcond.metrics.objects` finds them where the detail is. Per query the report gives
 the cut-off rate, the sides the objects touch and the object centre. A crop from the left moves
 the content left, so a model that follows c_crop moves the centre left as c_left grows: the
-report gives that slope in px per px of requested crop (:func:`microcond.metrics.cropeffect.slope`, the
+report gives that slope in px per px of requested crop (:func:`microcond.metrics.stats.slope`, the
 project's Fig. 4 measure), and each query's shift from the first query, image by image.
 
 The module imports torch and diffusers only when it samples, so the command line starts without
@@ -35,7 +35,7 @@ import numpy as np
 
 from microcond.base.files import atomic_write_text
 from microcond.cond.record import MicroCond
-from microcond.metrics.cropeffect import slope
+from microcond.metrics.stats import slope
 from microcond.metrics.stats import mean_interval, rate, spearman
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ def training_scheduler(cfg: TrainConfig) -> DDPMScheduler:
     """Discrete 1000-step DDPM (SDXL section 2.5) as diffusers defines it.
 
     Pixel-space samplers clip the predicted clean image to [-1, 1] (Ho et al. 2020, and
-    diffusers' default); latents are unbounded, so the SDXL preset does not clip.
+    diffusers' default); latents are unbounded, so a run with a VAE does not clip.
     """
-    clip = cfg.preset != "sdxl"
+    clip = not cfg.vae
     if cfg.beta_schedule == "scaled_linear":  # SDXL's betas
         return DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=cfg.prediction_type, clip_sample=clip)
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule=cfg.beta_schedule, prediction_type=cfg.prediction_type, clip_sample=clip)

@@ -153,3 +153,20 @@ def read_index(path: str | os.PathLike, *, usable: bool | None = None, columns: 
             absolute = pc.binary_join_element_wise(base.rstrip(os.sep), rel, os.sep)
         table = table.set_column(table.schema.get_field_index("path"), "path", absolute)
     return table.select(columns)
+
+
+def read_sizes(path: str | os.PathLike, effective: bool = True) -> dict[str, tuple[int, int]]:
+    """(h, w) after EXIF orientation of each usable file of a scan index, by absolute path: the
+    effective size (the size before any upscaling, ``microcond scan --effective``) where it was
+    measured and ``effective`` is set, else the file's. Feed it to
+    :class:`microcond.data.CropStep` (``sizes=``) to condition on effective sizes."""
+    columns = ["path", "height", "width"] + (["effective_height", "effective_width"] if effective else [])
+    table = read_index(path, usable=True, columns=columns).to_pydict()
+    sizes = {}
+    for k, name in enumerate(table["path"]):
+        h, w = table["height"][k], table["width"][k]
+        if effective and table["effective_height"][k] is not None and table["effective_width"][k] is not None:
+            h, w = table["effective_height"][k], table["effective_width"][k]
+        sizes[name] = (int(h), int(w))
+    return sizes
+

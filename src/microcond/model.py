@@ -73,8 +73,10 @@ PIXEL_PRESETS = {
 POOLED_DIM = 64  # width of the pooled slot (class vector) for pixel-space presets; SDXL: 1280
 
 
-def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretrained: str = "") -> MicroCondUNet:
-    """A ``text_time`` UNet for a preset; ``sdxl`` loads one from a local folder (never downloads)."""
+def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretrained: str = "", weights: bool = True) -> MicroCondUNet:
+    """A ``text_time`` UNet for a preset; ``sdxl`` loads one from a local folder (never downloads),
+    or only its architecture with ``weights=False`` (build it under ``torch.device("meta")`` to
+    count and plan without memory)."""
     if preset == "sdxl":
         from pathlib import Path
 
@@ -83,7 +85,10 @@ def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretra
             folder = folder / "unet"
         if not (folder / "config.json").exists():
             raise ValueError(f"--pretrained {pretrained!r} holds no UNet (expected config.json there or in unet/)")
-        unet = MicroCondUNet.from_pretrained(folder, local_files_only=True, use_safetensors=True)  # never unpickle a .bin
+        if weights:
+            unet = MicroCondUNet.from_pretrained(folder, local_files_only=True, use_safetensors=True)  # never unpickle a .bin
+        else:
+            unet = MicroCondUNet.from_config(MicroCondUNet.load_config(folder))
         pooled = unet.add_embedding.linear_1.in_features - unet.config.addition_time_embed_dim * embedder.n_ids
         check_embedder_matches(unet, embedder, pooled)
         return unet

@@ -212,7 +212,11 @@ def _run_train(args: argparse.Namespace) -> int:
 
     cfg = config_mod.resolve(toml_path=args.config, overrides=config_mod.flag_overrides(args))
     if args.dry_run:
+        from microcond.train.memory import describe, memory_plan
+
         print(json.dumps(config_mod.to_dict(cfg), indent=2))
+        layout = 1 if args.argv is None or "WORLD_SIZE" in os.environ else max(args.procs, 1)
+        print("\n".join(describe(memory_plan(cfg, world_size=int(os.environ.get("WORLD_SIZE", layout))))), file=sys.stderr)
         return 0
     if not args.out:
         raise ValueError("train needs --out RUN_FOLDER (or --dry-run to only print the config)")

@@ -438,3 +438,19 @@ def test_soak_streamed_training_on_good_and_bad_shards_counts_every_skip(tmp_pat
     reasons = " ".join(report["kinds"])
     for words in ("damaged tar", "empty file", "JSON is unreadable", "another aspect", "command 'false' exited with status N"):
         assert words in reasons, (words, reasons)
+
+
+def test_13_a_forked_worker_of_the_command_dies_of_sigterm_as_by_default(tmp_path):
+    """The command's SIGTERM handler unwinds the command itself; a process forked from it (a
+    decoding pool's worker) must die as by default, or Pool.terminate waits on it for ever."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, os, signal, sys, time\ncli = importlib.import_module('microcond.cli.main')\n"
+            "cli._COMMAND_PID = os.getpid(); signal.signal(signal.SIGTERM, cli._terminated)\n"
+            "child = os.fork()\n"
+            "if child == 0:\n    time.sleep(30); os._exit(0)\n"
+            "time.sleep(0.5); os.kill(child, signal.SIGTERM); _, status = os.waitpid(child, 0)\n"
+            "print(os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "True", out.stderr

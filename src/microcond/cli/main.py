@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_runtime_env(sys.argv[1:])
     if argv is None:  # the console command: SIGTERM unwinds like an error, so locks and children are released
+        global _COMMAND_PID
+        _COMMAND_PID = os.getpid()
         signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.run(args)
@@ -391,6 +393,13 @@ class Terminated(BaseException):
 
 
 def _terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _COMMAND_PID:  # a forked worker (a decoding pool, a DataLoader's): die as by default,
+        signal.signal(signum, signal.SIG_DFL)  # never unwind inside multiprocessing's locks
+        os.kill(os.getpid(), signum)
+        return
     raise Terminated(signal.Signals(signum).name)
+
+
+_COMMAND_PID = os.getpid()  # the process whose SIGTERM unwinds; set again where the handler is installed
 
 

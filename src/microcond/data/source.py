@@ -120,7 +120,8 @@ class ImageSource:
         folder = Path(os.path.abspath(path))  # read_index's paths are absolute the same way
         if not folder.is_dir():
             raise ValueError(f"expected an image folder, got {str(path)!r} (not a directory); pass the folder that holds the images")
-        from microcond.data import scan
+        from microcond.data.index import read_index
+        from microcond.data.scan import scan
 
         if index_path is None:
             if cache_dir is None:
@@ -129,9 +130,9 @@ class ImageSource:
                 )
             index_path = Path(cache_dir) / f"index-{_short_hash(str(folder))}.parquet"
             Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            report = scan.scan([folder], index_path, effective=size_source != "file")  # incremental: unchanged files reused
+            report = scan([folder], index_path, effective=size_source != "file")  # incremental: unchanged files reused
             print(report.line(), file=sys.stderr)
-        rows = scan.read_index(index_path).to_pydict()
+        rows = read_index(index_path).to_pydict()
         label_of = labels_of(folder) if labels else {}
         return cls.from_rows(rows, folder, label_of, min_original_edge, size_source)
 

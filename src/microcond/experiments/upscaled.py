@@ -86,7 +86,7 @@ def index_variants(data: Path, root: Path, truth: dict[str, list[int]], progress
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from microcond.data import scan
+    from microcond.data.scan import scan
     from microcond.data.effective import ESTIMATOR_VERSION
     from microcond.data.index import index_schema, index_settings
 
@@ -102,7 +102,7 @@ def index_variants(data: Path, root: Path, truth: dict[str, list[int]], progress
         for item in data.iterdir():
             if not (folder / item.name).exists():
                 _link(item, folder / item.name)
-        print(scan.scan([folder], index, effective=source == "effective", progress=progress).line())
+        print(scan([folder], index, effective=source == "effective", progress=progress).line())
         if source == "true":  # the generator's knowledge in the columns the loader reads for "effective"
             table = pq.read_table(index)
             names = [Path(p).name for p in table.column("path").to_pylist()]  # the split is one flat folder

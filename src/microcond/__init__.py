@@ -7,8 +7,9 @@ Sizes are ``(height, width)`` and crops ``(top, left)``, in pixels, everywhere; 
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from microcond.base.exports import lazy_names
 
 __version__ = "0.1.0"
 
@@ -36,13 +37,4 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from microcond.sample.pipeline import MicroCondXLPipeline
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'microcond' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_names("microcond", _EXPORTS, globals())

@@ -8,8 +8,9 @@ the torch-free ones start fast): :class:`CropStep` (sample -> cropped sample wit
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from microcond.base.exports import lazy_names
 
 _EXPORTS = {
     "CropStep": "microcond.data.step",
@@ -28,13 +29,4 @@ if TYPE_CHECKING:  # what editors and type checkers see
     from microcond.data.step import CropStep
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'microcond.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_names("microcond.data", _EXPORTS, globals())

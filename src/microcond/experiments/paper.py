@@ -70,6 +70,8 @@ ABLATIONS = {
                           {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "zero_init_conditioning": True}),
     "v-sd4-center-2x": ("as v-sd4-center, twice the training images", "wide",
                         {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "steps": 4000}),
+    "v-sd4-center-lr2": ("as v-sd4-center, learning rate 2e-3", "wide",
+                         {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "lr": 2e-3}),
 }
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).

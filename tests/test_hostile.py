@@ -446,8 +446,8 @@ def test_13_a_forked_worker_of_the_command_dies_of_sigterm_as_by_default(tmp_pat
     import subprocess
     import sys
 
-    code = ("import importlib, os, signal, sys, time\ncli = importlib.import_module('microcond.cli.main')\n"
-            "cli._COMMAND_PID = os.getpid(); signal.signal(signal.SIGTERM, cli._terminated)\n"
+    code = ("import os, signal, sys, time\nfrom microcond.cli.common import unwind_on_sigterm\n"
+            "unwind_on_sigterm()\n"
             "child = os.fork()\n"
             "if child == 0:\n    time.sleep(30); os._exit(0)\n"
             "time.sleep(0.5); os.kill(child, signal.SIGTERM); _, status = os.waitpid(child, 0)\n"

@@ -9,15 +9,34 @@ accepts the features precomputed by :class:`~microcond.cond.embedder.MicroCondEm
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from diffusers import UNet2DConditionModel
 
 from microcond.cond.embedder import MicroCondEmbedder
 
-if TYPE_CHECKING:  # the training config describes a model; the model does not need it to run
-    from microcond.train.config import TrainConfig
+
+class ModelSettings(Protocol):
+    """The fields of a training config (:class:`microcond.train.config.TrainConfig`) that say
+    which denoiser to build and how its parameters train; the model stage does not import the
+    training stage above it."""
+
+    preset: str
+    resolution: int
+    pretrained: str
+    signals: tuple[str, ...]
+    cond_dropout: float
+    num_classes: int
+    text_encoders: str
+    class_dropout: float
+    caption_dropout: float
+    zero_init_conditioning: bool
+    center_micro_features: bool
+    gradient_checkpointing: bool
+    lr: float
+    add_embedding_lr: float
+    weight_decay: float
 
 
 class MicroCondUNet(UNet2DConditionModel):
@@ -210,7 +229,7 @@ def center_bias(state: dict[str, torch.Tensor], center: torch.Tensor, pooled_dim
     return {**state, f"{prefix}add_embedding.linear_1.bias": folded}
 
 
-def param_groups(model: Denoiser, cfg: TrainConfig) -> list[dict]:
+def param_groups(model: Denoiser, cfg: ModelSettings) -> list[dict]:
     """AdamW groups: the UNet's conditioning MLP at ``add_embedding_lr`` when set, the rest at ``lr``;
     a zero-initialised conditioning output layer is kept out of weight decay (DiT, EDM2), which
     would otherwise pull it back to its start.
@@ -287,7 +306,7 @@ class ConditioningHealth:
                 "class and micro-conditions barely reach the model (pixel presets: --center-micro-features on; or a lower --add-embedding-lr)")
 
 
-def build_denoiser(cfg: TrainConfig) -> Denoiser:
+def build_denoiser(cfg: ModelSettings) -> Denoiser:
     """The denoiser a config describes: the preset's UNet (or --pretrained's) with its embedder."""
     embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
     unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)

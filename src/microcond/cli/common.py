@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import signal
 import typing
 
 EPILOG_INDENT = "  "
@@ -72,3 +74,26 @@ OFFSET = integer(0, 1 << 20, "a crop offset in px")
 COUNT = integer(1, MAX_COUNT, "a positive integer")
 SEED = integer(0, 2**63 - 1, "a seed")
 SCALE = number(0.0, 1000.0, "a guidance scale")
+
+
+class Terminated(BaseException):
+    """SIGTERM received: raised where the command stands, so that ``with`` blocks and ``finally``
+    clauses run (the run lock, pipe commands, data-parallel ranks)."""
+
+
+_COMMAND_PID = 0  # the process whose SIGTERM unwinds (unwind_on_sigterm)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    if os.getpid() != _COMMAND_PID:  # a forked worker (a decoding pool, a DataLoader's): die as by default,
+        signal.signal(signum, signal.SIG_DFL)  # never unwind inside multiprocessing's locks
+        os.kill(os.getpid(), signum)
+        return
+    raise Terminated(signal.Signals(signum).name)
+
+
+def unwind_on_sigterm() -> None:
+    """Make SIGTERM raise :class:`Terminated` in this process (processes forked later die of it)."""
+    global _COMMAND_PID
+    _COMMAND_PID = os.getpid()
+    signal.signal(signal.SIGTERM, _terminated)

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import textwrap
 
-from microcond.cli.common import OneLineParser, example_lines, integer, subparser
+from microcond.cli.common import OneLineParser, Terminated, example_lines, integer, subparser, unwind_on_sigterm
 from microcond.cli.data import add_report, add_scan, add_shard
 from microcond.cli.probe import add_probe
 from microcond.cli.sampling import add_evaluate, add_sample, add_sweep
@@ -362,9 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ensure_runtime_env(sys.argv[1:])
     if argv is None:  # the console command: SIGTERM unwinds like an error, so locks and children are released
-        global _COMMAND_PID
-        _COMMAND_PID = os.getpid()
-        signal.signal(signal.SIGTERM, _terminated)
+        unwind_on_sigterm()
     try:
         return args.run(args)
     except BrokenPipeError:  # output piped into `head` and closed early
@@ -385,21 +382,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"microcond {args.command}: interrupted" + ("; run the same command again to resume" if args.command == "train" else ""),
               file=sys.stderr)
         return 1
-
-
-class Terminated(BaseException):
-    """SIGTERM received: raised where the program stands, so that ``with`` blocks and ``finally``
-    clauses run (the run lock, pipe commands, data-parallel ranks)."""
-
-
-def _terminated(signum: int, frame: object) -> None:
-    if os.getpid() != _COMMAND_PID:  # a forked worker (a decoding pool, a DataLoader's): die as by default,
-        signal.signal(signum, signal.SIG_DFL)  # never unwind inside multiprocessing's locks
-        os.kill(os.getpid(), signum)
-        return
-    raise Terminated(signal.Signals(signum).name)
-
-
-_COMMAND_PID = os.getpid()  # the process whose SIGTERM unwinds; set again where the handler is installed
-
-

@@ -55,14 +55,21 @@ class ChildPipe:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
 
-    def close(self) -> None:
-        """Stop reading; a command still running is stopped with its group. Raises OSError when
-        the command failed on its own (a missing file, a download that gave up)."""
+    def close(self, grace: float = 0.0) -> None:
+        """Stop reading. A command still running after ``grace`` seconds (with its output closed
+        it ends soon, SIGPIPE at the latest) is stopped with its group and its status ignored;
+        a command that failed on its own (a missing file, a download that gave up) raises OSError."""
         if self.proc.stdout.closed:
             return
         self.proc.stdout.close()
-        self.kill_group()
-        code = self.proc.wait()
+        try:
+            code = self.proc.wait(timeout=grace) if grace else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            self.kill_group()
+            self.proc.wait()
+            code = 0
         _open.discard(self)
         if code != 0 and code not in EARLY_STOP:
             raise OSError(f"command {self._shown()!r} exited with status {code}")
@@ -74,21 +81,9 @@ class ChildPipe:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-            return
         # Already failing (the reader found no tar, say): a command that failed on its own is the
-        # cause worth reporting. With its output closed it ends soon (SIGPIPE at the latest).
-        self.proc.stdout.close()
-        try:
-            code = self.proc.wait(timeout=2.0)
-        except subprocess.TimeoutExpired:
-            self.kill_group()
-            self.proc.wait()
-            code = 0
-        _open.discard(self)
-        if code != 0 and code not in EARLY_STOP:
-            raise OSError(f"command {self._shown()!r} exited with status {code}") from None
+        # cause worth reporting, so it gets a moment to end by itself.
+        self.close(grace=2.0 if exc[0] is not None else 0.0)
 
 
 @atexit.register

@@ -93,13 +93,20 @@ class PixelCache(RaggedArrays):
         with cls.create(cache_dir, folder.name, np.asarray(shapes, dtype=np.int64).reshape(len(source), 3), np.uint8) as cache:
             jobs = [(i, t, tuple(background), fast) for i, t in enumerate(targets)]
             bar = tqdm(total=len(jobs), desc="pixel cache", unit="img", disable=not progress, file=sys.stderr)
-            with multiprocessing.get_context("fork").Pool(max(1, processes), _init_build, (source,)) as pool:
+            pool = multiprocessing.get_context("fork").Pool(max(1, processes), _init_build, (source,))
+            try:
                 for i, array, reason in pool.imap_unordered(_load_row, jobs, chunksize=16):
                     if array is None:
                         cache.fail(i, source.names[i], reason)
                     else:
                         cache.row(i)[...] = array
                     bar.update()
+                pool.close()  # every task done: the workers end on their own (Pool.terminate, the
+            except BaseException:  # context manager's exit, can hang on the queue's lock held by a worker)
+                pool.terminate()
+                raise
+            finally:
+                pool.join()
             bar.close()
             cache.finish({"key": key, "buckets": [list(b) for b in buckets], "images": len(source)})
         return cls(folder, in_memory)

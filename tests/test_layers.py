@@ -14,7 +14,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "microcond"
 
 # Lowest first; a stage imports only from stages before it (and from itself).
-LAYERS = ["base", "cond", "data", "demodata", "model", "train", "sdxl", "sample", "metrics", "probe", "experiments", "cli"]
+LAYERS = ["base", "cond", "data", "demodata", "lora", "model", "train", "sdxl", "sample", "metrics", "probe", "experiments", "cli"]
 
 
 def stage_of(module: str) -> str | None:

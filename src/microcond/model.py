@@ -30,8 +30,12 @@ class ModelSettings(Protocol):
     num_classes: int
     text_encoders: str
     class_dropout: float
+    class_vector_std: float
     caption_dropout: float
     zero_init_conditioning: bool
+    lora_rank: int
+    lora_alpha: float
+    lora_add_embedding: bool
     center_micro_features: bool
     gradient_checkpointing: bool
     lr: float
@@ -145,7 +149,8 @@ class Denoiser(torch.nn.Module):
     """
 
     def __init__(self, unet: MicroCondUNet, embedder: MicroCondEmbedder, num_classes: int, text: bool = False,
-                 class_dropout: float = 0.0, caption_dropout: float = 0.0, micro_center: torch.Tensor | None = None) -> None:
+                 class_dropout: float = 0.0, caption_dropout: float = 0.0, micro_center: torch.Tensor | None = None,
+                 class_vector_std: float = 0.02) -> None:
         super().__init__()
         self.unet = unet
         self.embedder = embedder
@@ -161,7 +166,7 @@ class Denoiser(torch.nn.Module):
         if not text:
             # Row num_classes is the null class (unconditional); 0 classes = always null.
             self.class_embedding = torch.nn.Embedding(num_classes + 1, self.pooled_dim)
-            torch.nn.init.normal_(self.class_embedding.weight, std=0.02)
+            torch.nn.init.normal_(self.class_embedding.weight, std=class_vector_std)
 
     def sample_label_drop(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(B,) bool: labels replaced by the null class, each with probability ``class_dropout``
@@ -313,8 +318,33 @@ def build_denoiser(cfg: ModelSettings) -> Denoiser:
     if cfg.zero_init_conditioning:  # the conditions start with no effect and grow in (DiT's adaLN-Zero)
         torch.nn.init.zeros_(unet.add_embedding.linear_2.weight)
         torch.nn.init.zeros_(unet.add_embedding.linear_2.bias)
+    if cfg.lora_rank:
+        from microcond.lora import add_lora
+
+        add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_add_embedding)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     center = micro_center(embedder, cfg.resolution) if cfg.center_micro_features and embedder.n_ids else None
     return Denoiser(unet, embedder, cfg.num_classes, text=bool(cfg.text_encoders), class_dropout=cfg.class_dropout, caption_dropout=cfg.caption_dropout,
-                    micro_center=center)
+                    micro_center=center, class_vector_std=cfg.class_vector_std)
+
+
+def trained_state(model: torch.nn.Module, lora: bool) -> dict[str, torch.Tensor]:
+    """What a checkpoint keeps of the model: its whole state, or with LoRA only the trained
+    parameters (the frozen rest is the pretrained UNet, read from --pretrained again)."""
+    if not lora:
+        return model.state_dict()
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trained(model: torch.nn.Module, tensors: dict[str, torch.Tensor], lora: bool) -> None:
+    """Load :func:`trained_state`'s tensors; with LoRA, refuse any that are not a trained parameter
+    and any trained parameter that is missing."""
+    if not lora:
+        model.load_state_dict(tensors)
+        return
+    trained = set(trained_state(model, lora))
+    if set(tensors) != trained:
+        extra, missing = sorted(set(tensors) - trained), sorted(trained - set(tensors))
+        raise ValueError(f"checkpoint does not match the LoRA model: {len(extra)} unexpected tensors {extra[:2]}, {len(missing)} missing {missing[:2]}")
+    model.load_state_dict(tensors, strict=False)

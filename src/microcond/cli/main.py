@@ -287,20 +287,27 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         sub,
         "export",
         "Write a run's EMA UNet as a diffusers UNet2DConditionModel folder (SDXL parameter names), or "
-        "a whole StableDiffusionXLPipeline folder for a run trained with --vae and --text-encoders.",
+        "a whole StableDiffusionXLPipeline folder for a run trained with --vae and --text-encoders, or a LoRA run's adapters as one LoRA file.",
         ["microcond export runs/tiny --diffusers exported/tiny-unet", "microcond export runs/ft --diffusers out/unet --no-ema",
-         "microcond export runs/ft --pipeline out/sdxl-ft   # StableDiffusionXLPipeline.from_pretrained('out/sdxl-ft')"],
+         "microcond export runs/ft --pipeline out/sdxl-ft   # StableDiffusionXLPipeline.from_pretrained('out/sdxl-ft')",
+         "microcond export runs/lora --lora out/lora.safetensors   # pipe.load_lora_weights('out/lora.safetensors')"],
     )
     p.add_argument("run_dir", metavar="RUN", help="a run folder written by `microcond train`")
     target = p.add_mutually_exclusive_group(required=True)
     target.add_argument("--diffusers", metavar="DIR", help="output folder for the UNet (save_pretrained layout)")
     target.add_argument("--pipeline", metavar="DIR", help="output folder for a full pipeline: unet/ plus the run's VAE and "
-                        "text encoders (hard-linked where possible), scheduler/, model_index.json")
+                        "text encoders (hard-linked where possible), scheduler/, model_index.json (a LoRA run: adapters merged)")
+    target.add_argument("--lora", metavar="FILE", help="a LoRA run: its adapters as a diffusers LoRA .safetensors file")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.set_defaults(run=_run_export)
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    if args.lora:
+        from microcond.sample.run import export_lora
+
+        print(f"wrote {export_lora(args.run_dir, args.lora, ema=not args.no_ema)} (load with StableDiffusionXLPipeline.load_lora_weights)")
+        return 0
     if args.pipeline:
         from microcond.sample.export import export_pipeline
 

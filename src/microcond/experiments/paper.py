@@ -72,10 +72,12 @@ ABLATIONS = {
                         {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "steps": 4000}),
     "v-sd4-center-lr2": ("as v-sd4-center, learning rate 2e-3", "wide",
                          {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "lr": 2e-3}),
+    "v-sd4-center-cls1": ("as v-sd4-center, class vectors initialised at scale 1 (as the micro features beside them)", "wide",
+                          {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "class_vector_std": 1.0}),
 }
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).
-GUIDED = {"edm-cfg2": ("edm", 2.0), "v-sd4-center-cfg3": ("v-sd4-center", 3.0)}
+GUIDED = {"edm-cfg2": ("edm", 2.0), "v-sd4-center-cfg3": ("v-sd4-center", 3.0), "v-sd4-center-cls1-cfg4": ("v-sd4-center-cls1", 4.0)}
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,11 @@ import torch
 from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
-from microcond.base.files import atomic_write_text
+from microcond.base.files import atomic_path, atomic_write_text
 from microcond.cond.embedder import SIGNALS
 from microcond.cond.record import MicroCond
-from microcond.model import Denoiser, build_denoiser, center_bias
+from microcond.lora import merge_lora
+from microcond.model import Denoiser, build_denoiser, center_bias, load_trained
 from microcond.sample.samplers import crop_sweep, guidance_partners, make_cond, original_size_sweep, sample, sweep
 from microcond.train import config as config_mod
 from microcond.train.checkpoint import load_newest
@@ -58,9 +59,9 @@ def load_run(run_dir: str | Path, ema: bool = True, device: str | torch.device =
         raise ValueError(f"{run_dir} has no complete checkpoint yet; train longer than checkpoint_every steps")
     _, tensors, state = newest
     scheduler_config = json.loads((run_dir / "scheduler_config.json").read_text())
-    model = build_denoiser(cfg)
+    model = build_denoiser(cfg)  # with LoRA: the pretrained UNet and fresh adapters, then the trained tensors
     weights = tensors["model"]
-    model.load_state_dict(with_ema(weights, tensors["ema"]) if ema else weights)
+    load_trained(model, with_ema(weights, tensors["ema"]) if ema else weights, bool(cfg.lora_rank))
     return model.to(device).eval(), cfg, scheduler_config, state["step"]
 
 
@@ -139,6 +140,8 @@ def export_diffusers(run_dir: str | Path, out_dir: str | Path, ema: bool = True)
 def write_unet(run_dir: str | Path, out_dir: Path, ema: bool = True) -> None:
     """The body of :func:`export_diffusers`, written straight into ``out_dir``."""
     model, cfg, scheduler_config, step = load_run(run_dir, ema=ema)
+    if cfg.lora_rank:
+        merge_lora(model.unet)  # the adapters folded into the weights: a plain SDXL UNet
     plain = UNet2DConditionModel.from_config(model.unet.config)
     plain.load_state_dict(center_bias(model.unet.state_dict(), model.micro_center, model.pooled_dim, prefix=""))  # SDXL-exact on plain F(ids)
     plain.save_pretrained(out_dir, safe_serialization=True)
@@ -146,6 +149,30 @@ def write_unet(run_dir: str | Path, out_dir: Path, ema: bool = True) -> None:
         save_file({"weight": model.class_embedding.weight.detach().contiguous()}, str(out_dir / "class_embedding.safetensors"))
     meta = {"signals": list(cfg.signals), "num_classes": cfg.num_classes, "resolution": cfg.resolution, "step": step, "ema": ema, "scheduler": scheduler_config}
     (out_dir / "microcond.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def export_lora(run_dir: str | Path, path: str | Path, ema: bool = True) -> Path:
+    """Write a LoRA run's (EMA) adapters as one diffusers LoRA file (:func:`microcond.lora.lora_file`)
+    that ``StableDiffusionXLPipeline.load_lora_weights`` loads onto the run's --pretrained UNet."""
+    from microcond.lora import lora_file, pretrained_tensors
+
+    run_dir, path = Path(run_dir), Path(path)
+    cfg = run_config(run_dir)
+    if not cfg.lora_rank:
+        raise ValueError(f"{run_dir} trained the whole UNet, not LoRA adapters: export it with --diffusers or --pipeline")
+    if path.is_dir() or path.suffix != ".safetensors":
+        raise ValueError(f"--lora {path} must name a .safetensors file")
+    model, _, _, step = load_run(run_dir, ema=ema)
+    base = pretrained_tensors(cfg.pretrained, "add_embedding.") if cfg.lora_add_embedding else None
+    tensors, config = lora_file(model.unet, base)
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY
+
+    metadata = {"format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps({f"unet.{k}": v for k, v in config.items()}, sort_keys=True),
+                "microcond": json.dumps({"signals": list(cfg.signals), "step": step, "ema": ema, "pretrained": cfg.pretrained})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        save_file({f"unet.{k}": v for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return path
 
 
 Pair = tuple[int, int]

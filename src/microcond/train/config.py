@@ -53,6 +53,7 @@ class TrainConfig:
     offset_noise: float = 0.0  # SDXL section 2.5 uses 0.05
     cond_dropout: float = 0.1  # per-signal micro-condition dropout to the zero embedding (sgm ucg_rate)
     class_dropout: float = 0.1  # label dropout to the null class, for classifier-free guidance
+    class_vector_std: float = 0.02  # initial scale of the class vectors in the pooled slot (the micro features beside them: 0.71)
     # Data
     data: str = ""  # image folder (with its scan index), local shards, or shards to stream ('pipe:...', URLs, {000..099}, a::b)
     buckets: str = ""  # bucket set spec (see microcond.data.buckets.parse_buckets); "" = square:RESOLUTION
@@ -69,6 +70,9 @@ class TrainConfig:
     latent_cache: bool = False  # encode each image's crops once into CACHE/latents-<key>/ (float16, memory-mapped)
     text_cache: bool = False  # encode each distinct caption once into CACHE/text-<key>/ and free the text encoders
     latent_crops: int = 1  # crops cached per image; epoch e trains on crop e mod latent_crops
+    lora_rank: int = 0  # sdxl: train LoRA adapters of this rank on the attention projections, the UNet frozen (microcond.lora); 0 = full fine-tuning
+    lora_alpha: float = 0.0  # adapter scale alpha / rank; 0 = the rank (scale 1)
+    lora_add_embedding: bool = False  # with lora_rank: also train the conditioning MLP (add_embedding), where the micro-conditions enter, in full
     # Optimisation
     steps: int = 3000
     batch_size: int = 32  # per optimizer step, over all ranks and accumulation rounds
@@ -80,6 +84,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm; 0 disables clipping
     warmup_steps: int = 100
     ema_decay: float = 0.999
+    ema: str = "device"  # where the EMA of the trained weights lives: device (beside the model) | cpu (off the GPU) | off (sample the weights)
+    optimizer: str = "adamw"  # adamw | adamw8bit (bitsandbytes' 8-bit moments, where it is installed)
     precision: str = "auto"  # auto (bf16 where the hardware has fast bf16) | bf16 | fp32
     gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass: less memory, slower
     seed: int = 0
@@ -88,6 +94,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_every: int = 1000  # 0 disables periodic sample grids
     log_every: int = 25
+    log_to: str = ""  # also log to: tensorboard (RUN/tensorboard/); metrics.jsonl stays the record
 
     def __post_init__(self) -> None:
         # One spelling per folder, so that "DIR/", "./DIR" and "/abs/DIR" are the same config.
@@ -127,6 +134,13 @@ class TrainConfig:
             (finite(self.sigma_data, self.min_snr_gamma) and self.sigma_data > 0 and self.min_snr_gamma > 0, "sigma_data/min_snr_gamma", "finite and > 0"),
             (self.preset != "sdxl" or not self.zero_init_conditioning, "zero_init_conditioning", "off for preset sdxl (it would erase the pretrained conditioning)"),
             (self.preset != "sdxl" or not self.center_micro_features, "center_micro_features", "off for preset sdxl"),
+            (finite(self.class_vector_std) and self.class_vector_std > 0, "class_vector_std", "a finite number > 0"),
+            (self.lora_rank >= 0 and finite(self.lora_alpha) and self.lora_alpha >= 0, "lora_rank/lora_alpha", "lora_rank >= 0 and a finite lora_alpha >= 0"),
+            (self.preset == "sdxl" or not self.lora_rank, "lora_rank", "0 for the pixel presets (LoRA adapts attention layers, which they lack; preset sdxl)"),
+            (bool(self.lora_rank) or not self.lora_add_embedding, "lora_add_embedding", "off without lora_rank (full fine-tuning trains add_embedding anyway)"),
+            (self.ema in ("device", "cpu", "off"), "ema", "device, cpu or off"),
+            (self.optimizer in ("adamw", "adamw8bit"), "optimizer", "adamw or adamw8bit"),
+            (self.log_to in ("", "tensorboard"), "log_to", "'' (metrics.jsonl only) or tensorboard"),
             (self.log_every >= 1 and self.sample_every >= 0, "log_every/sample_every", "log_every >= 1 and sample_every >= 0"),
             (0 <= self.seed < 2**64, "seed", "in [0, 2**64)"),
             (bool(self.text_encoders) or not self.text_cache, "text_cache", "off without --text-encoders"),
@@ -168,7 +182,7 @@ PRETRAINED_PARTS = {"vae": "vae", "text_encoders": "."}
 PATH_FIELDS = ("data", "pretrained", "vae", "text_encoders")
 
 # Fields that do not change what a run computes, so a resumed run may change them.
-RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers", "gradient_checkpointing"})
+RESUMABLE_CHANGES = frozenset({"steps", "checkpoint_every", "keep_checkpoints", "sample_every", "log_every", "workers", "gradient_checkpointing", "log_to"})
 
 
 def _field_type(f: dataclasses.Field) -> type:

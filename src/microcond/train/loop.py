@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from microcond.base.files import atomic_write_text
-from microcond.model import ConditioningHealth, build_denoiser, param_groups
+from microcond.model import ConditioningHealth, build_denoiser, load_trained, param_groups, trained_state
 from microcond.train import config as config_mod
 from microcond.train.batch import Batch, pixel_batch
 from microcond.train.checkpoint import (
@@ -39,7 +39,7 @@ from microcond.train.checkpoint import (
 from microcond.train.config import TrainConfig
 from microcond.train.launch import choose_precision, distributed, run_lock
 from microcond.train.loss import DiffusionLoss
-from microcond.train.monitor import keep_metrics_through, metrics_line, plot_loss
+from microcond.train.monitor import TensorBoard, keep_metrics_through, metrics_line, plot_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -95,6 +95,25 @@ def lr_at(step: int, group: dict, cfg: TrainConfig) -> float:
     return group["base_lr"] * min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
 
 
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the trained parameters (:func:`microcond.model.param_groups`), or bitsandbytes'
+    AdamW with 8-bit moments for ``optimizer = "adamw8bit"``."""
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes
+        except ImportError:
+            raise ValueError("--optimizer adamw8bit needs bitsandbytes, which is not installed: pip install bitsandbytes "
+                             "(a GPU build), or use --optimizer adamw") from None
+        return bitsandbytes.optim.AdamW8bit(groups, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(groups, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+
+
+def ema_device(cfg: TrainConfig, device: torch.device) -> torch.device | None:
+    """Where the EMA weights live: beside the model, on the CPU, or nowhere (``ema = "off"``)."""
+    return {"device": device, "cpu": torch.device("cpu"), "off": None}[cfg.ema]
+
+
 def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None, progress: bool = True,
           inputs: Callable[[TrainConfig, torch.device], Inputs] = PixelInputs,
           sample_grid: Callable[..., None] | None = None) -> dict:
@@ -114,6 +133,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
     """
     run_dir = Path(run_dir)
     rank, world, device = distributed()
+    if device.type == "cuda":  # TF32 matmuls and convolutions on GPUs that have them (diffusers' attention is already SDPA)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     per_rank, rest = divmod(cfg.batch_size, world * cfg.grad_accumulation)
     if rest or per_rank == 0:
         raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of world size {world} x grad_accumulation {cfg.grad_accumulation}")
@@ -139,9 +160,10 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         stage.check(model)
         loss_fn = DiffusionLoss(cfg)
         scheduler = loss_fn.scheduler
-        ema = {k: v.detach().float().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        lora, ema_at = bool(cfg.lora_rank), ema_device(cfg, device)
+        ema = {} if ema_at is None else {k: v.detach().float().to(ema_at, copy=True) for k, v in trained_state(model, lora).items() if v.is_floating_point()}
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(model, cfg)
         health = ConditioningHealth(model)
         if data is None:
             data = stage.open_data(run_dir, rank=rank, world_size=world, batch_size=per_rank)  # refuses a batch larger than the data
@@ -154,14 +176,16 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         newest = load_newest(ckpt_root, stems=("model", "ema", "optimizer"), keys=("param_groups", "data"))
         if newest is not None:
             _, tensors, state = newest
-            model.load_state_dict(tensors["model"])
-            ema = {k: v.to(device) for k, v in tensors["ema"].items()}
+            load_trained(model, tensors["model"], lora)
+            ema = {} if ema_at is None else {k: v.to(ema_at) for k, v in tensors["ema"].items()}
             optimizer_from_tensors(optimizer, tensors["optimizer"], state["param_groups"])
             data.load_state_dict(state["data"])
             start = state["step"]
         metrics_path = run_dir / "metrics.jsonl"
+        board = None
         if rank == 0:
             keep_metrics_through(metrics_path, start)
+            board = TensorBoard(run_dir / "tensorboard", start) if cfg.log_to == "tensorboard" else None
         ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
         autocast = choose_precision(cfg.precision, device)
         batches = iter(data)
@@ -203,7 +227,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             with torch.no_grad():
                 current = model.state_dict()
                 for k, v in ema.items():
-                    v.lerp_(current[k].float(), 1 - decay)
+                    v.lerp_(current[k].float().to(v.device), 1 - decay)
 
             # Log.
             losses.append(step_loss)
@@ -217,10 +241,12 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                     window_loss /= world
                 row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(training_s, 1e-9),
-                       "maintenance_s": maintenance, **health.report(ema)}
+                       "maintenance_s": maintenance, **health.report({**model.state_dict(), **ema})}
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")
+                    if board is not None:
+                        board.scalars(row)
                     if (warning := health.warning(row)) and not warned:
                         tqdm.write(warning, file=sys.stderr)
                         warned = True
@@ -235,17 +261,21 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
             if checkpoint_due:
                 if rank == 0:
                     opt_tensors, groups = optimizer_to_tensors(optimizer)
-                    tensors = {"model": model.state_dict(), "ema": ema, "optimizer": opt_tensors}
+                    tensors = {"model": trained_state(model, lora), "ema": ema, "optimizer": opt_tensors}
                     save_checkpoint(ckpt_root, done, tensors, {"param_groups": groups, "data": data.state_dict(), "config": config_mod.to_dict(cfg)}, cfg.keep_checkpoints)
                     plot_loss(metrics_path, run_dir / "loss.png")
                 if world > 1:
                     torch.distributed.barrier()
             if grid_due:
-                sample_grid(model=model, ema=ema, scheduler=scheduler, cfg=cfg, path=run_dir / "samples" / f"step-{done:08d}.png",
-                            device=device, stage=stage)
+                grid_path = run_dir / "samples" / f"step-{done:08d}.png"
+                sample_grid(model=model, ema=ema, scheduler=scheduler, cfg=cfg, path=grid_path, device=device, stage=stage)
+                if board is not None:
+                    board.image(grid_path, done)
             if checkpoint_due or grid_due:
                 maintenance += time.perf_counter() - started  # reported apart from images/s
         bar.close()
+        if board is not None:
+            board.close()
         from microcond.data.loader import report_skips
 
         skipped = report_skips(data, run_dir, rank, world, device)  # a collective: every rank calls it

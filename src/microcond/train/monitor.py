@@ -56,3 +56,32 @@ def plot_loss(metrics_path: Path, out: Path) -> None:
     with atomic_path(out) as tmp:
         fig.savefig(tmp)
     plt.close(fig)
+
+
+class TensorBoard:
+    """``--log-to tensorboard``: metrics.jsonl's numbers as scalars and the sample grids as images,
+    under ``RUN/tensorboard`` (by step; a resumed run drops the events after its checkpoint)."""
+
+    def __init__(self, folder: Path, start: int) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ValueError("--log-to tensorboard needs the tensorboard package, which is not installed: pip install tensorboard") from None
+        self.writer = SummaryWriter(str(folder), purge_step=start + 1 if start else None)
+
+    def scalars(self, row: dict) -> None:
+        for name, value in row.items():
+            if name != "step" and isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                self.writer.add_scalar(f"train/{name}", value, row["step"])
+        self.writer.flush()
+
+    def image(self, path: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as grid:
+            self.writer.add_image("samples", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

@@ -64,3 +64,38 @@ def test_dry_run_prints_the_config_and_the_plan(capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["preset"] == "tiny"
     assert "memory plan per device" in err and "AdamW moments (fp32)" in err and "with --gradient-checkpointing" in err
+
+
+def test_the_plan_counts_lora_adapters_and_the_ema_and_optimizer_choices(tmp_path):
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    root = sdxl_configs(tmp_path)
+    cfg = resolve(overrides={"preset": "sdxl", "pretrained": str(root), "data": "x", "batch_size": 1, "lora_rank": 16})
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(root / "unet"))
+    projections = [m for n, m in unet.named_modules() if n.endswith((".to_q", ".to_k", ".to_v", ".to_out.0"))]
+    adapters = sum(16 * (m.in_features + m.out_features) for m in projections)  # A (r x in) and B (out x r)
+    plan = memory_plan(cfg)
+    assert plan["adapter_parameters"] == plan["trainable_parameters"] == adapters == 23_224_320
+    rows = plan["rows"]
+    assert rows["weights (fp32)"] == 4 * (2_567_463_684 + adapters)
+    assert rows["gradients (fp32)"] == rows["EMA (fp32)"] == 4 * adapters and rows["AdamW moments (fp32)"] == 8 * adapters
+    mlp = unet.add_embedding.linear_1.weight.numel() + unet.add_embedding.linear_1.bias.numel() + unet.add_embedding.linear_2.weight.numel() + 1280
+    assert memory_plan(replace(cfg, lora_add_embedding=True))["trainable_parameters"] == adapters + mlp
+    lean = memory_plan(replace(cfg, lora_rank=0, optimizer="adamw8bit", ema="cpu"))
+    assert lean["rows"]["AdamW moments (8-bit)"] == 2 * 2_567_463_684 and lean["rows"]["EMA (fp32, on the CPU)"] == 0
+    assert lean["ema_host_bytes"] == 4 * 2_567_463_684
+
+
+def test_the_lora_plan_matches_the_denoiser_it_builds(tmp_path):
+    from test_sdxl import write_tiny_sdxl
+
+    from microcond.model import build_denoiser
+
+    tiny = write_tiny_sdxl(tmp_path / "sdxl")
+    cfg = resolve(overrides={"preset": "sdxl", "pretrained": str(tiny), "data": "x", "resolution": 64, "lora_rank": 4, "lora_add_embedding": True})
+    model = build_denoiser(cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert memory_plan(cfg)["trainable_parameters"] == trainable > 0
+    assert trainable < sum(p.numel() for p in model.parameters()) // 2

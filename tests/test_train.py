@@ -366,3 +366,42 @@ def test_checkpoint_time_is_reported_apart_from_images_per_second(tmp_path):
     maintenance = {r["step"]: r["maintenance_s"] for r in rows}
     assert maintenance[4] > 0 and maintenance[1] == maintenance[2] == maintenance[3] == maintenance[5] == 0  # step 3's checkpoint, in step 4's row
     assert all(r["images_per_s"] > 0 for r in rows)
+
+
+def test_ema_on_the_cpu_equals_the_ema_beside_the_model_and_off_samples_the_weights(tmp_path):
+    train(tiny_cfg(), tmp_path / "device", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(ema="cpu"), tmp_path / "cpu", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(ema="off", steps=3), tmp_path / "off", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(ema="off"), tmp_path / "off", SyntheticBatches(4), progress=False)  # resumes without an EMA
+    last = {name: list_checkpoints(tmp_path / name / "checkpoints")[-1] for name in ("device", "cpu", "off")}
+    ema_device, ema_cpu = (load_file(str(last[n] / "ema.safetensors")) for n in ("device", "cpu"))
+    assert ema_device.keys() == ema_cpu.keys() and all(torch.equal(ema_device[k], ema_cpu[k]) for k in ema_device)
+    assert load_file(str(last["off"] / "ema.safetensors")) == {}
+    weights = final_weights(tmp_path / "off")
+    assert all(torch.equal(weights[k], final_weights(tmp_path / "device")[k]) for k in weights)  # the EMA never touches training
+    model, *_ = load_run(tmp_path / "off")  # sampling an EMA-less run takes the weights
+    assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
+
+
+def test_adamw8bit_without_bitsandbytes_is_one_clear_line(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable
+    with pytest.raises(ValueError, match="--optimizer adamw8bit needs bitsandbytes"):
+        train(tiny_cfg(optimizer="adamw8bit"), tmp_path, SyntheticBatches(4), progress=False)
+    with pytest.raises(ValueError, match="config optimizer must be adamw or adamw8bit"):
+        tiny_cfg(optimizer="sgd")
+
+
+def test_tensorboard_gets_the_metrics_rows_and_the_sample_grids(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from microcond.sample.training_grids import TrainingGrids
+
+    train(tiny_cfg(steps=4, checkpoint_every=4, sample_every=2, log_to="tensorboard"), tmp_path, SyntheticBatches(4), progress=False,
+          sample_grid=TrainingGrids())
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0}).Reload()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    loss = events.Scalars("train/loss")
+    assert [e.step for e in loss] == [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert np.allclose([e.value for e in loss], [r["loss"] for r in rows], rtol=1e-6)
+    assert {"train/images_per_s", "train/grad_norm", "train/lr"} <= set(events.Tags()["scalars"])
+    assert [e.step for e in events.Images("samples")] == [2, 4]

@@ -10,7 +10,11 @@ transformer block) it keeps those blocks' inputs and recomputes one block at a t
 estimate has not been checked against a GPU's measured peak. The frozen VAE and text encoders
 (``--vae``, ``--text-encoders``) are counted from their configs too, in fp32 as they are loaded
 (the text encoders as 0 with ``--text-cache``, which frees them once the captions are cached),
-and data-parallel runs add DDP's fp32 gradient buckets.
+and data-parallel runs add DDP's fp32 gradient buckets. With LoRA (``--lora-rank``) the adapters are
+added on the meta device too: gradients, moments and EMA count only what trains, while the
+activations stay (backward still runs through the frozen layers to reach the adapters). The EMA
+counts 0 on the device with ``--ema cpu`` or ``off``; ``--optimizer adamw8bit`` keeps 1 byte per
+moment (bitsandbytes' block-wise absmax adds about 1/2048 of that, left out).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def activation_elements(unet: torch.nn.Module, batch: int, size: tuple[int, int]
     inside: list[int] = []
 
     def leaf(module: torch.nn.Module, args: Any, out: Any) -> None:
-        n = out.numel() if torch.is_tensor(out) else 0
+        n = out.numel() if torch.is_tensor(out) and not any(out is a for a in args) else 0  # an identity (dropout 0) keeps nothing new
         leaf_out.append((module, n))
         if inside:
             inside[-1] += n
@@ -93,21 +97,28 @@ def memory_plan(cfg: TrainConfig, world_size: int = 1, unet: torch.nn.Module | N
         embedder = MicroCondEmbedder(signals=cfg.signals)
         with torch.device("meta"):
             unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained, weights=False)
-    parameters = sum(p.numel() for p in unet.parameters())
+            if cfg.lora_rank:
+                from microcond.lora import add_lora
+
+                add_lora(unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_add_embedding)
+    adapters = sum(p.numel() for n, p in unet.named_parameters() if ".lora_" in n)
+    parameters = sum(p.numel() for p in unet.parameters()) - adapters
     pooled_slot = 0 if cfg.text_encoders else (cfg.num_classes + 1) * (unet.add_embedding.linear_1.in_features - unet.config.addition_time_embed_dim * 6)
-    trainable = parameters + pooled_slot  # the class vectors train beside the UNet
+    trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad) + pooled_slot  # the class vectors train beside the UNet
     batch = cfg.batch_size // (world_size * cfg.grad_accumulation)
     size = (cfg.resolution // 8, cfg.resolution // 8) if cfg.vae else (cfg.resolution, cfg.resolution)
     plain, checkpointed = activation_elements(unet, batch, size)
     frozen = _frozen_parameters(cfg)
-    rows = {"weights (fp32)": trainable * 4, "gradients (fp32)": trainable * 4, "AdamW moments (fp32)": trainable * 8,
-            "EMA (fp32)": trainable * 4, **{name: n * 4 for name, n in frozen.items()}}  # frozen models are loaded in fp32
+    moments = ("AdamW moments (8-bit)", trainable * 2) if cfg.optimizer == "adamw8bit" else ("AdamW moments (fp32)", trainable * 8)
+    ema = {"device": ("EMA (fp32)", trainable * 4), "cpu": ("EMA (fp32, on the CPU)", 0), "off": ("EMA (off)", 0)}[cfg.ema]
+    rows = {"weights (fp32)": (parameters + adapters + pooled_slot) * 4, "gradients (fp32)": trainable * 4, moments[0]: moments[1],
+            ema[0]: ema[1], **{name: n * 4 for name, n in frozen.items()}}  # frozen models are loaded in fp32
     if cfg.text_cache and "text encoders (frozen)" in rows:  # freed once the distinct captions are cached
         rows["text encoders (frozen)"] = 0
     if world_size > 1:
         rows["DDP gradient buckets (fp32)"] = trainable * 4
     fixed = sum(rows.values())
-    return {"unet_parameters": parameters, "trainable_parameters": trainable, "batch_per_rank": batch, "rows": rows,
+    return {"unet_parameters": parameters, "trainable_parameters": trainable, "adapter_parameters": adapters, "ema_host_bytes": trainable * 4 if cfg.ema == "cpu" else 0, "batch_per_rank": batch, "rows": rows,
             "activations": plain * ACTIVATION_BYTES, "activations_checkpointed": checkpointed * ACTIVATION_BYTES,
             "total": fixed + (checkpointed if cfg.gradient_checkpointing else plain) * ACTIVATION_BYTES,
             "total_checkpointed": fixed + checkpointed * ACTIVATION_BYTES, "total_plain": fixed + plain * ACTIVATION_BYTES}
@@ -119,9 +130,12 @@ def _size(value: float) -> str:
 
 def describe(plan: dict[str, Any]) -> list[str]:
     """The plan as lines for the terminal."""
-    lines = [f"memory plan per device: {plan['trainable_parameters']:,} trainable parameters (UNet {plan['unet_parameters']:,}), "
+    adapters = f", LoRA adapters {plan['adapter_parameters']:,}" if plan["adapter_parameters"] else ""
+    lines = [f"memory plan per device: {plan['trainable_parameters']:,} trainable parameters (UNet {plan['unet_parameters']:,}{adapters}), "
              f"batch {plan['batch_per_rank']} per rank"]
     lines += [f"  {name:<28} {_size(value):>12}" for name, value in plan["rows"].items()]
     lines += [f"  {'activations (estimate)':<28} {_size(plan['activations']):>12}, {_size(plan['activations_checkpointed'])} with --gradient-checkpointing",
               f"  {'total':<28} {_size(plan['total_plain']):>12}, {_size(plan['total_checkpointed'])} with --gradient-checkpointing"]
+    if plan["ema_host_bytes"]:
+        lines.append(f"  and {_size(plan['ema_host_bytes'])} of host memory for the EMA (--ema cpu)")
     return lines

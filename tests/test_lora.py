@@ -132,10 +132,17 @@ def test_lora_file_loads_in_the_stock_pipeline_and_matches_the_merged_export(tin
         theirs = pipe.unet(x, t, context, added_cond_kwargs={"text_embeds": pooled, "time_ids": ids}).sample
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
-    # Our pipeline loads the same file (it is a StableDiffusionXLPipeline).
+    # Our pipeline loads the same file (it is a StableDiffusionXLPipeline), and so does the probe.
     ours_pipe = stock(tiny, MicroCondXLPipeline)
     ours_pipe.load_lora_weights(str(tmp_path / "lora.safetensors"))
     np.testing.assert_allclose(image(ours_pipe), with_lora, atol=1e-5)
+    stock(tiny).save_pretrained(tmp_path / "base")
+    probe = ["--resolution", "64", "--steps", "2", "--n-prompts", "1", "--seeds", "0", "--sizes", "0.5", "1", "--crops", "0,0", "0,0.25",
+             "--device", "cpu", "--no-progress"]
+    assert main(["probe", str(tmp_path / "base"), "--out", str(tmp_path / "p0"), *probe]) == 0
+    assert main(["probe", str(tmp_path / "base"), "--lora", str(tmp_path / "lora.safetensors"), "--out", str(tmp_path / "p1"), *probe]) == 0
+    plain, adapted = (json.loads((tmp_path / p / "probe.json").read_text()) for p in ("p0", "p1"))
+    assert adapted["settings"]["lora"].endswith("lora.safetensors") and json.dumps(adapted["size_sweep"]) != json.dumps(plain["size_sweep"])
 
 
 def test_sample_a_lora_run_and_refusals(tiny, images, env, run, tmp_path, capsys):

@@ -99,3 +99,21 @@ def test_the_lora_plan_matches_the_denoiser_it_builds(tmp_path):
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     assert memory_plan(cfg)["trainable_parameters"] == trainable > 0
     assert trainable < sum(p.numel() for p in model.parameters()) // 2
+
+
+def test_the_readme_table_is_the_plans(tmp_path):
+    """Each cell of the README's "what fits" table is what largest_batch computes for its config."""
+    import re
+
+    from microcond.train.memory import CARDS, largest_batch
+
+    base = resolve(overrides={"preset": "sdxl", "pretrained": str(sdxl_configs(tmp_path)), "data": "x", "batch_size": 1, "text_cache": True})
+    columns = [base, replace(base, optimizer="adamw8bit", ema="cpu"), replace(base, lora_rank=16)]
+    plans = [memory_plan(cfg) for cfg in columns]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for card, capacity in CARDS.items():
+        row = re.search(rf"^\| {card} \|(.*)\|$", readme, re.M).group(1).split("|")
+        for cell, plan in zip(row, plans):
+            plain, checkpointed = largest_batch(plan, capacity, False), largest_batch(plan, capacity, True)
+            expected = f"batch {plain}, or {checkpointed} checkpointed" if plain else ("no" if not checkpointed else f"{checkpointed} checkpointed")
+            assert cell.strip().startswith(expected), (card, cell, expected)

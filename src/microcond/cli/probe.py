@@ -33,6 +33,7 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
             "microcond probe out/sdxl-ft --out probes/ft --n-prompts 4 --seeds 0 1 2 3",
             "microcond probe out/sdxl-ft --out probes/ft-null --negative-micro null --prompts prompts.txt",
             "microcond probe tiny-sdxl --out probes/tiny --resolution 64 --steps 3 --n-prompts 2 --seeds 0 --device cpu",
+            "microcond probe /models/sdxl-base --lora out/lora.safetensors --out probes/lora",
         ],
     )
     p.add_argument("model", metavar="MODEL", help="a diffusers SDXL pipeline folder on disk (model_index.json): "
@@ -55,6 +56,8 @@ def add_probe(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=integer(1, 65536, "a batch size"), metavar="N", help=f"images per pipeline call and VAE decode (default {defaults.batch_size})")
     p.add_argument("--device", choices=("cpu", "cuda"), help="default cuda when a GPU is visible")
     p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), help="weights and activations (default bf16 on cuda, fp32 on cpu)")
+    p.add_argument("--lora", metavar="FILE", help="a LoRA file to load onto MODEL first (`microcond export RUN --lora FILE`, "
+                   "or any diffusers SDXL LoRA): probe a LoRA run on its base checkpoint")
     p.add_argument("--dry-run", action="store_true", help="check MODEL and print the resolved settings without loading weights")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run_probe_command)

@@ -80,6 +80,7 @@ class ProbeSettings:
     batch_size: int = 4  # images per pipeline call (and per VAE decode)
     device: str | None = None  # default cuda when available
     dtype: str | None = None  # default bf16 on cuda, fp32 on cpu
+    lora: str = ""  # a LoRA file (`microcond export RUN --lora`, or any diffusers SDXL LoRA) loaded onto MODEL
 
 
 def _config(folder: Path, part: str) -> dict:
@@ -137,6 +138,8 @@ def resolve(settings: ProbeSettings) -> ProbeSettings:
     dtype = settings.dtype or ("bf16" if device == "cuda" else "fp32")
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if settings.lora and not (Path(settings.lora).is_file() and settings.lora.endswith(".safetensors")):
+        raise ValueError(f"--lora {settings.lora!r} must be a .safetensors LoRA file on disk (microcond export RUN --lora FILE writes one)")
     resolved = replace(settings, resolution=resolution, device=device, dtype=dtype)
     probe_prompts(resolved)  # a missing or short prompt file fails here, before any weights load
     return resolved
@@ -176,6 +179,8 @@ def load_pipeline(settings: ProbeSettings) -> MicroCondXLPipeline:
         pipe = MicroCondXLPipeline.from_pretrained(settings.model, local_files_only=True, use_safetensors=True,
                                                    torch_dtype=getattr(torch, DTYPES[settings.dtype]))
     pipe.set_progress_bar_config(disable=True)  # the probe's own bar counts images
+    if settings.lora:
+        pipe.load_lora_weights(settings.lora)
     return pipe.to(settings.device)
 
 

@@ -31,6 +31,7 @@ from microcond.train.config import TrainConfig
 CHECKPOINTED = ("ResnetBlock2D", "Transformer2DModel")  # what diffusers' gradient checkpointing wraps
 ACTIVATION_BYTES = 2  # bf16 autocast
 GIB = 2**30
+CARDS = {"24 GB": 22.0 * GIB, "48 GB": 44.5 * GIB, "80 GB": 74.5 * GIB}  # what a card of that size holds for a process, about
 
 
 def activation_elements(unet: torch.nn.Module, batch: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -124,6 +125,14 @@ def memory_plan(cfg: TrainConfig, world_size: int = 1, unet: torch.nn.Module | N
             "total_checkpointed": fixed + checkpointed * ACTIVATION_BYTES, "total_plain": fixed + plain * ACTIVATION_BYTES}
 
 
+def largest_batch(plan: dict[str, Any], capacity: float, checkpointed: bool) -> int:
+    """The largest per-rank batch whose plan fits ``capacity`` bytes (activations grow linearly with
+    the batch); 0 when the fixed part alone does not fit."""
+    per_image = (plan["activations_checkpointed"] if checkpointed else plan["activations"]) / plan["batch_per_rank"]
+    fixed = plan["total_plain"] - plan["activations"]
+    return max(0, int((capacity - fixed) // per_image))
+
+
 def _size(value: float) -> str:
     return f"{value / GIB:.2f} GiB" if value >= GIB else f"{value / 2**20:.1f} MiB"
 
@@ -136,6 +145,8 @@ def describe(plan: dict[str, Any]) -> list[str]:
     lines += [f"  {name:<28} {_size(value):>12}" for name, value in plan["rows"].items()]
     lines += [f"  {'activations (estimate)':<28} {_size(plan['activations']):>12}, {_size(plan['activations_checkpointed'])} with --gradient-checkpointing",
               f"  {'total':<28} {_size(plan['total_plain']):>12}, {_size(plan['total_checkpointed'])} with --gradient-checkpointing"]
+    fits = [f"{card}: {largest_batch(plan, capacity, False)} ({largest_batch(plan, capacity, True)} checkpointed)" for card, capacity in CARDS.items()]
+    lines.append(f"  largest batch per rank, by card: {'; '.join(fits)}")
     if plan["ema_host_bytes"]:
         lines.append(f"  and {_size(plan['ema_host_bytes'])} of host memory for the EMA (--ema cpu)")
     return lines

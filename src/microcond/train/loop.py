@@ -242,6 +242,8 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
                 row = {"step": done, "images_seen": done * cfg.batch_size, "loss": window_loss.item(), "grad_norm": float(grad_norm),
                        "lr": optimizer.param_groups[0]["lr"], "images_per_s": window_images / max(training_s, 1e-9),
                        "maintenance_s": maintenance, **health.report({**model.state_dict(), **ema})}
+                if device.type == "cuda":  # this rank's peak since the start, for checking the memory plan
+                    row["gpu_peak_bytes"] = torch.cuda.max_memory_allocated(device)
                 if rank == 0:
                     with open(metrics_path, "a") as fh:
                         fh.write(metrics_line(row) + "\n")

@@ -114,29 +114,32 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     assert gap < 1e-3 * other, (gap, other)
 
 
-def test_periodic_sample_grid_from_a_resident_ema_copy(tmp_path, monkeypatch):
+def test_periodic_sample_grids_swap_the_ema_in_and_the_weights_back_exactly(tmp_path, monkeypatch):
     from PIL import Image
 
     from microcond.sample import training_grids
     from microcond.sample.training_grids import TrainingGrids
 
-    grids, seen = TrainingGrids(), []
+    seen = []
     real = training_grids.denoise_fn
 
     def spy(model, *args, **kwargs):
-        seen.append((model, {k: v.clone() for k, v in model.state_dict().items()}))
+        seen.append((model, model.training, {k: v.clone() for k, v in model.state_dict().items()}))
         return real(model, *args, **kwargs)
 
     monkeypatch.setattr(training_grids, "denoise_fn", spy)
-    train(tiny_cfg(steps=4, checkpoint_every=4, sample_every=2), tmp_path, SyntheticBatches(4), progress=False, sample_grid=grids)
+    train(tiny_cfg(steps=4, checkpoint_every=4, sample_every=2), tmp_path / "grids", SyntheticBatches(4), progress=False, sample_grid=TrainingGrids())
+    train(tiny_cfg(steps=4, checkpoint_every=4), tmp_path / "plain", SyntheticBatches(4), progress=False)
     for step in (2, 4):
-        grid = Image.open(tmp_path / "samples" / f"step-{step:08d}.png")
+        grid = Image.open(tmp_path / "grids" / "samples" / f"step-{step:08d}.png")
         assert grid.width > grid.height > 0  # 2 rows of 8 samples
         assert len(np.unique(np.asarray(grid.convert("L")))) > 10  # not a blank image
-    assert len(seen) == 2 and seen[0][0] is seen[1][0] is grids.shadow  # one resident copy, refreshed in place
-    ema = load_file(str(list_checkpoints(tmp_path / "checkpoints")[-1] / "ema.safetensors"))
-    assert all(torch.equal(seen[1][1][k], ema[k]) for k in ema)  # it held the EMA weights of step 4
-    assert not any(torch.equal(seen[0][1][k], seen[1][1][k]) for k in ema if k.endswith("conv_in.weight"))
+    assert len(seen) == 2 and seen[0][0] is seen[1][0] and not seen[0][1]  # the training model itself, in eval mode
+    ema = load_file(str(list_checkpoints(tmp_path / "grids" / "checkpoints")[-1] / "ema.safetensors"))
+    assert all(torch.equal(seen[1][2][k], ema[k]) for k in ema)  # it held the EMA weights of step 4
+    weights = final_weights(tmp_path / "grids")  # ...and trained on with its own: grids change nothing
+    assert all(torch.equal(weights[k], final_weights(tmp_path / "plain")[k]) for k in weights)
+    assert not all(torch.equal(weights[k], ema[k]) for k in ema)
 
 
 def test_resume_and_load_run_skip_a_corrupt_newest_checkpoint(tmp_path, capsys):

@@ -282,6 +282,8 @@ class ConditioningHealth:
             layer.register_forward_hook(self._observe)
 
     def _observe(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if not module.training:  # a sample grid drawn mid-run is not training input
+            return
         kept = sum(len(x) for x in self.inputs)
         if kept < self.rows:
             self.inputs.append(inputs[0].detach().flatten(0, -2)[: self.rows - kept].float())

@@ -1,14 +1,16 @@
 """Sample grids written while a run trains: 16 samples from the EMA weights every
 ``sample_every`` steps, with SDXL's default inference conditions, one class per column.
 
-The EMA weights are sampled from a resident copy of the denoiser, made once (a deep copy of the
-training model: no rebuild, no second read of pretrained weights) and refreshed in place.
+The EMA weights are swapped into the training model itself for the grid, and the trained
+weights swapped back bitwise from a host-memory copy: no second model on the device, no rebuild,
+no second read of pretrained weights (for SDXL a copy would cost 10 GB of GPU memory).
 """
 
 from __future__ import annotations
 
-import copy
+import contextlib
 from pathlib import Path
+from typing import Iterator
 from typing import Any
 
 import torch
@@ -26,23 +28,31 @@ GRID_SAMPLES = 16
 GRID_STEPS = 25  # DDIM
 
 
+@contextlib.contextmanager
+def ema_swapped(model: Denoiser, ema: dict[str, torch.Tensor]) -> Iterator[Denoiser]:
+    """``model`` in eval mode holding its EMA weights for the block; its own weights (kept on the
+    host meanwhile) and mode come back exactly after it, also on an error."""
+    state = model.state_dict()  # tensors sharing the parameters' storage
+    held = {k: state[k].detach().to("cpu", copy=True) for k in ema}
+    training = model.training
+    try:
+        with torch.no_grad():
+            for k, v in with_ema({k: state[k] for k in ema}, ema).items():
+                state[k].copy_(v)
+        yield model.eval()
+    finally:
+        with torch.no_grad():
+            for k, v in held.items():
+                state[k].copy_(v)
+        model.train(training)
+
+
 class TrainingGrids:
     """The loop's ``sample_grid`` (:func:`microcond.train.loop.train`): one grid PNG per call."""
-
-    def __init__(self) -> None:
-        self.shadow: Denoiser | None = None
-
-    def ema_model(self, model: Denoiser, ema: dict[str, torch.Tensor]) -> Denoiser:
-        """The resident copy holding the EMA weights (and the model's other state)."""
-        if self.shadow is None:
-            self.shadow = copy.deepcopy(model).eval().requires_grad_(False)
-        self.shadow.load_state_dict(with_ema(model.state_dict(), ema))  # copies into the resident tensors
-        return self.shadow
 
     def __call__(self, *, model: Denoiser, ema: dict[str, torch.Tensor], scheduler: DDPMScheduler, cfg: TrainConfig, path: Path,
                  device: torch.device, stage: Any = None) -> None:
         """With a VAE the samples are latents decoded by it; with text all share one training caption."""
-        shadow = self.ema_model(model, ema)
         n, size = GRID_SAMPLES, (cfg.resolution, cfg.resolution)
         grid_text = getattr(stage, "grid_text", None)
         text = grid_text() if grid_text is not None else None  # one caption for all: label 0 of the table
@@ -52,9 +62,10 @@ class TrainingGrids:
         shape = latent_space.latent_shape(size) if latent_space is not None else (3, *size)
         if text is not None:
             text = tuple(torch.cat([part, torch.zeros_like(part)]) for part in text)  # + the null entry
-        denoise = denoise_fn(shadow, choose_precision(cfg.precision, device), text=text)
-        images = sample(denoise, cond, shape=shape, seeds=range(n), steps=GRID_STEPS, scheduler_config=dict(scheduler.config),
-                        clamp=latent_space is None, device=device, progress=False)
+        with ema_swapped(model, ema) as swapped:
+            denoise = denoise_fn(swapped, choose_precision(cfg.precision, device), text=text)
+            images = sample(denoise, cond, shape=shape, seeds=range(n), steps=GRID_STEPS, scheduler_config=dict(scheduler.config),
+                            clamp=latent_space is None, device=device, progress=False)
         if latent_space is not None:
             images = latent_space.decode_in_chunks(images)  # (n, 3, H, W)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ class ModelSettings(Protocol):
     text_encoders: str
     class_dropout: float
     class_vector_std: float
+    time_embed_dim: int
     caption_dropout: float
     zero_init_conditioning: bool
     lora_rank: int
@@ -96,7 +97,8 @@ PIXEL_PRESETS = {
 POOLED_DIM = 64  # width of the pooled slot (class vector) for pixel-space presets; SDXL: 1280
 
 
-def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretrained: str = "", weights: bool = True) -> MicroCondUNet:
+def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretrained: str = "", weights: bool = True,
+               time_embed_dim: int = 0) -> MicroCondUNet:
     """A ``text_time`` UNet for a preset; ``sdxl`` loads one from a local folder (never downloads),
     or only its architecture with ``weights=False`` (build it under ``torch.device("meta")`` to
     count and plan without memory)."""
@@ -135,6 +137,7 @@ def build_unet(preset: str, resolution: int, embedder: MicroCondEmbedder, pretra
         addition_embed_type="text_time",
         addition_time_embed_dim=embedder.dim,
         projection_class_embeddings_input_dim=POOLED_DIM + max(embedder.out_dim, 0),
+        time_embedding_dim=time_embed_dim or None,  # None: 4 x the first block's channels
     )
 
 
@@ -316,7 +319,7 @@ class ConditioningHealth:
 def build_denoiser(cfg: ModelSettings) -> Denoiser:
     """The denoiser a config describes: the preset's UNet (or --pretrained's) with its embedder."""
     embedder = MicroCondEmbedder(signals=cfg.signals, dropout=cfg.cond_dropout)
-    unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained)
+    unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained, time_embed_dim=cfg.time_embed_dim)
     if cfg.zero_init_conditioning:  # the conditions start with no effect and grow in (DiT's adaLN-Zero)
         torch.nn.init.zeros_(unet.add_embedding.linear_2.weight)
         torch.nn.init.zeros_(unet.add_embedding.linear_2.bias)

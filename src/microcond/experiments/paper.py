@@ -74,10 +74,14 @@ ABLATIONS = {
                          {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "lr": 2e-3}),
     "v-sd4-center-cls1": ("as v-sd4-center, class vectors initialised at scale 1 (as the micro features beside them)", "wide",
                           {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "class_vector_std": 1.0}),
+    "v-sd4-center-cls1-w256": ("as v-sd4-center-cls1, timestep embedding and conditioning MLP 256 wide (128 before)", "wide",
+                               {**DDPM_V, "loss_weighting": "edm", "sigma_data": 4.0, "center_micro_features": True, "class_vector_std": 1.0,
+                                "time_embed_dim": 256}),
 }
 
-# Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale).
-GUIDED = {"edm-cfg2": ("edm", 2.0), "v-sd4-center-cfg3": ("v-sd4-center", 3.0), "v-sd4-center-cls1-cfg4": ("v-sd4-center-cls1", 4.0)}
+# Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale, micro-condition guidance scale or None).
+GUIDED = {"edm-cfg2": ("edm", 2.0, None), "v-sd4-center-cfg3": ("v-sd4-center", 3.0, None), "v-sd4-center-cls1-cfg4": ("v-sd4-center-cls1", 4.0, None),
+          "v-sd4-center-cls1-cfg4-mg4": ("v-sd4-center-cls1", 4.0, 4.0), "v-sd4-center-cls1-w256-cfg4": ("v-sd4-center-cls1-w256", 4.0, None)}
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def held_out_references(data: Path, progress: bool = True):
     return load_references(data / "train", (TRAIN_SIZE, TRAIN_SIZE), progress=progress, min_original_edge=TRAIN_SIZE, limit=1000)
 
 
-def table_scores(model, refs, held, n: int, budget: Budget, query: MicroCond = SQUARE, guidance: float = 1.0, progress: bool = True) -> tuple[dict, "torch.Tensor"]:
+def table_scores(model, refs, held, n: int, budget: Budget, query: MicroCond = SQUARE, guidance: float = 1.0, micro_guidance: float | None = None,
+                 progress: bool = True) -> tuple[dict, "torch.Tensor"]:
     """Table 2's numbers for one run: ``n`` samples asked for ``query`` (classes cycled) against
     the references, and the share the classifier recognises beside its held-out real accuracy."""
     from microcond.data.source import default_cache_dir
@@ -163,7 +168,8 @@ def table_scores(model, refs, held, n: int, budget: Budget, query: MicroCond = S
     from microcond.sample.run import Query
 
     labels = [i % N_CLASSES for i in range(n)]
-    ask = Query(original_size=query.original_size, crop_top_left=query.crop_top_left, target_size=query.target_size, guidance=guidance)
+    ask = Query(original_size=query.original_size, crop_top_left=query.crop_top_left, target_size=query.target_size, guidance=guidance,
+                micro_guidance=micro_guidance)
     samples = model.draw(ask, list(range(n)), labels, steps=budget.sampler_steps, progress=progress)
     report = evaluate(samples, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
                       recipe=FeatureRecipe(steps=budget.feature_steps), sample_labels=labels, held_out=(held.images, held.labels), progress=progress)
@@ -307,13 +313,13 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
     return write_results(results, commands, figures, docs, command, ablation)
 
 
-def size_response(model, n: int, steps: int, sizes: tuple[int, int] = (8, 128), guidance: float = 1.0) -> dict[str, float]:
+def size_response(model, n: int, steps: int, sizes: tuple[int, int] = (8, 128), guidance: float = 1.0, micro_guidance: float | None = None) -> dict[str, float]:
     """Mean Laplacian variance of samples asked for a small and a large square original (Fig. 3's ends)."""
     from microcond.metrics.evaluate import laplacian_variance
     from microcond.sample.run import Query
 
     seeds, labels = list(range(20_000, 20_000 + n)), [i % N_CLASSES for i in range(n)]
-    return {str(s): float(laplacian_variance(model.draw(Query(original_size=(s, s), guidance=guidance), seeds, labels, steps=steps, progress=False)).mean())
+    return {str(s): float(laplacian_variance(model.draw(Query(original_size=(s, s), guidance=guidance, micro_guidance=micro_guidance), seeds, labels, steps=steps, progress=False)).mean())
             for s in sizes}
 
 
@@ -371,19 +377,22 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
     for mix in mixes:
         results["real"].setdefault(mix, real_effect(data[mix] / "train", PALETTE))
     references = {}
-    variants = [(name, name, 1.0) for name in chosen] + [(row, base, scale) for row, (base, scale) in GUIDED.items() if base in chosen]
-    for row, name, guidance in variants:
+    variants = [(name, name, 1.0, None) for name in chosen] + [(row, base, scale, micro) for row, (base, scale, micro) in GUIDED.items() if base in chosen]
+    for row, name, guidance, micro in variants:
         if row in results["rows"]:
             continue
         setting, mix, extra = chosen[name]
         if mix not in references:
             references[mix] = (load_references(data[mix] / "eval", (TRAIN_SIZE, TRAIN_SIZE)), held_out_references(data[mix]))
         model = Run(runs[name])
-        table, _ = table_scores(model, *references[mix], 2 * budget.crop_samples, budget, guidance=guidance)
-        results["rows"][row] = {"setting": setting + (f"; class guidance {guidance:g} at sampling" if guidance != 1 else ""), "aspect_mix": mix,
-                                "overrides": extra, "guidance": guidance, "step": model.step, "images_seen": model.step * model.cfg.batch_size,
+        table, _ = table_scores(model, *references[mix], 2 * budget.crop_samples, budget, guidance=guidance, micro_guidance=micro)
+        sampled = [f"class guidance {guidance:g}"] * (guidance != 1) + [f"micro-condition guidance {micro:g}"] * (micro is not None)
+        results["rows"][row] = {"setting": setting + (f"; {' and '.join(sampled)} at sampling" if sampled else ""), "aspect_mix": mix,
+                                "overrides": extra, "guidance": guidance, "micro_guidance": micro, "step": model.step,
+                                "images_seen": model.step * model.cfg.batch_size,
                                 "cond_units_live": live_units(runs[name]), "table": table,
-                                **model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES, guidance=guidance),
-                                "sharpness": size_response(model, budget.crop_samples, budget.sampler_steps, guidance=guidance)}
+                                **model_effect(model, budget.crop_samples, PALETTE, steps=budget.sampler_steps, n_classes=N_CLASSES, guidance=guidance,
+                                               micro_guidance=micro),
+                                "sharpness": size_response(model, budget.crop_samples, budget.sampler_steps, guidance=guidance, micro_guidance=micro)}
         _save(results, path)
     return results

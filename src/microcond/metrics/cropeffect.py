@@ -80,7 +80,8 @@ def real_effect(data: Path, palette) -> dict:
     return {"cutoff": cut, "position": position_sweep(sweep, palette)}
 
 
-def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9, seed0: int = 10_000, guidance: float = 1.0, progress: bool = True) -> dict:
+def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9, seed0: int = 10_000, guidance: float = 1.0,
+                 micro_guidance: float | None = None, progress: bool = True) -> dict:
     """Cut-off rate per query and position sweep of a model's samples (``n`` per query / offset).
 
     Every query and offset uses the same seeds and classes, so differences come from the
@@ -97,7 +98,8 @@ def model_effect(model, n: int, palette, *, steps: int = 50, n_classes: int = 9,
     def draw(micro: MicroCond) -> torch.Tensor:
         key = tuple(v for i in seen for v in micro.ids[2 * i : 2 * i + 2])  # the ids this model can see
         if key not in cache:
-            query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size, guidance=guidance)
+            query = Query(original_size=micro.original_size, crop_top_left=micro.crop_top_left, target_size=micro.target_size, guidance=guidance,
+                          micro_guidance=micro_guidance)
             cache[key] = model.draw(query, list(range(seed0, seed0 + n)), [i % n_classes for i in range(n)], steps=steps, progress=progress)
         return cache[key]
 

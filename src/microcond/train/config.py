@@ -37,6 +37,7 @@ class TrainConfig:
     resolution: int = 32  # training size of square buckets; the model's sample size
     num_classes: int = 0  # 0 = unconditional; otherwise a learned vector per class in the pooled slot
     signals: tuple[str, ...] = SIGNALS  # micro-conditions the model sees: any subset, () for none
+    time_embed_dim: int = 0  # pixel presets: width of the timestep embedding and of the conditioning MLP; 0 = 4 x the first block's channels
     # Objective
     prediction_type: str = "epsilon"  # epsilon (SDXL's) | v_prediction (the pixel presets': it learns the crop, docs/results.md)
     loss_weight_cap: float = 0.0  # v_prediction: cap on a noise level's weight in epsilon terms (v weighs 1 + 1/SNR); 0 = none
@@ -134,6 +135,7 @@ class TrainConfig:
             (finite(self.sigma_data, self.min_snr_gamma) and self.sigma_data > 0 and self.min_snr_gamma > 0, "sigma_data/min_snr_gamma", "finite and > 0"),
             (self.preset != "sdxl" or not self.zero_init_conditioning, "zero_init_conditioning", "off for preset sdxl (it would erase the pretrained conditioning)"),
             (self.preset != "sdxl" or not self.center_micro_features, "center_micro_features", "off for preset sdxl"),
+            (self.preset != "sdxl" or not self.time_embed_dim, "time_embed_dim", "0 for preset sdxl (the checkpoint sets it)"),
             (finite(self.class_vector_std) and self.class_vector_std > 0, "class_vector_std", "a finite number > 0"),
             (self.lora_rank >= 0 and finite(self.lora_alpha) and self.lora_alpha >= 0, "lora_rank/lora_alpha", "lora_rank >= 0 and a finite lora_alpha >= 0"),
             (self.preset == "sdxl" or not self.lora_rank, "lora_rank", "0 for the pixel presets (LoRA adapts attention layers, which they lack; preset sdxl)"),

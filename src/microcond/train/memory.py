@@ -97,7 +97,7 @@ def memory_plan(cfg: TrainConfig, world_size: int = 1, unet: torch.nn.Module | N
     if unet is None:
         embedder = MicroCondEmbedder(signals=cfg.signals)
         with torch.device("meta"):
-            unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained, weights=False)
+            unet = build_unet(cfg.preset, cfg.resolution, embedder, cfg.pretrained, weights=False, time_embed_dim=cfg.time_embed_dim)
             if cfg.lora_rank:
                 from microcond.lora import add_lora
 

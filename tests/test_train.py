@@ -386,6 +386,20 @@ def test_ema_on_the_cpu_equals_the_ema_beside_the_model_and_off_samples_the_weig
     assert all(torch.equal(model.state_dict()[k], weights[k]) for k in weights)
 
 
+def test_adamw8bit_resumes_bitwise_and_its_state_is_8_bit(tmp_path):
+    train(tiny_cfg(optimizer="adamw8bit"), tmp_path / "full", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(optimizer="adamw8bit", steps=3), tmp_path / "split", SyntheticBatches(4), progress=False)
+    train(tiny_cfg(optimizer="adamw8bit"), tmp_path / "split", SyntheticBatches(4), progress=False)
+    a, b = final_weights(tmp_path / "full"), final_weights(tmp_path / "split")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = load_file(str(list_checkpoints(tmp_path / "full" / "checkpoints")[-1] / "optimizer.safetensors"))
+    moments = [v for k, v in state.items() if k.endswith(("/state1", "/state2"))]
+    eight = sum(v.numel() for v in moments if v.dtype == torch.uint8)  # bitsandbytes keeps tensors under 4096 elements in fp32
+    assert eight > 0.9 * sum(v.numel() for v in moments)
+    train(tiny_cfg(), tmp_path / "fp32", SyntheticBatches(4), progress=False)
+    assert not all(torch.equal(a[k], v) for k, v in final_weights(tmp_path / "fp32").items())  # another optimizer ran
+
+
 def test_adamw8bit_without_bitsandbytes_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # not importable
     with pytest.raises(ValueError, match="--optimizer adamw8bit needs bitsandbytes"):

@@ -46,20 +46,41 @@ def file_sha256(path: Path) -> str:
 
 
 def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Split an optimizer state into flat tensors (safetensors) and JSON-able param groups."""
+    """Split an optimizer state into flat tensors (safetensors) and JSON-able param groups.
+
+    A slot holding a dict of tensors (bitsandbytes' quantisation state) becomes ``index.slot/key``
+    entries. A Python number becomes a 0-d tensor, and ``step`` comes back as the type it had
+    (bitsandbytes counts it in an int, torch in a tensor).
+    """
     sd = optimizer.state_dict()
     tensors = {}
     for index, slots in sd["state"].items():
         for name, value in slots.items():
-            tensors[f"{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+            items = value.items() if isinstance(value, dict) else [(None, value)]
+            for sub, item in items:
+                key = f"{index}.{name}" + (f"/{sub}" if sub is not None else "")
+                if not torch.is_tensor(item):
+                    item = torch.tensor(item)
+                elif sub is not None:
+                    item = item.clone()  # bitsandbytes shares one quantisation map among parameters; safetensors stores no aliases
+                tensors[key] = item
+                if name == "step" and isinstance(item, int):
+                    tensors[key + "/int"] = torch.tensor(1)  # marks a Python int to restore
     return tensors, sd["param_groups"]
 
 
 def optimizer_from_tensors(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: list[dict]) -> None:
     state: dict[int, dict] = {}
     for key, value in tensors.items():
+        if key.endswith("/int"):
+            continue
         index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
+        slots = state.setdefault(int(index), {})
+        if "/" in name:
+            name, sub = name.split("/", 1)
+            slots.setdefault(name, {})[sub] = value
+        else:
+            slots[name] = int(value.item()) if f"{key}/int" in tensors else value
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 

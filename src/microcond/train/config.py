@@ -135,6 +135,7 @@ class TrainConfig:
             (finite(self.sigma_data, self.min_snr_gamma) and self.sigma_data > 0 and self.min_snr_gamma > 0, "sigma_data/min_snr_gamma", "finite and > 0"),
             (self.preset != "sdxl" or not self.zero_init_conditioning, "zero_init_conditioning", "off for preset sdxl (it would erase the pretrained conditioning)"),
             (self.preset != "sdxl" or not self.center_micro_features, "center_micro_features", "off for preset sdxl"),
+            (self.time_embed_dim >= 0, "time_embed_dim", ">= 0 (0: 4 x the first block's channels)"),
             (self.preset != "sdxl" or not self.time_embed_dim, "time_embed_dim", "0 for preset sdxl (the checkpoint sets it)"),
             (finite(self.class_vector_std) and self.class_vector_std > 0, "class_vector_std", "a finite number > 0"),
             (self.lora_rank >= 0 and finite(self.lora_alpha) and self.lora_alpha >= 0, "lora_rank/lora_alpha", "lora_rank >= 0 and a finite lora_alpha >= 0"),

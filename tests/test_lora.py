@@ -153,3 +153,14 @@ def test_sample_a_lora_run_and_refusals(tiny, images, env, run, tmp_path, capsys
     assert "lora_rank" in capsys.readouterr().err
     assert main(["export", str(run), "--lora", str(tmp_path / "lora.bin")]) == 2
     assert ".safetensors" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_still_trains_the_adapters(tiny, images, env, tmp_path):
+    """The frozen UNet's checkpointed blocks take inputs that need no gradient: the adapters inside
+    must get theirs anyway (a reentrant checkpoint would silently leave them at zero)."""
+    plain = train(tiny, images, tmp_path / "plain", 2)
+    checkpointed = train(tiny, images, tmp_path / "checkpointed", 2, "--gradient-checkpointing", "on")
+    a = load_file(str(plain / "checkpoints" / "step-00000002" / "model.safetensors"))
+    b = load_file(str(checkpointed / "checkpoints" / "step-00000002" / "model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert all(b[k].abs().max() > 0 for k in b if ".lora_B." in k)

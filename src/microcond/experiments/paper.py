@@ -386,7 +386,7 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
             references[mix] = (load_references(data[mix] / "eval", (TRAIN_SIZE, TRAIN_SIZE)), held_out_references(data[mix]))
         model = Run(runs[name])
         table, _ = table_scores(model, *references[mix], 2 * budget.crop_samples, budget, guidance=guidance, micro_guidance=micro)
-        sampled = [f"class guidance {guidance:g}"] * (guidance != 1) + [f"micro-condition guidance {micro:g}"] * (micro is not None)
+        sampled = ([f"class guidance {guidance:g}"] if guidance != 1 else []) + ([f"micro-condition guidance {micro:g}"] if micro is not None else [])
         results["rows"][row] = {"setting": setting + (f"; {' and '.join(sampled)} at sampling" if sampled else ""), "aspect_mix": mix,
                                 "overrides": extra, "guidance": guidance, "micro_guidance": micro, "step": model.step,
                                 "images_seen": model.step * model.cfg.batch_size,

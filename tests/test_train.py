@@ -350,6 +350,9 @@ def test_health_check_counts_live_units_in_the_ema_weights():
     weights["unet.add_embedding.linear_1.bias"] -= 1000.0  # an EMA whose units all died
     assert health.report(weights) == {"cond_units_live": 0, "cond_units": 128}
     assert health.report(weights) == {}  # a new window: nothing seen yet
+    with torch.no_grad():
+        model.eval()(x, t, ids, None, torch.zeros(6, dtype=torch.long))  # a sample grid's forward
+    assert health.inputs == []  # is not training input
 
 
 def test_a_dying_conditioning_path_warns_once_while_it_trains(tmp_path, capsys, monkeypatch):

@@ -276,8 +276,8 @@ class ConditioningHealth:
     THRESHOLD = -3.0
     NAME = "unet.add_embedding.linear_1"  # the layer's name in the denoiser's state dict
 
-    def __init__(self, model: torch.nn.Module, rows: int = 1024) -> None:
-        self.rows = rows
+    def __init__(self, model: torch.nn.Module, rows: int = 1024, training_only: bool = True) -> None:
+        self.rows, self.training_only = rows, training_only
         self.inputs: list[torch.Tensor] = []
         layer = dict(model.named_modules()).get(self.NAME)
         self.units = layer.out_features if layer is not None else 0
@@ -285,7 +285,7 @@ class ConditioningHealth:
             layer.register_forward_hook(self._observe)
 
     def _observe(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        if not module.training:  # a sample grid drawn mid-run is not training input
+        if self.training_only and not module.training:  # a sample grid drawn mid-run is not training input
             return
         kept = sum(len(x) for x in self.inputs)
         if kept < self.rows:

@@ -333,7 +333,7 @@ def live_units(run: Path, batches: int = 16) -> int:
     from microcond.sample.run import load_run
 
     model, cfg, _, _ = load_run(run)
-    health = ConditioningHealth(model, rows=batches * 64)
+    health = ConditioningHealth(model, rows=batches * 64, training_only=False)  # the model is in eval mode
     data = iter(open_training_data(cfg, run, rank=0, world_size=1, batch_size=64))
     with torch.no_grad():
         for _ in range(batches):

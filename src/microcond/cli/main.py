@@ -11,6 +11,7 @@ start without importing torch. Settings dataclasses get one flag per field from
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import textwrap
@@ -357,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``microcond`` console script."""
+    # bitsandbytes' CPU backend (imported by diffusers through peft, where installed) warns at every
+    # start that an optional 4-bit kernel it would fetch from the Hub is absent; nothing here runs 4-bit.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -23,9 +23,17 @@ One JSON line per result (medians of ``--repeats`` timed passes; the baseline in
   Pillow decode (``Image.open(p).convert("RGB")``) of the same files, and their ratio;
   ``cost_full_size``: the same on the largest file of every wallpaper as installed (3-15 MP),
   where the estimate decodes a band of at most 2 MP;
-* ``memory``: peak RSS of this process.
+* ``memory``: peak RSS of this process;
+* ``library`` (one line per resizer library, ``--library-images`` images each, a second set made
+  like the first): upscales by Pillow, OpenCV, libvips (pyvips) and ImageMagick (``convert``),
+  each with its upscaling kernels drawn at random, factors log-uniform in [1.25, 4], saved as PNG,
+  JPEG (q 60-95) or WebP (q 75-95), and a quarter of them cropped after the upscale at a random
+  offset (the grid's phase lost): share within 10% per kernel, per format and for the cropped
+  ones. A library that is not installed is named and skipped (``scripts/bench-data.sh`` installs
+  them all).
 
 Usage: python benchmarks/bench_effective.py [--images 400] [--repeats 3] [--seed 0] [--out DIR]
+       [--libraries pillow opencv vips magick] [--library-images 120]
 """
 
 from __future__ import annotations
@@ -110,6 +118,111 @@ def build(folder: Path, count: int, seed: int) -> list[dict]:
     return records
 
 
+def _opencv(kernel: str):
+    import cv2
+
+    flag = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "lanczos4": cv2.INTER_LANCZOS4, "area": cv2.INTER_AREA}[kernel]
+    return lambda image, size: Image.fromarray(cv2.resize(np.asarray(image), size, interpolation=flag))
+
+
+def _vips(kernel: str):
+    import pyvips
+
+    def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        source = pyvips.Image.new_from_memory(image.tobytes(), image.width, image.height, 3, "uchar")
+        out = source.resize(size[0] / image.width, vscale=size[1] / image.height, **({} if kernel == "default" else {"kernel": kernel}))
+        return Image.frombytes("RGB", (out.width, out.height), out.write_to_memory())
+
+    return resize
+
+
+def _magick(kernel: str):
+    import subprocess
+
+    def resize(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+        with tempfile.TemporaryDirectory() as tmp:
+            image.save(f"{tmp}/in.png")
+            flags = [] if kernel == "default" else ["-filter", kernel]
+            subprocess.run(["convert", f"{tmp}/in.png", *flags, "-resize", f"{size[0]}x{size[1]}!", f"{tmp}/out.png"], check=True, capture_output=True)
+            with Image.open(f"{tmp}/out.png") as out:
+                return out.convert("RGB")
+
+    return resize
+
+
+# library -> (import check, kernel -> resize(image, (w, h)) maker); "default" is what the library does unasked.
+LIBRARIES = {
+    "pillow": (lambda: None, {k: (lambda f: lambda image, size: image.resize(size, f))(f) for k, f in KERNELS.items()}),
+    "opencv": (lambda: __import__("cv2"), {k: _opencv(k) for k in ("nearest", "linear", "cubic", "lanczos4", "area")}),
+    "vips": (lambda: __import__("pyvips"), {k: _vips(k) for k in ("default", "linear", "cubic", "mitchell", "lanczos3")}),
+    "magick": (lambda: _magick_version(), {k: _magick(k) for k in ("default", "Triangle", "Catrom", "Mitchell", "Lanczos")}),
+}
+
+
+def _magick_version() -> None:
+    import subprocess
+
+    out = subprocess.run(["convert", "-version"], capture_output=True, text=True)
+    if "ImageMagick" not in out.stdout:
+        raise ImportError("ImageMagick's convert is not installed (apt-get install imagemagick)")
+
+
+def build_library(folder: Path, library: str, count: int, seed: int) -> list[dict]:
+    """``count`` images upscaled by ``library`` (kernels, formats and crops drawn at random)."""
+    rng = np.random.default_rng([seed, sorted(LIBRARIES).index(library)])
+    photos, kernels = photographs(), LIBRARIES[library][1]
+    records = []
+    for i in range(count):
+        name, photo = photos[i % len(photos)]
+        s = float(np.exp(rng.uniform(np.log(UPSCALED), np.log(4))))
+        cropped = rng.random() < 0.25
+        w = int(np.exp(rng.uniform(np.log(192), np.log(max(193, min(photo.size) / 2)))))
+        h = min(photo.height, int(w * rng.uniform(0.7, 1.2)))
+        small = (max(8, round(w / s)) + 2 * cropped, max(8, round(h / s)) + 2 * cropped)  # two more originals to crop into
+        left, top = int(rng.integers(0, photo.width - small[0] * 2 + 1)), int(rng.integers(0, photo.height - small[1] * 2 + 1))
+        native = photo.crop((left, top, left + small[0] * 2, top + small[1] * 2)).reduce(2)  # box filter: sharp
+        kernel = list(kernels)[int(rng.integers(len(kernels)))]
+        big = (round(small[0] * s), round(small[1] * s))
+        image = kernels[kernel](native, big)
+        truth = (big[1] / small[1], big[0] / small[0])
+        if cropped:  # a window starting anywhere within the first two originals
+            dx, dy = int(rng.integers(0, int(2 * s) + 1)), int(rng.integers(0, int(2 * s) + 1))
+            image = image.crop((dx, dy, dx + big[0] - int(2 * s) - 1, dy + big[1] - int(2 * s) - 1))
+        fmt = ["png", "jpeg", "jpeg", "webp"][int(rng.integers(4))]
+        quality = int(rng.integers(60, 96)) if fmt == "jpeg" else int(rng.integers(75, 96)) if fmt == "webp" else None
+        path = folder / f"{library}-{i:04d}.{fmt.replace('jpeg', 'jpg')}"
+        image.save(path, **({"quality": quality} if quality else {"compress_level": 1}))
+        records.append({"path": path, "kernel": kernel, "format": fmt, "quality": quality, "cropped": cropped, "truth": truth})
+    return records
+
+
+def library_lines(folder: Path, libraries: list[str], count: int, seed: int, env: dict) -> None:
+    """One JSON line per library: share within 10% by kernel, format and phase."""
+    for library in libraries:
+        try:
+            LIBRARIES[library][0]()
+        except (ImportError, OSError) as err:
+            print(json.dumps({"bench": "effective", "case": "library", "library": library, "skipped": str(err), **env}), flush=True)
+            continue
+        records = build_library(folder, library, count, seed)
+        for r in records:
+            e = estimate(r["path"])
+            r["ok"] = abs(np.log(np.sqrt(e.scale[0] * e.scale[1]) / np.sqrt(r["truth"][0] * r["truth"][1]))) <= WITHIN
+
+        def share(rows: list[dict]) -> dict:
+            return {"n": len(rows), "within_10pct": round(float(np.mean([r["ok"] for r in rows])), 3) if rows else None}
+
+        aligned = [r for r in records if not r["cropped"]]
+        lossless = [r for r in aligned if r["format"] == "png"]
+        print(json.dumps({"bench": "effective", "case": "library", "library": library, "images": len(records),
+                          "lossless_per_kernel": {k: share([r for r in lossless if r["kernel"] == k]) for k in LIBRARIES[library][1]},
+                          "lossless": share(lossless), "jpeg_q75_up": share([r for r in aligned if r["format"] == "jpeg" and r["quality"] >= 75]),
+                          "jpeg_below_75": share([r for r in aligned if r["format"] == "jpeg" and r["quality"] < 75]),
+                          "webp": share([r for r in aligned if r["format"] == "webp"]),
+                          "cropped_lossless": share([r for r in records if r["cropped"] and r["format"] == "png"]),
+                          "cropped_all": share([r for r in records if r["cropped"]]), **env}), flush=True)
+
+
 def full_size_files() -> list[Path]:
     """The largest file of every wallpaper, drawings included: the cost on camera-size files."""
     files = []
@@ -133,6 +246,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for the test images (default: a temp folder)")
+    parser.add_argument("--libraries", nargs="*", choices=sorted(LIBRARIES), default=sorted(LIBRARIES), help="resizer libraries of the library lines")
+    parser.add_argument("--library-images", type=int, default=120, help="images per library")
     args = parser.parse_args()
     folder = args.out or Path(tempfile.mkdtemp(prefix="bench-effective-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -208,6 +323,7 @@ def main() -> None:
                       "estimate_images_per_s": round(len(large) / big["estimate"], 1),
                       "decode_images_per_s": round(len(large) / big["decode"], 1),
                       "estimate_vs_decode_time": round(big["estimate"] / big["decode"], 2), **env}), flush=True)
+    library_lines(folder, args.libraries, args.library_images, args.seed, env)
     print(json.dumps({"bench": "effective", "case": "memory", "peak_rss_mib": round(peak_rss_mib(), 1), **env}))
 
 

@@ -25,13 +25,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ "${MICROCOND_BENCH_DATA:-0}" = 1 ]; then
-  bash scripts/bench-data.sh
-fi
-
 if [ ! -x "$VENV/bin/python" ]; then
   echo "setup: creating $VENV"
   "$PYTHON" -m venv "$VENV"
+fi
+if [ "${MICROCOND_BENCH_DATA:-0}" = 1 ]; then
+  VENV="$VENV" bash scripts/bench-data.sh
 fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 

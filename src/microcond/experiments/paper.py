@@ -81,7 +81,8 @@ ABLATIONS = {
 
 # Sampling variants of trained settings: row -> (ABLATIONS setting, class guidance scale, micro-condition guidance scale or None).
 GUIDED = {"edm-cfg2": ("edm", 2.0, None), "v-sd4-center-cfg3": ("v-sd4-center", 3.0, None), "v-sd4-center-cls1-cfg4": ("v-sd4-center-cls1", 4.0, None),
-          "v-sd4-center-cls1-cfg4-mg4": ("v-sd4-center-cls1", 4.0, 4.0), "v-sd4-center-cls1-w256-cfg4": ("v-sd4-center-cls1-w256", 4.0, None)}
+          "v-sd4-center-cls1-cfg4-mg4": ("v-sd4-center-cls1", 4.0, 4.0), "v-sd4-center-cls1-w256-cfg4": ("v-sd4-center-cls1-w256", 4.0, None),
+          "v-sd4-center-cfg3-mg4": ("v-sd4-center", 3.0, 4.0), "v-sd4-center-cls1-w256-cfg4-mg4": ("v-sd4-center-cls1-w256", 4.0, 4.0)}
 
 
 @dataclass(frozen=True)

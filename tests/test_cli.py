@@ -41,6 +41,9 @@ def test_demo_smoke_run_writes_everything_and_reuses_it(tmp_path, monkeypatch, c
     assert (out / "samples-sharp.png").stat().st_mtime_ns == stamp
     printed = capsys.readouterr().out
     assert "demo done" in printed and "64 images trained" in printed
+    assert main([*flags, "--guidance", "2", "--micro-guidance", "3"]) == 0  # other guidance: every picture and measure again
+    assert (out / "samples-sharp.png").stat().st_mtime_ns != stamp
+    assert json.loads((out / "metrics.json").read_text())["sampling"] == {"guidance": 2.0, "micro_guidance": 3.0}
 
 
 def test_console_script_bad_flag_is_one_clear_line():

@@ -41,6 +41,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     config_mod.add_flags(p, DemoConfig, helps={"out": "output folder", "steps": "training steps of 32 images", "samples": "samples for the metrics",
                                                "guidance": "class guidance scale of every sample the demo draws",
+                                               "micro_guidance": "micro-condition guidance scale of every sample (0 = none)",
                                                "sampler_steps": "DDIM steps", "n_train": "demo training images", "n_eval": "demo evaluation images",
                                                "feature_steps": "training steps of the metrics' feature classifier",
                                                "crop_samples": "samples per crop query and offset for metrics.json's crop_effect",

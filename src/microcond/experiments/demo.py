@@ -29,6 +29,7 @@ from microcond.base.files import atomic_write_text
 SHARP = (128, 128)  # "as if from a large original"
 MODEL = "size-crop"  # the microcond.experiments.paper.MODELS entry the demo trains
 GUIDANCE = 1.0  # class guidance of the demo's samples (the recipe ablation, docs/results.md)
+MICRO_GUIDANCE = 0.0  # micro-condition guidance of the demo's samples; 0 = none
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class DemoConfig:
     samples: int = 300
     sampler_steps: int = 25  # DDIM; the crop measures at 25 and 50 steps agree (docs/results.md)
     guidance: float = GUIDANCE
+    micro_guidance: float = MICRO_GUIDANCE  # 0 = none
     n_train: int = 6000
     n_eval: int = 1000
     feature_steps: int = 300
@@ -50,8 +52,14 @@ class DemoConfig:
         from microcond.base.settings import check_counts
 
         check_counts(self, zero_ok=("emoji_per_class",))
-        if not (math.isfinite(self.guidance) and self.guidance >= 0):
-            raise ValueError(f"--guidance must be a finite number >= 0, got {self.guidance}")
+        for name in ("guidance", "micro_guidance"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
+
+    @property
+    def sampling(self) -> dict:
+        """The guidance of every sample the demo draws, as :class:`microcond.sample.run.Query` fields."""
+        return {"guidance": self.guidance, "micro_guidance": self.micro_guidance or None}
 
 
 def _crop_measures(run: Path, train_data: Path, sweeps: Path, cfg: DemoConfig, measure: bool) -> tuple[Path, dict | None]:
@@ -65,11 +73,11 @@ def _crop_measures(run: Path, train_data: Path, sweeps: Path, cfg: DemoConfig, m
     from microcond.sample.run import Run
 
     torch.set_num_threads(1)
-    grid = sweep_grids(run, sweeps, steps=cfg.sampler_steps, kinds=("crop",), guidance=cfg.guidance)["crop"]
+    grid = sweep_grids(run, sweeps, steps=cfg.sampler_steps, kinds=("crop",), **cfg.sampling)["crop"]
     if not measure:
         return grid, None
     effect = {"real": real_effect(train_data, PALETTE),
-              "samples": model_effect(Run(run), cfg.crop_samples, PALETTE, steps=cfg.sampler_steps, n_classes=N_CLASSES, guidance=cfg.guidance, progress=False)}
+              "samples": model_effect(Run(run), cfg.crop_samples, PALETTE, steps=cfg.sampler_steps, n_classes=N_CLASSES, **cfg.sampling, progress=False)}
     return grid, effect
 
 
@@ -111,33 +119,36 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     model = Run(run)
-    fresh = metrics.get("step") != model.step or metrics.get("guidance") != cfg.guidance
+    fresh = metrics.get("step") != model.step or metrics.get("sampling") != cfg.sampling
+    if fresh:  # pictures of another step or guidance are drawn again
+        for old in [*out.glob("samples-*.png"), *(out / "sweeps").glob("sweep-*.png")]:
+            old.unlink()
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         crop_part = pool.submit(_crop_measures, run, data / "train", out / "sweeps", cfg, fresh)
         torch.set_num_threads(1)
         labels = [i % N_CLASSES for i in range(64)]
         pictures = {}
-        for name, query in (("default", Query(guidance=cfg.guidance)), ("sharp", Query(original_size=SHARP, guidance=cfg.guidance))):
+        for name, query in (("default", Query(**cfg.sampling)), ("sharp", Query(original_size=SHARP, **cfg.sampling))):
             path = out / f"samples-{name}.png"
             if not path.exists():
                 images = model.draw(query, list(range(64)), labels, steps=cfg.sampler_steps, progress=progress)
                 micro = query.micro(model.cfg.resolution)
                 save_grid(images, path, nrow=8, title=f"c_size {micro.original_size[0]}x{micro.original_size[1]}, c_crop 0,0, classes 0-8 cycled")
             pictures[f"samples, {name}"] = path
-        pictures["original_size sweep"] = sweep_grids(run, out / "sweeps", steps=cfg.sampler_steps, kinds=("original_size",), guidance=cfg.guidance)["original_size"]
+        pictures["original_size sweep"] = sweep_grids(run, out / "sweeps", steps=cfg.sampler_steps, kinds=("original_size",), **cfg.sampling)["original_size"]
         if fresh:
             refs = load_references(data / "eval", model.size, progress=progress)
             held = held_out_references(data, progress)
             n_labels = [i % N_CLASSES for i in range(cfg.samples)]
-            metrics = {"step": model.step, "images_seen": images_seen, "guidance": cfg.guidance, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
-            images = model.draw(Query(original_size=SHARP, guidance=cfg.guidance), list(range(cfg.samples)), n_labels, steps=cfg.sampler_steps, progress=progress)
+            metrics = {"step": model.step, "images_seen": images_seen, "sampling": cfg.sampling, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
+            images = model.draw(Query(original_size=SHARP, **cfg.sampling), list(range(cfg.samples)), n_labels, steps=cfg.sampler_steps, progress=progress)
             metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
                                     recipe=FeatureRecipe(steps=cfg.feature_steps), sample_labels=n_labels, held_out=(held.images, held.labels), progress=progress))
         pictures["crop sweep"], crop_effect = crop_part.result()
     if fresh:
         metrics["crop_effect"] = crop_effect  # Fig. 4 in numbers: cut-off per query, and the object moving with the requested crop
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2) + "\n")
-    print(format_report({k: v for k, v in metrics.items() if k not in ("query", "crop_effect", "step", "guidance")}))
+    print(format_report({k: v for k, v in metrics.items() if k not in ("query", "crop_effect", "step", "sampling")}))
     real, samples = (metrics["crop_effect"][k] for k in ("real", "samples"))
     for query, rate in samples["cutoff"].items():
         print(f"cut off, {query}: {100 * rate['rate']:.0f}% of samples (real images {100 * real['cutoff'][query]['rate']:.0f}%)")

@@ -233,15 +233,15 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budge
 
 
 def sweep_grids(run: Path, out: Path, seeds: tuple[int, ...] = tuple(range(8)), steps: int = 50, label: int = 5,
-                kinds: tuple[str, ...] = ("original_size", "crop"), guidance: float = 1.0) -> dict[str, Path]:
+                kinds: tuple[str, ...] = ("original_size", "crop"), guidance: float = 1.0, micro_guidance: float | None = None) -> dict[str, Path]:
     """The Fig. 3 (c_size) and Fig. 4 (c_crop of a wide original) sweep grids of one run."""
     from microcond.sample.run import Query, Run
 
     model = Run(run)
     grids = {}
     for kind, values, query in (
-        ("original_size", [8, 16, 32, 64, 128], Query(label=label, guidance=guidance)),
-        ("crop", [(0, left) for left in CROP_LEFTS], Query(original_size=WIDE, label=label, guidance=guidance)),
+        ("original_size", [8, 16, 32, 64, 128], Query(label=label, guidance=guidance, micro_guidance=micro_guidance)),
+        ("crop", [(0, left) for left in CROP_LEFTS], Query(original_size=WIDE, label=label, guidance=guidance, micro_guidance=micro_guidance)),
     ):
         if kind not in kinds:
             continue

@@ -222,13 +222,13 @@ def test_fuzz_every_numeric_flag_with_bad_values_is_one_line_and_exit_2(tmp_path
     integer: exit 2 and one line naming the flag, never a traceback and never any work."""
     from microcond.cli.main import main
     from microcond.demodata import build as demodata
-    from microcond.experiments import demo
+    from microcond.experiments import ablation, demo
     from microcond.experiments import paper as experiment
 
     def refuse(*args, **kwargs):
         raise ValueError("WORK STARTED")
 
-    for module, name in ((demo, "run_demo"), (experiment, "run_paper"), (experiment, "run_ablation"), (demodata, "build_demo_data")):
+    for module, name in ((demo, "run_demo"), (experiment, "run_paper"), (ablation, "run_ablation"), (demodata, "build_demo_data")):
         monkeypatch.setattr(module, name, refuse)
     cases, accepted = 0, []
     for command, flag, nargs in _numeric_flags():

@@ -87,14 +87,15 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
                                            "table_samples": "samples per Table 2 row", "curve_samples": "samples per point of the Fig. 3 curve",
                                            "sampler_steps": "DDIM steps of every measurement", "feature_steps": "training steps of the metrics' feature classifier"})
     p.add_argument("--parallel", type=integer(1, 64, "a number of processes"), default=2, help="training processes at once, one thread each")
-    p.add_argument("--settings", nargs="*", help="crop-ablation: only these settings (default all; see microcond.experiments.paper.ABLATIONS)")
+    p.add_argument("--settings", nargs="*", help="crop-ablation: only these settings (default all; see microcond.experiments.ablation.ABLATIONS)")
     p.set_defaults(run=_run_experiment)
 
 
 def _run_experiment(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from microcond.experiments.paper import Budget, run_ablation, run_paper
+    from microcond.experiments.ablation import run_ablation
+    from microcond.experiments.paper import Budget, run_paper
     from microcond.train import config as config_mod
 
     given = config_mod.flag_overrides(args, Budget)

@@ -235,14 +235,15 @@ def ablation_table(ablation: dict) -> list[str]:
         sharp, table = row["sharpness"], row.get("table", {})
         fidelity = f"{table['frechet_distance']:.2f} | {100 * table['class_accuracy']:.0f}% ({table['class_accuracy_ratio']:.2f})" if table else " | "
         cells = [row["setting"], _slope(row["position"]), *(_pct(row["cutoff"][q]) for q in queries), f"{sharp['128'] / max(sharp['8'], 1e-12):.1f}x",
-                 fidelity, f"{live if live is not None else 'n/a'} of 128", f"{row['images_seen']:,}" if "images_seen" in row else ""]
+                 fidelity, f"{live if live is not None else 'n/a'} of {row.get('overrides', {}).get('time_embed_dim') or 128}",
+                 f"{row['images_seen']:,}" if "images_seen" in row else ""]
         lines.append("| " + " | ".join(cells) + " |")
     return lines + ["", *best_reached(ablation)]
 
 
 def best_reached(ablation: dict) -> list[str]:
     """One line per goal of the size+crop model: the ablation row that came nearest, with its images."""
-    rows = {name: row for name, row in ablation["rows"].items() if row.get("guidance", 1.0) == 1.0}
+    rows = dict(ablation["rows"])  # sampled with or without guidance: both are recipes a user can run
     if not rows:
         return []
     real = next(iter(ablation["real"].values()))

@@ -169,9 +169,12 @@ class TrainConfig:
 # The pixel presets share one recipe, chosen by the recipe ablation (docs/results.md): v-prediction
 # at uniform timesteps with the clean-image error weighted SNR + 1/4^2 (EDM's weight with
 # sigma_data 4: between epsilon's SNR, which ignores the layout and so the crop, and v's SNR + 1,
-# which loses the size effect), and centred micro features (without them the conditioning MLP's
-# units die and take class, size and crop with them).
-PIXEL_RECIPE = dict(prediction_type="v_prediction", timestep_sampling="uniform", loss_weighting="edm", sigma_data=4.0, center_micro_features=True)
+# which loses the size effect), centred micro features (without them the conditioning MLP's
+# units die and take class, size and crop with them), class vectors starting at the scale of the
+# micro features beside them (at 0.02 the class barely reaches the model) and a conditioning MLP
+# 256 wide (the tiny preset's own width, 128, holds class and crop together only under guidance).
+PIXEL_RECIPE = dict(prediction_type="v_prediction", timestep_sampling="uniform", loss_weighting="edm", sigma_data=4.0, center_micro_features=True,
+                    class_vector_std=1.0, time_embed_dim=256)
 PRESETS: dict[str, dict] = {
     "tiny": dict(resolution=32, batch_size=32, lr=1e-3, **PIXEL_RECIPE),
     "small": dict(resolution=64, batch_size=32, lr=5e-4, **PIXEL_RECIPE),

@@ -97,3 +97,15 @@ def test_further_experiments_are_included_with_their_pictures(tmp_path):
     assert text.startswith("## Upscaled files") and "# Title" not in text
     assert "### Part" in text and "![curve](upscaled/upscaled-curve.png)" in text
     assert "Micro-condition guidance" not in text  # no page, no section
+
+
+def test_a_page_of_runs_made_with_an_older_recipe_says_so():
+    from dataclasses import asdict
+
+    from microcond.experiments.paperpage import RECIPE_FIELDS, recipe_changes
+    from microcond.train.config import resolve
+
+    now = {k: v for k, v in asdict(resolve("tiny")).items() if k in RECIPE_FIELDS}
+    assert recipe_changes(now) == {} and recipe_changes({}) == {}
+    older = {k: v for k, v in now.items() if k not in ("class_vector_std", "time_embed_dim")}  # recorded before those fields existed
+    assert recipe_changes(older) == {"class_vector_std": (0.02, now["class_vector_std"]), "time_embed_dim": (0, now["time_embed_dim"])}

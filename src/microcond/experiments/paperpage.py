@@ -139,7 +139,19 @@ def _spread_verdict(name_a: str, a: list[float], name_b: str, b: list[float], wh
 
 
 RECIPE_FIELDS = ("prediction_type", "timestep_sampling", "lognormal_mean", "lognormal_std", "loss_weighting", "sigma_data", "min_snr_gamma",
-                 "zero_init_conditioning", "lr", "ema_decay", "cond_dropout", "class_dropout")
+                 "zero_init_conditioning", "lr", "ema_decay", "cond_dropout", "class_dropout", "class_vector_std", "time_embed_dim")
+
+
+def recipe_changes(recipe: dict) -> dict[str, tuple]:
+    """Fields of RECIPE_FIELDS whose value in ``recipe`` (a run's, as recorded; a field it lacks
+    had its default then) differs from the tiny preset's now: field -> (then, now)."""
+    from dataclasses import fields
+
+    from microcond.train.config import TrainConfig, resolve
+
+    now, default = resolve("tiny"), {f.name: f.default for f in fields(TrainConfig)}
+    then = {k: recipe.get(k, default[k]) for k in RECIPE_FIELDS}
+    return {k: (then[k], getattr(now, k)) for k in RECIPE_FIELDS if then[k] != getattr(now, k)} if recipe else {}
 
 
 def describe_recipe(recipe: dict) -> str:
@@ -152,7 +164,10 @@ def describe_recipe(recipe: dict) -> str:
     weight = {"none": f"{target}'s own loss weight", "edm": f"EDM's loss weight (SNR + 1/{recipe['sigma_data']:g}^2 on the clean-image error)",
               "min_snr": f"min-SNR-{recipe['min_snr_gamma']:g} weighting"}[recipe["loss_weighting"]]
     zero = ", conditioning output layer zero-initialised" if recipe.get("zero_init_conditioning") else ""
-    return (f"{target}, {levels}, {weight}{zero}, lr {recipe['lr']:g}, EMA {recipe['ema_decay']:g}, "
+    width = recipe.get("time_embed_dim", 0)
+    path = (f", class vectors initialised at scale {recipe.get('class_vector_std', 0.02):g}, "
+            f"conditioning MLP {f'{width} wide' if width else 'as wide as the timestep embedding (128)'}")
+    return (f"{target}, {levels}, {weight}{zero}{path}, lr {recipe['lr']:g}, EMA {recipe['ema_decay']:g}, "
             f"micro-condition dropout {recipe['cond_dropout']:g} and class dropout {recipe['class_dropout']:g}")
 
 
@@ -298,6 +313,9 @@ def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], fig
         f"Produced by `{command}` on 2 CPU cores: {results['minutes']:.0f} minutes in all, {results.get('training_minutes', float('nan')):.0f} of them training "
         f"({len(results['runs'])} models, two at a time) and {sum(e.get('minutes', 0) for e in results['runs'].values()):.0f} sampling and measuring; "
         "every number below comes from that run and is also a row of [results.json](results.json).",
+        *([f"**The pixel presets' recipe has changed since this run** ({', '.join(f'{k} {a!r} -> {b!r}' for k, (a, b) in changes.items())}; "
+           "the recipe ablation at the end of the page shows why). The numbers here are the recipe below; the command above "
+           "now trains the new one (give it a new `--out`)."] if (changes := recipe_changes(results.get("recipe", {}))) else []),
         "Metrics are in-domain (features of a small classifier trained on the real demo images, and a",
         "Laplacian-pyramid sliced Wasserstein distance), not Inception FID; compare them between rows, not with the paper.",
         f"{seeds} training seeds per model; sample counts: {budget['table_samples']} per Table 2 row, {budget['crop_samples']} per cut-off query and per crop offset, "

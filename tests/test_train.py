@@ -346,9 +346,10 @@ def test_health_check_counts_live_units_in_the_ema_weights():
         model(x, t, ids, None, torch.zeros(6, dtype=torch.long))
     assert sum(len(v) for v in health.inputs) == 8  # the window keeps its first `rows` inputs
     weights = {k: v.clone() for k, v in model.state_dict().items()}
-    assert health.live(weights) == 128  # freshly initialised: every unit answers
+    units = model.unet.add_embedding.linear_1.out_features
+    assert health.live(weights) == units == 256  # freshly initialised: every unit answers (the preset's 256-wide MLP)
     weights["unet.add_embedding.linear_1.bias"] -= 1000.0  # an EMA whose units all died
-    assert health.report(weights) == {"cond_units_live": 0, "cond_units": 128}
+    assert health.report(weights) == {"cond_units_live": 0, "cond_units": units}
     assert health.report(weights) == {}  # a new window: nothing seen yet
     with torch.no_grad():
         model.eval()(x, t, ids, None, torch.zeros(6, dtype=torch.long))  # a sample grid's forward
@@ -363,7 +364,7 @@ def test_a_dying_conditioning_path_warns_once_while_it_trains(tmp_path, capsys, 
     monkeypatch.setattr(ConditioningHealth, "live", lambda self, weights: 3)  # an EMA whose units died
     train(tiny_cfg(steps=3), tmp_path, SyntheticBatches(4), progress=False)
     err = capsys.readouterr().err
-    assert err.count("warning: at step 1 only 3 of 128 units") == 1 and err.count("warning:") == 1
+    assert err.count("warning: at step 1 only 3 of 256 units") == 1 and err.count("warning:") == 1
 
 
 def test_checkpoint_time_is_reported_apart_from_images_per_second(tmp_path):

@@ -28,8 +28,12 @@ from microcond.base.files import atomic_write_text
 
 SHARP = (128, 128)  # "as if from a large original"
 MODEL = "size-crop"  # the microcond.experiments.paper.MODELS entry the demo trains
-GUIDANCE = 1.0  # class guidance of the demo's samples (the recipe ablation, docs/results.md)
-MICRO_GUIDANCE = 0.0  # micro-condition guidance of the demo's samples; 0 = none
+# Guidance of the demo's samples, from the recipe ablation (docs/results.md, row
+# v-sd4-center-cls1-w256 sampled at class guidance 4 and micro-condition guidance 4): the class is
+# recognised as often as in held-out real images (0.85 of their rate), the crop moves the object as
+# in the real data and the requested original size sets the detail (6.7x sharper at 128 than at 8).
+GUIDANCE = 4.0
+MICRO_GUIDANCE = 4.0  # 0 = none
 
 
 @dataclass(frozen=True)

@@ -68,3 +68,14 @@ def test_demo_and_experiment_settings_below_one_are_one_line(argv, flag, capsys)
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected positive integers" in err and flag in err
+
+
+def test_a_failed_training_run_of_an_experiment_names_its_error(tmp_path):
+    from microcond.experiments.launch import train_runs
+
+    run = tmp_path / "run"
+    command = ["microcond", "train", "--preset", "tiny", "--data", str(tmp_path / "missing"), "--out", str(run), "--steps", "2"]
+    with pytest.raises(RuntimeError) as failed:
+        train_runs({"run": command}, {"run": run}, {"run": 2}, parallel=1, progress=False)
+    message = str(failed.value)
+    assert "training run failed (exit 2): " in message and "missing" in message and str(run / "train.log") in message

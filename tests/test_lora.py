@@ -15,18 +15,13 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
-from test_sdxl import write_tiny_sdxl
+from test_sdxl import tiny  # noqa: F401  (the module-scoped tiny random SDXL folder fixture)
 
 from microcond.cli.main import main
 
 FLAGS = ["--preset", "sdxl", "--resolution", "64", "--buckets", "64x64", "--batch-size", "2", "--precision", "fp32", "--lr", "1e-2",
          "--sample-every", "0", "--checkpoint-every", "1", "--no-progress", "--lora-rank", "4", "--lora-alpha", "8"]
 PROMPT = "picture number 3"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return write_tiny_sdxl(tmp_path_factory.mktemp("sdxl"))
 
 
 @pytest.fixture(scope="module")

@@ -55,6 +55,10 @@ def test_the_plan_of_a_pixel_preset_matches_the_denoiser_it_builds():
     assert plan["trainable_parameters"] == trainable and plan["rows"]["AdamW moments (fp32)"] == 8 * trainable
     double = memory_plan(replace(cfg, batch_size=64))
     assert double["activations"] == 2 * plan["activations"] and double["activations_checkpointed"] == 2 * plan["activations_checkpointed"]
+    import pytest
+
+    with pytest.raises(ValueError, match="batch_size 32 leaves no image per rank with 64 ranks"):
+        memory_plan(cfg, world_size=64)
     halved = memory_plan(cfg, world_size=2)  # each rank holds half the batch
     assert halved["batch_per_rank"] == 16 and halved["activations"] == plan["activations"] // 2
 

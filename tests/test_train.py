@@ -400,6 +400,7 @@ def test_adamw8bit_resumes_bitwise_and_its_state_is_8_bit(tmp_path):
     moments = [v for k, v in state.items() if k.endswith(("/state1", "/state2"))]
     eight = sum(v.numel() for v in moments if v.dtype == torch.uint8)  # bitsandbytes keeps tensors under 4096 elements in fp32
     assert eight > 0.9 * sum(v.numel() for v in moments)
+    assert all(f"{k}/int" in state for k in state if k.endswith(".step"))  # bitsandbytes counts steps in a Python int: restored as one
     train(tiny_cfg(), tmp_path / "fp32", SyntheticBatches(4), progress=False)
     assert not all(torch.equal(a[k], v) for k, v in final_weights(tmp_path / "fp32").items())  # another optimizer ran
 

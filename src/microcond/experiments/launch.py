@@ -90,7 +90,9 @@ def train_runs(commands: dict[str, list[str]], runs: dict[str, Path], steps: dic
                 if proc.returncode != 0:
                     for other in running.values():
                         other.terminate()
-                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {runs[name] / 'train.log'}")
+                    lines = [line for line in (runs[name] / "train.log").read_text(errors="replace").splitlines() if line.strip()]
+                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}): {lines[-1].strip() if lines else 'no output'}; "
+                                       f"see {runs[name] / 'train.log'}")
         bar.n = sum(min(_steps_done(runs[n]), steps[n]) for n in commands)
         bar.refresh()
     bar.close()

@@ -59,13 +59,13 @@ def optimizer_to_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, to
             items = value.items() if isinstance(value, dict) else [(None, value)]
             for sub, item in items:
                 key = f"{index}.{name}" + (f"/{sub}" if sub is not None else "")
-                if not torch.is_tensor(item):
-                    item = torch.tensor(item)
-                elif sub is not None:
-                    item = item.clone()  # bitsandbytes shares one quantisation map among parameters; safetensors stores no aliases
-                tensors[key] = item
                 if name == "step" and isinstance(item, int):
                     tensors[key + "/int"] = torch.tensor(1)  # marks a Python int to restore
+                if not torch.is_tensor(item):
+                    item = torch.tensor(item)
+                elif sub is not None:  # bitsandbytes shares one quantisation map among parameters; safetensors stores no aliases
+                    item = item.detach().to("cpu", copy=True)  # a copy in host memory, not beside the model
+                tensors[key] = item
     return tensors, sd["param_groups"]
 
 

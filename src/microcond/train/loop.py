@@ -160,7 +160,7 @@ def train(cfg: TrainConfig, run_dir: str | Path, data: BatchSource | None = None
         stage.check(model)
         loss_fn = DiffusionLoss(cfg)
         scheduler = loss_fn.scheduler
-        lora, ema_at = bool(cfg.lora_rank), ema_device(cfg, device)
+        lora, ema_at = bool(cfg.lora_rank), ema_device(cfg, device) if rank == 0 else None  # rank 0 alone saves and samples the EMA
         ema = {} if ema_at is None else {k: v.detach().float().to(ema_at, copy=True) for k, v in trained_state(model, lora).items() if v.is_floating_point()}
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = make_optimizer(model, cfg)

@@ -107,6 +107,8 @@ def memory_plan(cfg: TrainConfig, world_size: int = 1, unet: torch.nn.Module | N
     pooled_slot = 0 if cfg.text_encoders else (cfg.num_classes + 1) * (unet.add_embedding.linear_1.in_features - unet.config.addition_time_embed_dim * 6)
     trainable = sum(p.numel() for p in unet.parameters() if p.requires_grad) + pooled_slot  # the class vectors train beside the UNet
     batch = cfg.batch_size // (world_size * cfg.grad_accumulation)
+    if batch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} leaves no image per rank with {world_size} ranks x grad_accumulation {cfg.grad_accumulation}")
     size = (cfg.resolution // 8, cfg.resolution // 8) if cfg.vae else (cfg.resolution, cfg.resolution)
     plain, checkpointed = activation_elements(unet, batch, size)
     frozen = _frozen_parameters(cfg)

@@ -44,6 +44,12 @@ def test_demo_smoke_run_writes_everything_and_reuses_it(tmp_path, monkeypatch, c
     assert main([*flags, "--guidance", "2", "--micro-guidance", "3"]) == 0  # other guidance: every picture and measure again
     assert (out / "samples-sharp.png").stat().st_mtime_ns != stamp
     assert json.loads((out / "metrics.json").read_text())["sampling"] == {"guidance": 2.0, "micro_guidance": 3.0}
+    config = json.loads((out / "run" / "config.json").read_text())
+    (out / "run" / "config.json").write_text(json.dumps({**config, "class_vector_std": 0.02}))  # a model of an older recipe
+    capsys.readouterr()
+    assert main(flags) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with another recipe" in err[0] and "class_vector_std" in err[0] and "new --out" in err[0]
 
 
 def test_console_script_bad_flag_is_one_clear_line():

@@ -126,6 +126,7 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
             row["setting"] = variant_label(ABLATIONS[base][0], row.get("guidance", 1.0), row.get("micro_guidance"))
     for mix in mixes:
         results["real"].setdefault(mix, real_effect(data[mix] / "train", PALETTE))
+    _save(results, path)  # the refreshed labels too, when no row is left to measure
     references = {}
     variants = [(name, name, 1.0, None) for name in chosen] + [(row, base, scale, micro) for row, (base, scale, micro) in GUIDED.items() if base in chosen]
     for row, name, guidance, micro in variants:

@@ -55,6 +55,8 @@ class DemoConfig:
 
         from microcond.base.settings import check_counts
 
+        for name in ("guidance", "micro_guidance"):  # scales, not counts: 0 is a valid one
+            object.__setattr__(self, name, float(getattr(self, name)))
         check_counts(self, zero_ok=("emoji_per_class",))
         for name in ("guidance", "micro_guidance"):
             if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
@@ -85,6 +87,22 @@ def _crop_measures(run: Path, train_data: Path, sweeps: Path, cfg: DemoConfig, m
     return grid, effect
 
 
+def check_recipe(run: Path, data: Path) -> None:
+    """Refuse a demo folder whose model was trained with another recipe than the presets' now: its
+    samples would be drawn at guidance chosen for the new recipe, and more steps could not resume."""
+    from microcond.experiments.paper import MODELS, N_CLASSES
+    from microcond.train import config as config_mod
+
+    if not (run / "config.json").exists():
+        return
+    old = config_mod.from_dict(json.loads((run / "config.json").read_text()))
+    new = config_mod.resolve("tiny", overrides={**MODELS[MODEL][1], "num_classes": N_CLASSES, "data": str(data), "seed": 0})
+    changed = config_mod.differing_fields(old, new)
+    if changed:
+        raise ValueError(f"{run} was trained with another recipe than the pixel presets' now ({', '.join(changed)} differ): "
+                         f"give the demo a new --out, or move {run.parent} aside")
+
+
 def _training_speed(run: Path) -> tuple[int, float]:
     """(images seen, median images per second over the logged windows) from metrics.jsonl."""
     import statistics
@@ -112,6 +130,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     out = Path(cfg.out)
     data = ensure_demo_data(out / f"data-{MIX}", MIX, cfg.n_train, cfg.n_eval, progress=progress, emoji_per_class=cfg.emoji_per_class)
     run = out / "run"
+    check_recipe(run, data / "train")
     prepare_caches(data / "train", {0})
     print(f"training one tiny model, {cfg.steps} steps of 32 images ({cfg.steps * 32:,} images): {MODELS[MODEL][0]}")
     clock = time.time()
@@ -123,7 +142,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     model = Run(run)
-    fresh = metrics.get("step") != model.step or metrics.get("sampling") != cfg.sampling
+    fresh = metrics.get("step") != model.step or metrics.get("sampling") != cfg.sampling or metrics.get("sampler_steps") != cfg.sampler_steps
     if fresh:  # pictures of another step or guidance are drawn again
         for old in [*out.glob("samples-*.png"), *(out / "sweeps").glob("sweep-*.png")]:
             old.unlink()
@@ -144,7 +163,7 @@ def run_demo(cfg: DemoConfig, progress: bool = True) -> dict:
             refs = load_references(data / "eval", model.size, progress=progress)
             held = held_out_references(data, progress)
             n_labels = [i % N_CLASSES for i in range(cfg.samples)]
-            metrics = {"step": model.step, "images_seen": images_seen, "sampling": cfg.sampling, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
+            metrics = {"step": model.step, "images_seen": images_seen, "sampling": cfg.sampling, "sampler_steps": cfg.sampler_steps, "query": {"original_size": list(SHARP), "crop_top_left": [0, 0]}}
             images = model.draw(Query(original_size=SHARP, **cfg.sampling), list(range(cfg.samples)), n_labels, steps=cfg.sampler_steps, progress=progress)
             metrics.update(evaluate(images, refs.images, refs.labels, cache_dir=default_cache_dir() / "features", palette=PALETTE,
                                     recipe=FeatureRecipe(steps=cfg.feature_steps), sample_labels=n_labels, held_out=(held.images, held.labels), progress=progress))

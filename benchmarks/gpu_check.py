@@ -40,7 +40,7 @@ SIZES = {
                       transformer_layers_per_block=(1, 2, 4))),
 }
 # LoRA also runs the GPU-saving options: the EMA in host memory, 8-bit AdamW, and sample grids (the EMA swapped in).
-MODES = {"full": [], "lora": ["--lora-rank", "8", "--lora-add-embedding", "on", "--ema", "cpu", "--optimizer", "adamw8bit"]}
+MODES = {"full": {}, "lora": {"lora_rank": 8, "lora_add_embedding": True, "ema": "cpu", "optimizer": "adamw8bit"}}
 GIB = 2**30
 
 
@@ -79,7 +79,9 @@ def train_case(model: Path, images: Path, run: Path, resolution: int, mode: str,
     flags = ["--preset", "sdxl", "--pretrained", str(model), "--data", str(images), "--out", str(run), "--resolution", str(resolution),
              "--buckets", f"{resolution}x{resolution}", "--batch-size", str(batch), "--steps", str(steps), "--precision", precision,
              "--text-cache", "on", "--log-every", "5", "--sample-every", str(steps) if mode == "lora" else "0", "--checkpoint-every", str(steps), "--lr", "1e-4",
-             "--gradient-checkpointing", "on" if checkpointing else "off", "--no-progress", *MODES[mode]]
+             "--gradient-checkpointing", "on" if checkpointing else "off", "--no-progress"]
+    for key, value in MODES[mode].items():
+        flags += ["--" + key.replace("_", "-"), ("on" if value else "off") if isinstance(value, bool) else str(value)]
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -88,7 +90,7 @@ def train_case(model: Path, images: Path, run: Path, resolution: int, mode: str,
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     cfg = resolve(overrides={"preset": "sdxl", "pretrained": str(model), "data": str(images), "resolution": resolution, "batch_size": batch,
                              "text_cache": True, "gradient_checkpointing": checkpointing,
-                             **({"lora_rank": 8, "lora_add_embedding": True, "ema": "cpu", "optimizer": "adamw8bit"} if mode == "lora" else {})})
+                             **MODES[mode]})
     plan = memory_plan(cfg)
     return {"case": run.name, "steps": steps, "batch": batch, "resolution": resolution, "wall_s": time.perf_counter() - start,
             "images_per_s": statistics.median(r["images_per_s"] for r in rows[1:] or rows),

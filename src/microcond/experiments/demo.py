@@ -56,11 +56,11 @@ class DemoConfig:
         from microcond.base.settings import check_counts
 
         for name in ("guidance", "micro_guidance"):  # scales, not counts: 0 is a valid one
-            object.__setattr__(self, name, float(getattr(self, name)))
+            scale = float(getattr(self, name))
+            if not (math.isfinite(scale) and scale >= 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {scale}")
+            object.__setattr__(self, name, scale)
         check_counts(self, zero_ok=("emoji_per_class",))
-        for name in ("guidance", "micro_guidance"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {getattr(self, name)}")
 
     @property
     def sampling(self) -> dict:
@@ -90,13 +90,13 @@ def _crop_measures(run: Path, train_data: Path, sweeps: Path, cfg: DemoConfig, m
 def check_recipe(run: Path, data: Path) -> None:
     """Refuse a demo folder whose model was trained with another recipe than the presets' now: its
     samples would be drawn at guidance chosen for the new recipe, and more steps could not resume."""
-    from microcond.experiments.paper import MODELS, N_CLASSES
+    from microcond.experiments.paper import train_overrides
     from microcond.train import config as config_mod
 
     if not (run / "config.json").exists():
         return
     old = config_mod.from_dict(json.loads((run / "config.json").read_text()))
-    new = config_mod.resolve("tiny", overrides={**MODELS[MODEL][1], "num_classes": N_CLASSES, "data": str(data), "seed": 0})
+    new = config_mod.resolve("tiny", overrides=train_overrides(MODEL, data, old.steps))
     changed = config_mod.differing_fields(old, new)
     if changed:
         raise ValueError(f"{run} was trained with another recipe than the pixel presets' now ({', '.join(changed)} differ): "

@@ -67,10 +67,16 @@ class Budget:
         check_counts(self)
 
 
+def train_overrides(name: str, data: Path, steps: int, seed: int = 0, extra: dict | None = None) -> dict:
+    """The tiny preset's overrides (TrainConfig fields) for one model of :data:`MODELS`."""
+    return {"data": str(data), "num_classes": N_CLASSES, "steps": steps, "seed": seed, "sample_every": max(steps // 3, 1), "checkpoint_every": 500,
+            **MODELS[name][1], **(extra or {})}
+
+
 def train_command(name: str, data: Path, run: Path, steps: int, seed: int = 0, extra: dict | None = None) -> list[str]:
     """The ``microcond train`` command of one model of :data:`MODELS` (also printed in the results)."""
-    overrides = {**MODELS[name][1], **(extra or {})}
-    cmd = ["microcond", "train", "--preset", "tiny", "--data", str(data), "--out", str(run), "--num-classes", str(N_CLASSES), "--steps", str(steps), "--seed", str(seed), "--sample-every", str(max(steps // 3, 1)), "--checkpoint-every", "500"]
+    overrides = train_overrides(name, data, steps, seed, extra)
+    cmd = ["microcond", "train", "--preset", "tiny", "--data", overrides.pop("data"), "--out", str(run)]
     for key, value in overrides.items():
         flag = "--" + key.replace("_", "-")
         cmd += [flag, *map(str, value)] if isinstance(value, list) else [flag, str(value).lower() if isinstance(value, bool) else str(value)]

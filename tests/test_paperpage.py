@@ -102,7 +102,7 @@ def test_further_experiments_are_included_with_their_pictures(tmp_path):
 def test_a_page_of_runs_made_with_an_older_recipe_says_so():
     from dataclasses import asdict
 
-    from microcond.experiments.paperpage import RECIPE_FIELDS, recipe_changes
+    from microcond.experiments.recipe import RECIPE_FIELDS, recipe_changes
     from microcond.train.config import resolve
 
     now = {k: v for k, v in asdict(resolve("tiny")).items() if k in RECIPE_FIELDS}

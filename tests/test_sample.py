@@ -135,15 +135,23 @@ def test_micro_guidance_guides_the_micro_conditions_with_their_own_scale() -> No
     cond = make_cond([micro(128), micro(64)], labels=[1, 2])
     kwargs = dict(shape=SHAPE, seeds=[3, 4], steps=6, progress=False)
     denoise = GaussianDenoiser()
-    # Equal scales: plain guidance against (null class, null micro-conditions).
-    both = sample(denoise, cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=3.0), **kwargs)
     b = len(cond)
-    for call in denoise.calls:  # [cond; uncond; micro_uncond], each row with its own partners
+    # Unequal scales: three passes, [cond; uncond; micro_uncond], each row with its own partners.
+    sample(denoise, cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=5.0), **kwargs)
+    assert denoise.calls
+    for call in denoise.calls:
         assert len(call) == 3 * b
         assert (call.labels[b:2 * b] == -1).all() and call.drop[b:].all() and not call.drop[:b].any()
         assert torch.equal(call.labels[2 * b:], call.labels[:b])
+    # Equal scales telescope to plain guidance against (null class, null micro-conditions): two
+    # passes, and the same images as the three-branch sum computed by hand.
+    denoise = GaussianDenoiser()
+    both = sample(denoise, cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=3.0), **kwargs)
+    assert denoise.calls and all(len(call) == 2 * b for call in denoise.calls)
     plain = sample(GaussianDenoiser(), cond, guidance=3.0, uncond=uncond_for(cond, null_micro=True), **kwargs)
-    torch.testing.assert_close(both, plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(both, plain, rtol=0, atol=1e-6)
+    by_hand = sample(GaussianDenoiser(), cond, guidance=3.0, **guidance_partners(cond, 3.0, micro_guidance=3.0 + 1e-9), **kwargs)
+    torch.testing.assert_close(both, by_hand, rtol=0, atol=1e-5)
     # Text/class scale 1: only the micro-conditions are guided, against the same class.
     micro_only = sample(GaussianDenoiser(), cond, guidance=1.0, **guidance_partners(cond, 1.0, micro_guidance=4.0), **kwargs)
     expected = sample(GaussianDenoiser(), cond, guidance=4.0, uncond=uncond_for(cond, null_micro=True, keep_class=True), **kwargs)

@@ -40,3 +40,13 @@ def check_counts(settings: object, zero_ok: Sequence[str] = ()) -> None:
     if bad:
         zero = f" ({', '.join('--' + n.replace('_', '-') for n in zero_ok)}: 0 allowed)" if zero_ok else ""
         raise ValueError(f"expected positive integers{zero}, got {', '.join(bad)}")
+
+
+def check_scales(settings: object, names: Sequence[str]) -> None:
+    """Make the named fields of a frozen settings dataclass floats; ValueError naming the flag of
+    one that is not a finite number >= 0 (guidance scales: 0 is a valid one)."""
+    for name in names:
+        scale = float(getattr(settings, name))
+        if not (math.isfinite(scale) and scale >= 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {scale}")
+        object.__setattr__(settings, name, scale)

@@ -119,8 +119,9 @@ def run_ablation(out: Path, budget: Budget = Budget(steps=2000, crop_samples=128
     train_runs(commands, runs, steps, parallel)
     path = out / "ablation.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    if results.get("budget") != asdict(budget):
-        results = {"budget": asdict(budget), "real": {}, "rows": {}}
+    spent = {k: v for k, v in asdict(budget).items() if k not in ("guidance", "micro_guidance")}  # each row names its own guidance
+    if results.get("budget") != spent:
+        results = {"budget": spent, "real": {}, "rows": {}}
     for row_name, row in results["rows"].items():  # labels follow the definitions (numbers never change here)
         if (base := GUIDED.get(row_name, (row_name,))[0]) in ABLATIONS:
             row["setting"] = variant_label(ABLATIONS[base][0], row.get("guidance", 1.0), row.get("micro_guidance"))

@@ -25,15 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from microcond.base.files import atomic_write_text
+from microcond.experiments.paper import GUIDANCE, MICRO_GUIDANCE
 
 SHARP = (128, 128)  # "as if from a large original"
 MODEL = "size-crop"  # the microcond.experiments.paper.MODELS entry the demo trains
-# Guidance of the demo's samples, from the recipe ablation (docs/results.md, row
-# v-sd4-center-cls1-w256 sampled at class guidance 4 and micro-condition guidance 4): the class is
-# recognised as often as in held-out real images (0.85 of their rate), the crop moves the object as
-# in the real data and the requested original size sets the detail (6.7x sharper at 128 than at 8).
-GUIDANCE = 4.0
-MICRO_GUIDANCE = 4.0  # 0 = none
 
 
 @dataclass(frozen=True)
@@ -51,15 +46,9 @@ class DemoConfig:
     emoji_per_class: int = 0  # training emoji per class, 0 = all
 
     def __post_init__(self) -> None:
-        import math
+        from microcond.base.settings import check_counts, check_scales
 
-        from microcond.base.settings import check_counts
-
-        for name in ("guidance", "micro_guidance"):  # scales, not counts: 0 is a valid one
-            scale = float(getattr(self, name))
-            if not (math.isfinite(scale) and scale >= 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {scale}")
-            object.__setattr__(self, name, scale)
+        check_scales(self, ("guidance", "micro_guidance"))
         check_counts(self, zero_ok=("emoji_per_class",))
 
     @property

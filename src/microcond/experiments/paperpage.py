@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from microcond.base.files import atomic_path, atomic_write_text
+from microcond.experiments.recipe import describe_recipe, recipe_changes, sampled_with
 from microcond.metrics.stats import spearman
 
 PAPER_ORDER = ["size", "no-cond", "drop-small"]  # the paper's Table 2 order, best first
@@ -136,39 +137,6 @@ def _spread_verdict(name_a: str, a: list[float], name_b: str, b: list[float], wh
     spread = max(np.ptp(a), np.ptp(b))
     verdict = "larger than" if gap > spread else "not larger than"
     return f"{what}: {name_a} {np.mean(a):.3g} against {name_b} {np.mean(b):.3g}, a gap of {gap:.3g}, {verdict} the seed spread ({spread:.3g}, the larger range over seeds)"
-
-
-RECIPE_FIELDS = ("prediction_type", "timestep_sampling", "lognormal_mean", "lognormal_std", "loss_weighting", "sigma_data", "min_snr_gamma",
-                 "zero_init_conditioning", "lr", "ema_decay", "cond_dropout", "class_dropout", "class_vector_std", "time_embed_dim")
-
-
-def recipe_changes(recipe: dict) -> dict[str, tuple]:
-    """Fields of RECIPE_FIELDS whose value in ``recipe`` (a run's, as recorded; a field it lacks
-    had its default then) differs from the tiny preset's now: field -> (then, now)."""
-    from dataclasses import fields
-
-    from microcond.train.config import TrainConfig, resolve
-
-    now, default = resolve("tiny"), {f.name: f.default for f in fields(TrainConfig)}
-    then = {k: recipe.get(k, default[k]) for k in RECIPE_FIELDS}
-    return {k: (then[k], getattr(now, k)) for k in RECIPE_FIELDS if then[k] != getattr(now, k)} if recipe else {}
-
-
-def describe_recipe(recipe: dict) -> str:
-    """The objective of a run config in words (the fields of :data:`RECIPE_FIELDS`)."""
-    if not recipe:
-        return "the pixel presets' defaults"
-    target = {"epsilon": "epsilon prediction", "v_prediction": "v-prediction"}[recipe["prediction_type"]]
-    levels = (f"log sigma ~ N({recipe['lognormal_mean']:g}, {recipe['lognormal_std']:g}^2) noise levels (EDM)" if recipe["timestep_sampling"] == "lognormal"
-              else "uniform timesteps of the 1000-step DDPM schedule")
-    weight = {"none": f"{target}'s own loss weight", "edm": f"EDM's loss weight (SNR + 1/{recipe['sigma_data']:g}^2 on the clean-image error)",
-              "min_snr": f"min-SNR-{recipe['min_snr_gamma']:g} weighting"}[recipe["loss_weighting"]]
-    zero = ", conditioning output layer zero-initialised" if recipe.get("zero_init_conditioning") else ""
-    width = recipe.get("time_embed_dim", 0)
-    path = (f", class vectors initialised at scale {recipe.get('class_vector_std', 0.02):g}, "
-            f"conditioning MLP {f'{width} wide' if width else 'as wide as the timestep embedding (128)'}")
-    return (f"{target}, {levels}, {weight}{zero}{path}, lr {recipe['lr']:g}, EMA {recipe['ema_decay']:g}, "
-            f"micro-condition dropout {recipe['cond_dropout']:g} and class dropout {recipe['class_dropout']:g}")
 
 
 def _goal(ok: bool) -> str:
@@ -319,7 +287,7 @@ def write_results(results: dict, commands: dict[str, tuple[str, list[str]]], fig
         "Metrics are in-domain (features of a small classifier trained on the real demo images, and a",
         "Laplacian-pyramid sliced Wasserstein distance), not Inception FID; compare them between rows, not with the paper.",
         f"{seeds} training seeds per model; sample counts: {budget['table_samples']} per Table 2 row, {budget['crop_samples']} per cut-off query and per crop offset, "
-        f"{budget['curve_samples']} per curve point; {budget['sampler_steps']} DDIM steps, no guidance. Per-seed values are written `seed 0 / seed 1`.",
+        f"{budget['curve_samples']} per curve point; {budget['sampler_steps']} DDIM steps, {sampled_with(budget)}. Per-seed values are written `seed 0 / seed 1`.",
         "Brackets are 95% intervals (Wilson for rates, least squares for slopes).",
         "",
         "## Data and recipe",

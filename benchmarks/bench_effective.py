@@ -30,10 +30,13 @@ One JSON line per result (medians of ``--repeats`` timed passes; the baseline in
   JPEG (q 60-95) or WebP (q 75-95), and a quarter of them cropped after the upscale at a random
   offset (the grid's phase lost): share within 10% per kernel, per format and for the cropped
   ones. A library that is not installed is named and skipped (``scripts/bench-data.sh`` installs
-  them all).
+  them all);
+* ``library_default`` (one line per library, ``--default-images`` of them): upscales by the
+  library's default kernel (Pillow bicubic, OpenCV INTER_LINEAR, libvips' resize, ImageMagick's
+  Mitchell), saved as PNG and not cropped: share within 10% (goal 95%).
 
 Usage: python benchmarks/bench_effective.py [--images 400] [--repeats 3] [--seed 0] [--out DIR]
-       [--libraries pillow opencv vips magick] [--library-images 120]
+       [--libraries pillow opencv vips magick] [--library-images 120] [--default-images 60] [--only-libraries]
 """
 
 from __future__ import annotations
@@ -151,6 +154,7 @@ def _magick(kernel: str):
 
 
 # library -> (import check, kernel -> resize(image, (w, h)) maker); "default" is what the library does unasked.
+DEFAULTS = {"pillow": "bicubic", "opencv": "linear", "vips": "default", "magick": "default"}  # each library's upscale when none is named
 LIBRARIES = {
     "pillow": (lambda: None, {k: (lambda f: lambda image, size: image.resize(size, f))(f) for k, f in KERNELS.items()}),
     "opencv": (lambda: __import__("cv2"), {k: _opencv(k) for k in ("nearest", "linear", "cubic", "lanczos4", "area")}),
@@ -167,15 +171,18 @@ def _magick_version() -> None:
         raise ImportError("ImageMagick's convert is not installed (apt-get install imagemagick)")
 
 
-def build_library(folder: Path, library: str, count: int, seed: int) -> list[dict]:
-    """``count`` images upscaled by ``library`` (kernels, formats and crops drawn at random)."""
-    rng = np.random.default_rng([seed, sorted(LIBRARIES).index(library)])
+def build_library(folder: Path, library: str, count: int, seed: int, default_only: bool = False) -> list[dict]:
+    """``count`` images upscaled by ``library`` (kernels, formats and crops drawn at random), or with
+    ``default_only`` by its default kernel, aligned and lossless."""
+    rng = np.random.default_rng([seed, sorted(LIBRARIES).index(library), default_only])
     photos, kernels = photographs(), LIBRARIES[library][1]
+    if default_only:
+        kernels = {DEFAULTS[library]: kernels[DEFAULTS[library]]}
     records = []
     for i in range(count):
         name, photo = photos[i % len(photos)]
         s = float(np.exp(rng.uniform(np.log(UPSCALED), np.log(4))))
-        cropped = rng.random() < 0.25
+        cropped = rng.random() < 0.25 and not default_only
         w = int(np.exp(rng.uniform(np.log(192), np.log(max(193, min(photo.size) / 2)))))
         h = min(photo.height, int(w * rng.uniform(0.7, 1.2)))
         small = (max(8, round(w / s)) + 2 * cropped, max(8, round(h / s)) + 2 * cropped)  # two more originals to crop into
@@ -188,29 +195,39 @@ def build_library(folder: Path, library: str, count: int, seed: int) -> list[dic
         if cropped:  # a window starting anywhere within the first two originals
             dx, dy = int(rng.integers(0, int(2 * s) + 1)), int(rng.integers(0, int(2 * s) + 1))
             image = image.crop((dx, dy, dx + big[0] - int(2 * s) - 1, dy + big[1] - int(2 * s) - 1))
-        fmt = ["png", "jpeg", "jpeg", "webp"][int(rng.integers(4))]
+        fmt = "png" if default_only else ["png", "jpeg", "jpeg", "webp"][int(rng.integers(4))]
         quality = int(rng.integers(60, 96)) if fmt == "jpeg" else int(rng.integers(75, 96)) if fmt == "webp" else None
-        path = folder / f"{library}-{i:04d}.{fmt.replace('jpeg', 'jpg')}"
+        path = folder / f"{library}{'-default' if default_only else ''}-{i:04d}.{fmt.replace('jpeg', 'jpg')}"
         image.save(path, **({"quality": quality} if quality else {"compress_level": 1}))
         records.append({"path": path, "kernel": kernel, "format": fmt, "quality": quality, "cropped": cropped, "truth": truth})
     return records
 
 
-def library_lines(folder: Path, libraries: list[str], count: int, seed: int, env: dict) -> None:
-    """One JSON line per library: share within 10% by kernel, format and phase."""
+def _measured(records: list[dict]) -> list[dict]:
+    for r in records:
+        e = estimate(r["path"])
+        r["ok"] = abs(np.log(np.sqrt(e.scale[0] * e.scale[1]) / np.sqrt(r["truth"][0] * r["truth"][1]))) <= WITHIN
+    return records
+
+
+def share(rows: list[dict]) -> dict:
+    return {"n": len(rows), "within_10pct": round(float(np.mean([r["ok"] for r in rows])), 3) if rows else None}
+
+
+def library_lines(folder: Path, libraries: list[str], count: int, defaults: int, seed: int, env: dict) -> None:
+    """Two JSON lines per library: its default upscale, lossless and aligned (``defaults`` images);
+    and ``count`` images by its kernels at random: share within 10% by kernel, format and phase."""
     for library in libraries:
         try:
             LIBRARIES[library][0]()
         except (ImportError, OSError) as err:
             print(json.dumps({"bench": "effective", "case": "library", "library": library, "skipped": str(err), **env}), flush=True)
             continue
-        records = build_library(folder, library, count, seed)
-        for r in records:
-            e = estimate(r["path"])
-            r["ok"] = abs(np.log(np.sqrt(e.scale[0] * e.scale[1]) / np.sqrt(r["truth"][0] * r["truth"][1]))) <= WITHIN
-
-        def share(rows: list[dict]) -> dict:
-            return {"n": len(rows), "within_10pct": round(float(np.mean([r["ok"] for r in rows])), 3) if rows else None}
+        if defaults:
+            found = share(_measured(build_library(folder, library, defaults, seed, default_only=True)))
+            print(json.dumps({"bench": "effective", "case": "library_default", "library": library, "kernel": DEFAULTS[library], **found,
+                              "goal": 0.95, "met": found["within_10pct"] >= 0.95, **env}), flush=True)
+        records = _measured(build_library(folder, library, count, seed))
 
         aligned = [r for r in records if not r["cropped"]]
         lossless = [r for r in aligned if r["format"] == "png"]
@@ -247,11 +264,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="folder for the test images (default: a temp folder)")
     parser.add_argument("--libraries", nargs="*", choices=sorted(LIBRARIES), default=sorted(LIBRARIES), help="resizer libraries of the library lines")
-    parser.add_argument("--library-images", type=int, default=120, help="images per library")
+    parser.add_argument("--library-images", type=int, default=120, help="images per library, kernels at random")
+    parser.add_argument("--default-images", type=int, default=60, help="images per library by its default kernel, lossless and aligned")
+    parser.add_argument("--only-libraries", action="store_true", help="only the library lines (no main set, no cost)")
     args = parser.parse_args()
     folder = args.out or Path(tempfile.mkdtemp(prefix="bench-effective-"))
     folder.mkdir(parents=True, exist_ok=True)
     env = {"cpus": len(os.sched_getaffinity(0)), "threads": 1, "device": "cpu", "python": sys.version.split()[0]}
+    if args.only_libraries:
+        library_lines(folder, args.libraries, args.library_images, args.default_images, args.seed, env)
+        return
     start = time.perf_counter()
     records = build(folder, args.images, args.seed)
     pixels = sum(int(np.prod(Image.open(r["path"]).size)) for r in records)
@@ -323,7 +345,7 @@ def main() -> None:
                       "estimate_images_per_s": round(len(large) / big["estimate"], 1),
                       "decode_images_per_s": round(len(large) / big["decode"], 1),
                       "estimate_vs_decode_time": round(big["estimate"] / big["decode"], 2), **env}), flush=True)
-    library_lines(folder, args.libraries, args.library_images, args.seed, env)
+    library_lines(folder, args.libraries, args.library_images, args.default_images, args.seed, env)
     print(json.dumps({"bench": "effective", "case": "memory", "peak_rss_mib": round(peak_rss_mib(), 1), **env}))
 
 

@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
-# Pillow renders the emoji font through raqm, which loads fribidi at run time.
-APT_PACKAGES=(fonts-noto-color-emoji unicode-data libraqm0 libfribidi0)
+# Pillow renders the emoji font through raqm, which loads fribidi at run time. The tests upscale
+# with ImageMagick (one of the resizers the effective-size estimator knows).
+APT_PACKAGES=(fonts-noto-color-emoji unicode-data libraqm0 libfribidi0 imagemagick)
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 

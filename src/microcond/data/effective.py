@@ -15,9 +15,11 @@ upscaled. On the emoji-like fakes of ``microcond experiment upscaled`` (bicubic,
 Misses are smooth photographs (fog, sky, water) under JPEG noise: nothing there shows the
 upscale, and the confidence says so. The spectral fall-off of the whitened luma spectrum was
 measured too and is not used: alone it cannot tell blur from an upscale (half of the native
-photographs flagged). Only centre-aligned upscales by the four kernels are recognised: another
-kernel, or an upscale cropped afterwards, may be reported native. Cost on one core: about 40 full
-decodes for small files (0.2 MP, where the grid fits dominate); 1.9 for 3-15 MP files.
+photographs flagged). The upscales recognised are those of Pillow, OpenCV, libvips and ImageMagick
+with their common kernels (:data:`microcond.data.resampling.RESIZERS`, each checked against the
+library); another kernel, or an upscale cropped afterwards (its grid's phase lost), may be
+reported native. Cost on one core: the README's table (many full decodes for small files, where
+the grid fits dominate; about two for 3-15 MP files).
 
 Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are decoded. A larger
 baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone
@@ -45,7 +47,7 @@ from PIL import Image
 
 from microcond.data.gridfit import ijg_table, measure
 
-ESTIMATOR_VERSION = "6"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "7"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MAX_PROGRESSIVE_PIXELS = 1 << 24  # a progressive JPEG is decoded whole (every coefficient kept): 16 MP, <= 96 MiB

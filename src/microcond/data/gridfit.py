@@ -12,14 +12,14 @@ Method (each axis: rows for the width, columns for the height):
    windows) and its frequencies k/8 are ignored.
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
    and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; on an axis
-   of at most :data:`_WHOLE` pixels every ``n0``) and each common kernel (nearest, bilinear,
-   bicubic a=-0.5, Lanczos-3 on the centre-aligned grid of Pillow and most resizers,
-   :mod:`microcond.data.resampling`), the lines are projected on the span of the upscale matrix by
+   of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow, OpenCV, libvips and
+   ImageMagick (kernel and phase convention, :data:`microcond.data.resampling.RESIZERS`), the
+   lines are projected on the span of the upscale matrix by
    least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
    windows' scatter matrices. An upscaled line lies in that span up to rounding and compression
    noise, and the same grids shifted by half an original pixel fit worse; a native line fits both
-   alike. Both sides are the best of the same grids (every kernel, ``n0`` +-1), so a native scores
-   about 1. A candidate whose aligned fit beats the shifted one by :data:`_GAIN` fits; among those
+   alike. Both sides are the best of the same grids (the resizer that fits best, ``n0`` +-1), so a
+   native scores about 1. A candidate whose aligned fit beats the shifted one by :data:`_GAIN` fits; among those
    the coarsest that fits about as well per degree of freedom is the original (a finer grid
    contains a coarser one), unless its gain is much weaker.
 3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
@@ -38,7 +38,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from microcond.data.resampling import NAMES, grids, misfits, scatter, window_starts
+from microcond.data.resampling import (
+    NAMES,
+    OVERSHOOT,
+    grids,
+    misfits,
+    scatter,
+    window_starts,
+)
 
 MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
 _LINES = 512  # lines analysed per axis at most (evenly spaced in the decoded band)
@@ -229,10 +236,11 @@ def _candidates(ax: _Axis) -> dict[int, float]:
 
 
 def _tested(ax: _Axis, groups: dict) -> dict:
-    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, the
-    smallest misfit of the same grids shifted half an original pixel, and the gain between them.
-    Both sides are chosen alike (the best of the group and of every kernel), so a native line,
-    which no grid favours, scores about 1 whatever the choice."""
+    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, and the
+    gain of that resizer's grids over the same grids shifted half an original pixel (the best of the
+    group on both sides, so a native line, which no grid favours, scores about 1). Each resizer is
+    compared with its own shifted grids only: another resizer's grid may be this one's shifted by a
+    fraction of a pixel (libvips' phase against Pillow's), or smooth enough to fit it shifted."""
     originals = sorted({n0 for group in groups.values() for n0 in group})
     if not originals:
         return {}
@@ -243,7 +251,7 @@ def _tested(ax: _Axis, groups: dict) -> dict:
         if group:
             columns = [at[n0] for n0 in group]
             k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
-            fit, moved = float(aligned[k, columns[i]]), float(shifted[:, columns].min())
+            fit, moved = float(aligned[k, columns[i]]), float(shifted[k, columns].min())
             found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
     return found
 
@@ -253,7 +261,7 @@ def _explains(ax: _Axis, fit: _Fit) -> bool:
     allows them): a grid must also explain the lines down to the noise, or, where more is left
     than the noise model says (overshoot clipped at black or white; JPEG noise, which grows with
     the detail), beat its shifted self by far."""
-    noisier = ax.quality is not None or NAMES[fit.kernel] in ("bicubic", "lanczos")
+    noisier = ax.quality is not None or NAMES[fit.kernel] in OVERSHOOT
     return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
 
 

@@ -2,11 +2,13 @@
 :mod:`microcond.data.effective` fits to measure an image's upscaling.
 
 An upscale from ``n0`` to ``length`` samples places output ``x`` at original coordinate
-``(x + 0.5) n0 / length - 0.5`` (centre-aligned: Pillow, OpenCV, most resizers) and weights the
-originals around it by a kernel, normalised per output (Pillow's ``Resample.c``; its nearest
-neighbour takes the original under the coordinate, stepped by repeated addition as
-``Geometry.c`` does). :func:`grids` builds rows of that matrix for windows of an axis;
-:func:`misfits` measures how far rows of pixels are from its span.
+``(x + 0.5 + offset) n0 / length - 0.5`` and weights the originals around it by a kernel,
+normalised per output (Pillow's ``Resample.c``). ``offset`` is 0 for the centre-aligned grid of
+Pillow, OpenCV and ImageMagick and -0.5 for libvips' upscale and OpenCV's ``INTER_NEAREST``, which
+put output ``x`` at ``x n0 / length``. Each resizer of :data:`RESIZERS` is a kernel and an offset,
+read off each library's upscale of an impulse; Pillow's nearest neighbour takes the original under
+the coordinate, stepped by repeated addition as ``Geometry.c`` does. :func:`grids` builds rows of
+that matrix for windows of an axis; :func:`misfits` measures how far rows of pixels are from its span.
 """
 
 from __future__ import annotations
@@ -17,25 +19,58 @@ NEAREST = "nearest"
 
 
 def _keys(t: np.ndarray, a: float = -0.5) -> np.ndarray:
-    """Keys' cubic convolution kernel; a = -0.5 is Pillow's bicubic."""
+    """Keys' cubic convolution kernel; a = -0.5 is Pillow's bicubic (Catmull-Rom), a = -0.75 OpenCV's."""
     t = np.abs(t)
     return np.where(t < 1, ((a + 2) * t - (a + 3)) * t * t + 1, np.where(t < 2, ((a * t - 5 * a) * t + 8 * a) * t - 4 * a, 0.0))
 
 
-def _lanczos3(t: np.ndarray) -> np.ndarray:
-    """sinc(t) sinc(t / 3) for |t| < 3, else 0 (Pillow's Lanczos), without np.sinc's overhead."""
-    x = np.pi * np.where(t == 0, 1.0, t)
-    return np.where(np.abs(t) < 3, np.where(t == 0, 1.0, 3 * np.sin(x) * np.sin(x / 3) / (x * x)), 0.0)
+def _mitchell(t: np.ndarray, b: float = 1 / 3, c: float = 1 / 3) -> np.ndarray:
+    """Mitchell-Netravali cubic (B = C = 1/3): ImageMagick's filter for enlarging."""
+    t = np.abs(t)
+    near = ((12 - 9 * b - 6 * c) * t - (18 - 12 * b - 6 * c)) * t * t + (6 - 2 * b)
+    far = (((-b - 6 * c) * t + (6 * b + 30 * c)) * t - (12 * b + 48 * c)) * t + (8 * b + 24 * c)
+    return np.where(t < 1, near, np.where(t < 2, far, 0.0)) / 6
 
 
-# name -> kernel of the distance in original pixels (Pillow's filters for upscaling; support <= 3).
+def _lanczos(lobes: int):
+    """sinc(t) sinc(t / lobes) for |t| < lobes, else 0 (Pillow's Lanczos: 3, OpenCV's: 4), without
+    np.sinc's overhead."""
+
+    def kernel(t: np.ndarray) -> np.ndarray:
+        x = np.pi * np.where(t == 0, 1.0, t)
+        return np.where(np.abs(t) < lobes, np.where(t == 0, 1.0, lobes * np.sin(x) * np.sin(x / lobes) / (x * x)), 0.0)
+
+    return kernel
+
+
+# name -> (kernel of the distance in original pixels, support: original pixels each side it reaches).
 KERNELS = {
-    "bilinear": lambda t: np.clip(1 - np.abs(t), 0, None),
-    "bicubic": _keys,
-    "lanczos": _lanczos3,
+    "bilinear": (lambda t: np.clip(1 - np.abs(t), 0, None), 1),
+    "bicubic": (_keys, 2),
+    "cubic-0.75": (lambda t: _keys(t, -0.75), 2),
+    "mitchell": (_mitchell, 2),
+    "lanczos": (_lanczos(3), 3),
+    "lanczos4": (_lanczos(4), 4),
 }
-NAMES = (NEAREST, *KERNELS)
-SUPPORT = {NEAREST: 1, "bilinear": 1, "bicubic": 2, "lanczos": 3}  # original pixels each side a kernel reaches
+AREA = "area"  # OpenCV's INTER_AREA enlarging: each output pixel the mean of the originals under its footprint
+# resizer -> (kernel: NEAREST, AREA or a KERNELS key, offset in output pixels, positions per original
+# pixel the coordinate is rounded to, 0: exact); which library does it.
+RESIZERS = {
+    NEAREST: (NEAREST, 0.0, 0),  # Pillow, ImageMagick's Point, OpenCV's INTER_NEAREST_EXACT
+    "nearest-floor": (NEAREST, -0.5, 0),  # OpenCV's INTER_NEAREST, libvips
+    "bilinear": ("bilinear", 0.0, 0),  # Pillow, OpenCV's INTER_LINEAR (its default), ImageMagick's Triangle
+    "bilinear-vips": ("bilinear", -0.5, 0),  # libvips' linear
+    "bicubic": ("bicubic", 0.0, 0),  # Pillow (its default), ImageMagick's Catrom
+    "bicubic-vips": ("bicubic", -0.5, 64),  # libvips' resize (its default and every cubic or Lanczos kernel, when enlarging)
+    "cubic-0.75": ("cubic-0.75", 0.0, 0),  # OpenCV's INTER_CUBIC
+    "mitchell": ("mitchell", 0.0, 0),  # ImageMagick's default for enlarging
+    "lanczos": ("lanczos", 0.0, 0),  # Pillow, ImageMagick's Lanczos
+    "lanczos4": ("lanczos4", 0.0, 0),  # OpenCV's INTER_LANCZOS4
+    AREA: (AREA, 0.0, 0),  # OpenCV's INTER_AREA
+}
+NAMES = tuple(RESIZERS)
+OVERSHOOT = tuple(name for name, (kernel, _, _) in RESIZERS.items() if kernel not in (NEAREST, AREA, "bilinear"))  # negative lobes
+SUPPORT = {NEAREST: 1, AREA: 1, **{name: support for name, (_, support) in KERNELS.items()}}
 
 
 def window_starts(length: int, window: int, count: int = 3) -> np.ndarray:
@@ -43,28 +78,42 @@ def window_starts(length: int, window: int, count: int = 3) -> np.ndarray:
     return np.linspace(8, length - window - 8, count).astype(int)
 
 
-def grids(length: int, originals: np.ndarray, kernel: str, starts: np.ndarray, window: int, shift: float = 0.0) -> np.ndarray:
-    """Rows ``start:start+window`` of the matrices upscaling ``originals`` (N,) sample counts to
-    ``length``, for each start, over the originals in reach (zero columns pad to a common width).
+def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, window: int, shift: float = 0.0) -> np.ndarray:
+    """Rows ``start:start+window`` of the matrices by which ``resizer`` (a :data:`RESIZERS` key)
+    upscales ``originals`` (N,) sample counts to ``length``, for each start, over the originals in
+    reach (zero columns pad to a common width).
 
     ``shift`` moves the grid by that many original pixels (0.5: the worst alignment).
     Returns (N * len(starts), window, M).
     """
+    kernel, offset, positions = RESIZERS[resizer]
     n0 = np.asarray(originals, np.float64)[:, None, None, None]  # (N, 1, 1, 1)
     at = starts[:, None] + np.arange(window)  # (B, window) output pixels
     reach = SUPPORT[kernel]
     width = int(np.ceil(window * n0.max() / length)) + 2 * reach + 2
-    if kernel == NEAREST:  # the original under the coordinate, as Pillow steps it
+    if kernel == NEAREST and offset == 0.0:  # the original under the coordinate, as Pillow steps it
         steps = np.full((len(originals), length), 0.0)
         steps[:, 0] = 0.5 * n0[:, 0, 0, 0] / length + shift
         steps[:, 1:] = n0[:, 0, 0, :1] / length
         source = np.floor(np.cumsum(steps, axis=1)[:, at])[..., None]  # (N, B, window, 1)
-        j = np.floor(source[:, :, :1, :] - 0.5 - reach) + np.arange(width)  # (N, B, 1, M)
-        weights = (j == source).astype(np.float64)
+    elif kernel == NEAREST:  # x / (length / n0) as OpenCV and libvips compute it (ties fall on the original before)
+        source = np.floor((at + 0.5 + offset) * (1 / (length / n0[..., 0])) + shift)[..., None]
     else:
-        centre = ((at + 0.5) * n0[..., 0] / length + shift)[..., None]  # (N, B, window, 1) original pixels
-        j = np.floor(centre[:, :, :1, :] - 0.5 - reach) + np.arange(width)  # (N, B, 1, M) originals in reach
-        weights = KERNELS[kernel](j + 0.5 - centre)
+        centre = ((at + 0.5 + offset) * n0[..., 0] / length + shift)[..., None]  # (N, B, window, 1) original pixels
+        if positions:  # the coordinate's fraction rounded to 1 / positions (libvips' interpolators)
+            centre = np.floor(centre - 0.5) + 0.5 + np.floor((centre - 0.5) % 1 * positions + 0.5) / positions
+        source = np.floor(centre)  # the original under the coordinate (nearest neighbour)
+    start = source if kernel == NEAREST else centre
+    j = np.floor(start[:, :, :1, :] - 0.5 - reach) + np.arange(width)  # (N, B, 1, M) originals in reach
+    if kernel == NEAREST:
+        weights = (j == source).astype(np.float64)
+    elif kernel == AREA:  # the output pixel's footprint over the originals, in OpenCV's arithmetic (resize.cpp)
+        left = np.floor(at[..., None] * (1 / (length / n0)) + shift)  # (N, B, window, 1) the original under its left edge
+        right = (at[..., None] + 1) - (left + 1 - shift) * (length / n0)  # share of the footprint past that original
+        right = np.where(right <= 0, 0.0, right - np.floor(right))
+        weights = np.where(j == left, 1 - right, 0.0) + np.where(j == left + 1, right, 0.0)
+    else:
+        weights = KERNELS[kernel][0](j + 0.5 - centre)
     weights = weights * ((j >= 0) & (j < n0))  # Pillow drops taps outside the image
     weights /= np.maximum(weights.sum(axis=-1, keepdims=True), 1e-12)
     return weights.reshape(-1, window, width).astype(np.float32)

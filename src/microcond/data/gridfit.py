@@ -157,7 +157,7 @@ class _Axis:
     starts: np.ndarray
     window: int
     scatters: np.ndarray
-    known: dict = field(default_factory=dict, compare=False, repr=False)  # n0 -> misfits (2, kernels)
+    known: dict = field(default_factory=dict, compare=False, repr=False)  # (n0, resizer) -> misfit; (n0, -1 - resizer): shifted
 
     @functools.cached_property
     def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -181,18 +181,29 @@ class _Axis:
         """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
         return 4 <= n0 and n0 * self.window < (self.window - 8) * self.length
 
-    def fits(self, originals: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """RMS misfits (kernels, len(originals)) of the upscale grids from each original length, as
-        laid by the resizer and shifted by half an original pixel. Each is computed once per axis,
-        in batches of similar width (padding costs cubic time)."""
-        todo = sorted(set(originals) - self.known.keys())
-        for lo in range(0, len(todo), _BATCH):
-            batch = np.array(todo[lo : lo + _BATCH])
-            matrices = [grids(self.length, batch, k, self.starts, self.window, shift) for shift in (0.0, 0.5) for k in NAMES]
-            found = misfits(self.scatters, _padded(matrices), len(self.lines)).reshape(2, len(NAMES), len(batch))
-            self.known.update((n0, found[:, :, i]) for i, n0 in enumerate(batch))
-        both = np.stack([self.known[n0] for n0 in originals], axis=-1)  # (2, kernels, originals)
-        return both[0], both[1]
+    def _misfits(self, originals: list[int], resizers: tuple[int, ...], shift: float) -> dict[tuple[int, int], float]:
+        """RMS misfits of the grids of ``resizers`` (indices into NAMES) from each original length,
+        moved by ``shift`` original pixels, in batches of similar width (padding costs cubic time)."""
+        found = {}
+        for lo in range(0, len(originals), _BATCH):
+            batch = np.array(originals[lo : lo + _BATCH])
+            matrices = [grids(self.length, batch, NAMES[k], self.starts, self.window, shift) for k in resizers]
+            values = misfits(self.scatters, _padded(matrices), len(self.lines)).reshape(len(resizers), len(batch))
+            found.update(((n0, k), float(values[r, i])) for r, k in enumerate(resizers) for i, n0 in enumerate(batch))
+        return found
+
+    def aligned(self, originals: list[int]) -> np.ndarray:
+        """RMS misfits (resizers, len(originals)) of every resizer's grid from each original length,
+        as the resizer lays it; each computed once per axis."""
+        todo = sorted({n0 for n0 in originals if (n0, 0) not in self.known})
+        self.known.update(self._misfits(todo, tuple(range(len(NAMES))), 0.0))
+        return np.array([[self.known[n0, k] for n0 in originals] for k in range(len(NAMES))])
+
+    def shifted(self, originals: list[int], resizer: int) -> np.ndarray:
+        """RMS misfits (len(originals),) of one resizer's grids shifted by half an original pixel."""
+        todo = sorted({n0 for n0 in originals if (n0, -1 - resizer) not in self.known})
+        self.known.update(((n0, -1 - resizer), v) for (n0, _), v in self._misfits(todo, (resizer,), 0.5).items())
+        return np.array([self.known[n0, -1 - resizer] for n0 in originals])
 
 
 @dataclass(frozen=True)
@@ -245,14 +256,20 @@ def _tested(ax: _Axis, groups: dict) -> dict:
     if not originals:
         return {}
     at = {n0: i for i, n0 in enumerate(originals)}
-    aligned, shifted = ax.fits(originals)  # (kernels, originals)
-    found = {}
+    aligned = ax.aligned(originals)  # (resizers, originals)
+    best = {}
     for key, group in groups.items():
         if group:
             columns = [at[n0] for n0 in group]
-            k, i = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
-            fit, moved = float(aligned[k, columns[i]]), float(shifted[k, columns].min())
-            found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
+            best[key] = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
+    # Only the best resizer of each group is compared with its shifted grids: one batch per resizer.
+    for k in sorted({int(k) for k, _ in best.values()}):
+        ax.shifted(sorted({n0 for key, (kk, _) in best.items() if kk == k for n0 in groups[key]}), k)
+    found = {}
+    for key, (k, i) in best.items():
+        group = groups[key]
+        fit, moved = float(aligned[k, at[group[i]]]), float(ax.shifted(group, int(k)).min())
+        found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
     return found
 
 

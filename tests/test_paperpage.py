@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from microcond.experiments.paperpage import reading, rows, write_results
 
 QUERIES = ["square original, crop (0, 0)", "wide original, centre crop (0, 16)", "wide original, crop (0, 0)"]
@@ -109,3 +111,22 @@ def test_a_page_of_runs_made_with_an_older_recipe_says_so():
     assert recipe_changes(now) == {} and recipe_changes({}) == {}
     older = {k: v for k, v in now.items() if k not in ("class_vector_std", "time_embed_dim")}  # recorded before those fields existed
     assert recipe_changes(older) == {"class_vector_std": (0.02, now["class_vector_std"]), "time_embed_dim": (0, now["time_embed_dim"])}
+
+
+def test_the_paper_measures_at_the_budgets_guidance_and_says_so():
+    from types import SimpleNamespace
+
+    from microcond.experiments.paper import Budget
+    from microcond.experiments.recipe import sampled_with
+
+    budget = Budget(guidance=4, micro_guidance=4)
+    conditioned, plain = SimpleNamespace(cfg=SimpleNamespace(signals=("original_size",))), SimpleNamespace(cfg=SimpleNamespace(signals=()))
+    assert budget.sampling(conditioned) == {"guidance": 4.0, "micro_guidance": 4.0}
+    assert budget.sampling(plain) == {"guidance": 4.0, "micro_guidance": None}  # nothing to guide: no third pass
+    assert Budget(micro_guidance=0).sampling(conditioned)["micro_guidance"] is None
+    for bad in (dict(guidance=-1), dict(micro_guidance=float("nan"))):
+        with pytest.raises(ValueError, match="--(micro-)?guidance must be a finite number >= 0"):
+            Budget(**bad)
+    assert sampled_with({}) == "no guidance"  # a budget recorded before guidance was measured
+    assert "class guidance 4 and micro-condition guidance 4" in sampled_with({"guidance": 4.0, "micro_guidance": 4.0})
+    assert sampled_with({"guidance": 3.0, "micro_guidance": 0.0}) == "class guidance 3"

@@ -69,7 +69,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         sub,
         "experiment",
         "paper: reproduce the paper's Table 2, Fig. 3, Fig. 4 and Fig. 5 at 32 px on the demo data with one recipe, two training "
-        "seeds per model (about 60 minutes on 2 CPU cores). crop-ablation: the recipe variants behind the pixel presets' defaults.",
+        "seeds per model (about 75 minutes on 2 CPU cores with AVX-512 BF16). crop-ablation: the recipe variants behind the pixel presets' defaults.",
         ["microcond experiment paper --out runs/paper --docs docs", "microcond experiment paper --out runs/quick --steps 300 --seeds 1 --table-samples 100",
          "microcond experiment crop-ablation --out runs/ablation",
          "microcond experiment micro-guidance --run runs/paper/runs/size-crop-s0 --out runs/micro-guidance",

@@ -54,7 +54,7 @@ _WINDOW, _WINDOWS = 48, 4  # re-interpolation: window length in pixels, windows 
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
-_GAIN_EACH, _GAIN_PAIR = 1.03, 1.12  # the same for one factor on both axes: each, and their product
+_GAIN_EACH, _GAIN_PAIR = 1.03, 1.2  # the same for one factor on both axes: each, and their product
 _BLOCKS = 0.1  # a grid whose pattern repeats within this many pixels of every 8 px is "block-aligned"
 _GAIN_CLEAR = 3.0  # a grid this much better than its shifted self needs not explain a short axis to the noise
 _GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
@@ -315,17 +315,22 @@ def _grid_fit(ax: _Axis) -> _Fit:
 def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
     """Both axes tested at each factor (an upscale keeps the aspect ratio), which a factor passes if
     the product of the two axes' gains reaches :data:`_GAIN_PAIR`, each at least :data:`_GAIN_EACH`:
-    weak evidence on each axis that agrees is evidence. Returns the factor passed (per axis) or None."""
-    tested = []
-    for ax in axes:
-        groups = {s: [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for s in factors}
-        tested.append(_tested(ax, groups))
+    weak evidence on each axis that agrees is evidence. One resizer made both axes: the one whose
+    grids fit the two axes best together is tested on both. Returns the factor passed (per axis) or None."""
+    groups = [{s: [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for s in factors} for ax in axes]
     passed = []
     for s in factors:
-        pair = [t.get(s) for t in tested]
+        if not all(g[s] for g in groups):
+            continue
+        aligned = [ax.aligned(g[s]) for ax, g in zip(axes, groups)]  # (resizers, group) per axis
+        k = int(np.argmin(sum(a.min(axis=1) for a in aligned)))
+        pair = []
+        for ax, g, a in zip(axes, groups, aligned):
+            i = int(np.argmin(a[k]))
+            pair.append(_Fit(ax.length / g[s][i], _score(float(a[k, i]), float(ax.shifted(g[s], k).min())), g[s][i], k, float(a[k, i])))
         # JPEG's 8-px blocks favour grids whose pattern repeats with them (2x, 4x, 8/3x, ...).
         blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
-        if None in pair or min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
+        if min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
             continue
         if not all(_explains(ax, f) for ax, f in zip(axes, pair)):
             continue

@@ -23,8 +23,9 @@ Method (each axis: rows for the width, columns for the height):
    the coarsest that fits about as well per degree of freedom is the original (a finer grid
    contains a coarser one), unless its gain is much weaker.
 3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
-   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, and
-   weak evidence that agrees counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
+   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, with
+   the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
+   counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
    repeats with JPEG's 8-px blocks need more). An upscale of one axis alone needs a gain of
    :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
    also explain the pixels down to the noise (:meth:`_Axis.limit`).
@@ -193,8 +194,7 @@ class _Axis:
         return found
 
     def aligned(self, originals: list[int]) -> np.ndarray:
-        """RMS misfits (resizers, len(originals)) of every resizer's grid from each original length,
-        as the resizer lays it; each computed once per axis."""
+        """RMS misfits (resizers, len(originals)) of every resizer's grid as it lays it; once per axis."""
         todo = sorted({n0 for n0 in originals if (n0, 0) not in self.known})
         self.known.update(self._misfits(todo, tuple(range(len(NAMES))), 0.0))
         return np.array([[self.known[n0, k] for n0 in originals] for k in range(len(NAMES))])
@@ -247,11 +247,10 @@ def _candidates(ax: _Axis) -> dict[int, float]:
 
 
 def _tested(ax: _Axis, groups: dict) -> dict:
-    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, and the
-    gain of that resizer's grids over the same grids shifted half an original pixel (the best of the
-    group on both sides, so a native line, which no grid favours, scores about 1). Each resizer is
-    compared with its own shifted grids only: another resizer's grid may be this one's shifted by a
-    fraction of a pixel (libvips' phase against Pillow's), or smooth enough to fit it shifted."""
+    """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, and the gain
+    of that resizer's grids over themselves shifted half an original pixel (best of the group on both
+    sides: a native line scores about 1). Not over other resizers' grids: one may be this one's moved
+    by a fraction of a pixel (libvips' phase against Pillow's), or smooth enough to fit it shifted."""
     originals = sorted({n0 for group in groups.values() for n0 in group})
     if not originals:
         return {}
@@ -262,15 +261,11 @@ def _tested(ax: _Axis, groups: dict) -> dict:
         if group:
             columns = [at[n0] for n0 in group]
             best[key] = np.unravel_index(np.argmin(aligned[:, columns]), (len(NAMES), len(columns)))
-    # Only the best resizer of each group is compared with its shifted grids: one batch per resizer.
+    # Only the best resizer of each group is shifted: one batch per resizer.
     for k in sorted({int(k) for k, _ in best.values()}):
         ax.shifted(sorted({n0 for key, (kk, _) in best.items() if kk == k for n0 in groups[key]}), k)
-    found = {}
-    for key, (k, i) in best.items():
-        group = groups[key]
-        fit, moved = float(aligned[k, at[group[i]]]), float(ax.shifted(group, int(k)).min())
-        found[key] = _Fit(ax.length / group[i], _score(fit, moved), group[i], int(k), fit)
-    return found
+    fits = {key: (groups[key][i], int(k), float(aligned[k, at[groups[key][i]]])) for key, (k, i) in best.items()}  # n0, resizer, misfit
+    return {key: _Fit(ax.length / n0, _score(fit, float(ax.shifted(groups[key], k).min())), n0, k, fit) for key, (n0, k, fit) in fits.items()}
 
 
 def _explains(ax: _Axis, fit: _Fit) -> bool:

@@ -114,13 +114,11 @@ def test_a_page_of_runs_made_with_an_older_recipe_says_so():
 
 
 def test_the_paper_measures_at_the_budgets_guidance_and_says_so():
-    from types import SimpleNamespace
-
     from microcond.experiments.paper import Budget
     from microcond.experiments.recipe import sampled_with
 
     budget = Budget(guidance=4, micro_guidance=4)
-    conditioned, plain = SimpleNamespace(cfg=SimpleNamespace(signals=("original_size",))), SimpleNamespace(cfg=SimpleNamespace(signals=()))
+    conditioned, plain = ("original_size",), ()  # what each model sees
     assert budget.sampling(conditioned) == {"guidance": 4.0, "micro_guidance": 4.0}
     assert budget.sampling(plain) == {"guidance": 4.0, "micro_guidance": None}  # nothing to guide: no third pass
     assert Budget(micro_guidance=0).sampling(conditioned)["micro_guidance"] is None

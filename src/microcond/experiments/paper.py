@@ -76,10 +76,11 @@ class Budget:
         check_scales(self, ("guidance", "micro_guidance"))
         check_counts(self)
 
-    def sampling(self, model) -> dict:
-        """The guidance of ``model``'s measured samples, as :class:`microcond.sample.run.Query` fields
-        (no micro-condition guidance for a model without micro-conditions: it would cost a pass)."""
-        return {"guidance": self.guidance, "micro_guidance": (self.micro_guidance or None) if model.cfg.signals else None}
+    def sampling(self, signals) -> dict:
+        """The guidance of the measured samples of a model that sees ``signals``, as
+        :class:`microcond.sample.run.Query` fields (no micro-condition guidance for a model without
+        micro-conditions: it would cost a pass)."""
+        return {"guidance": self.guidance, "micro_guidance": (self.micro_guidance or None) if signals else None}
 
 
 def train_overrides(name: str, data: Path, steps: int, seed: int = 0, extra: dict | None = None) -> dict:
@@ -201,7 +202,7 @@ def measure(runs: dict[str, tuple[str, int, Path]], data: Path, out: Path, budge
         model = Run(folder)
         entry = {"model": name, "seed": seed, "step": model.step, "images_seen": model.step * model.cfg.batch_size, "signals": list(model.cfg.signals)}
         results.setdefault("recipe", {k: getattr(model.cfg, k) for k in RECIPE_FIELDS})
-        guided = budget.sampling(model)
+        guided = budget.sampling(model.cfg.signals)
         # Table 2: SDXL's default query (c_size = target, uncropped) against the held-out references.
         entry["table"], samples = table_scores(model, refs, held, budget.table_samples, budget, progress=progress, **guided)
         # Fig. 4: a model blind to the crop is still asked, to show the base rate it gives every query.
@@ -253,7 +254,7 @@ def side_by_side(plain: Path, conditioned: Path, path: Path, n: int = 16, steps:
         return path
     seeds, labels = list(range(30_000, 30_000 + n)), [i % N_CLASSES for i in range(n)]
     models = [Run(p) for p in (plain, conditioned)]
-    a, b = (m.draw(Query(original_size=(128, 128), crop_top_left=(0, 0), **budget.sampling(m)), seeds, labels, steps=steps, progress=False) for m in models)
+    a, b = (m.draw(Query(original_size=(128, 128), crop_top_left=(0, 0), **budget.sampling(m.cfg.signals)), seeds, labels, steps=steps, progress=False) for m in models)
     half = n // 2
     images = torch.cat([a[:half], b[:half], a[half:], b[half:]])
     rows = [plain.name, f"{conditioned.name} (128x128, crop 0,0)"] * 2
@@ -287,9 +288,7 @@ def run_paper(out: Path, docs: Path | None, budget: Budget = Budget(), parallel:
     figures["Fig. 5: no-cond against size-crop, same seeds"] = side_by_side(runs["no-cond-s0"][2], runs["size-crop-s0"][2], out / "grids" / "fig5-no-cond-vs-size-crop.png",
                                                                             steps=budget.sampler_steps, budget=budget)
     for name in ("size-crop", "size", "no-cond"):
-        micro = budget.micro_guidance if MODELS[name][1]["signals"] else 0
-        for kind, path in sweep_grids(runs[f"{name}-s0"][2], out / "grids", steps=budget.sampler_steps, guidance=budget.guidance,
-                                      micro_guidance=micro or None).items():
+        for kind, path in sweep_grids(runs[f"{name}-s0"][2], out / "grids", steps=budget.sampler_steps, **budget.sampling(MODELS[name][1]["signals"])).items():
             figures[f"{kind} sweep, {name}-s0"] = path
     for name in MODELS:
         figures[f"samples, {name}-s0"] = out / "grids" / f"samples-{name}-s0.png"

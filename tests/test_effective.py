@@ -199,3 +199,27 @@ def test_flat_graphics_are_not_called_upscaled(size):
         draw.ellipse([int(rng.integers(0, w // 2)), int(rng.integers(0, h // 2)), w - 3, h - 3], outline=(250, 250, 0), width=2)
         e = estimate(encoded(image, "PNG"))
         assert max(e.scale) < 1.25, e
+
+
+def test_kept_projections_change_no_estimate_and_stay_within_their_budget(monkeypatch):
+    """Projections are kept across images (files of one size share their grids); an estimate is
+    the same from an empty cache or a full one, and the cache holds no more than its budget."""
+    from microcond.data import gridfit
+    from microcond.data.resampling import ProjectionCache, grids, projections
+
+    files = [encoded(upscaled(texture(150, 170, seed=s), 2.3, "bicubic"), "PNG") for s in range(2)] + [encoded(texture(150, 170, seed=5), "PNG")]
+    monkeypatch.setattr(gridfit, "PROJECTIONS", ProjectionCache())
+    first = [estimate(f) for f in files]
+    misses = gridfit.PROJECTIONS.misses
+    assert [estimate(f) for f in files] == first and gridfit.PROJECTIONS.misses == misses  # all kept: no grid built again
+    assert gridfit.PROJECTIONS.hits > misses > 0
+    small = ProjectionCache(max_bytes=200_000)
+    monkeypatch.setattr(gridfit, "PROJECTIONS", small)
+    assert [estimate(f) for f in files] == first
+    assert 0 < small.nbytes <= small.max_bytes
+    starts = np.array([8, 60])
+    kept = small.get(170, [70, 74], "bicubic", starts, 48, 0.5)  # (originals, windows, w, w)
+    fresh = projections(grids(170, np.array([70, 74]), "bicubic", starts, 48, 0.5)).reshape(kept.shape)
+    assert np.array_equal(kept, fresh)
+    eigen = np.linalg.eigvalsh(kept.astype(np.float64))  # a projection, softened only where columns are degenerate (ridge)
+    assert np.allclose(kept, kept.transpose(0, 1, 3, 2), atol=1e-5) and eigen.min() > -1e-4 and eigen.max() < 1 + 1e-4

@@ -42,7 +42,7 @@ import numpy as np
 from microcond.data.resampling import (
     NAMES,
     OVERSHOOT,
-    grids,
+    ProjectionCache,
     misfits,
     scatter,
     window_starts,
@@ -63,9 +63,9 @@ _AGREE = 0.095  # factors within 10% agree
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
 _FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
-_BATCH = 12  # original lengths fitted together (of similar width: sorted)
 _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
 _LIMIT, _LIMIT_JPEG = 0.6, 0.3  # see _Axis.limit
+PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 MiB at most)
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -141,11 +141,6 @@ def _shared_peaks(axes: list[_Axis]) -> list[float]:
     return found
 
 
-def _padded(matrices: list[np.ndarray]) -> np.ndarray:
-    width = max(m.shape[2] for m in matrices)  # zero columns are left out of every fit
-    return np.concatenate([np.pad(m, ((0, 0), (0, 0), (0, width - m.shape[2]))) for m in matrices])
-
-
 @dataclass(frozen=True)
 class _Axis:
     """One axis prepared for grid fits: its lines (count, measured), mean removed, the windows
@@ -184,14 +179,12 @@ class _Axis:
 
     def _misfits(self, originals: list[int], resizers: tuple[int, ...], shift: float) -> dict[tuple[int, int], float]:
         """RMS misfits of the grids of ``resizers`` (indices into NAMES) from each original length,
-        moved by ``shift`` original pixels, in batches of similar width (padding costs cubic time)."""
-        found = {}
-        for lo in range(0, len(originals), _BATCH):
-            batch = np.array(originals[lo : lo + _BATCH])
-            matrices = [grids(self.length, batch, NAMES[k], self.starts, self.window, shift) for k in resizers]
-            values = misfits(self.scatters, _padded(matrices), len(self.lines)).reshape(len(resizers), len(batch))
-            found.update(((n0, k), float(values[r, i])) for r, k in enumerate(resizers) for i, n0 in enumerate(batch))
-        return found
+        moved by ``shift`` original pixels."""
+        if not originals:
+            return {}
+        found = [PROJECTIONS.get(self.length, originals, NAMES[k], self.starts, self.window, shift) for k in resizers]
+        values = misfits(self.scatters, np.concatenate(found), len(self.lines)).reshape(len(resizers), len(originals))
+        return {(n0, k): float(values[r, i]) for r, k in enumerate(resizers) for i, n0 in enumerate(originals)}
 
     def aligned(self, originals: list[int]) -> np.ndarray:
         """RMS misfits (resizers, len(originals)) of every resizer's grid as it lays it; once per axis."""

@@ -8,10 +8,13 @@ Pillow, OpenCV and ImageMagick and -0.5 for libvips' upscale and OpenCV's ``INTE
 put output ``x`` at ``x n0 / length``. Each resizer of :data:`RESIZERS` is a kernel and an offset,
 read off each library's upscale of an impulse; Pillow's nearest neighbour takes the original under
 the coordinate, stepped by repeated addition as ``Geometry.c`` does. :func:`grids` builds rows of
-that matrix for windows of an axis; :func:`misfits` measures how far rows of pixels are from its span.
+that matrix for windows of an axis, :func:`projections` the projections onto its span (kept across
+images by :class:`ProjectionCache`), and :func:`misfits` how far rows of pixels are from it.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 
@@ -127,19 +130,62 @@ def scatter(lines: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:
     return pieces.transpose(0, 2, 1) @ pieces
 
 
-def misfits(scatters: np.ndarray, matrices: np.ndarray, count: int) -> np.ndarray:
-    """RMS left after projecting ``count`` lines on the span of each matrix, pooled over windows.
-
-    ``scatters`` (B, window, window) from :func:`scatter`; ``matrices`` (G * B, window, M) from
-    :func:`grids` for the same windows. Columns outside a window's reach are zero and the edge ones
-    can be proportional (touched by one row): a ridge of 1e-9 (a kernel weight of 3e-5) removes
-    them and biases nothing measurable. Returns (G,).
-    """
+def projections(matrices: np.ndarray) -> np.ndarray:
+    """Orthogonal projections (G, window, window) onto the span of each matrix (G, window, M) of
+    :func:`grids`, float32. Columns outside a window's reach are zero and the edge ones can be
+    proportional (touched by one row): a ridge of 1e-9 (a kernel weight of 3e-5) removes them and
+    biases nothing measurable."""
     a = matrices.astype(np.float64)
     at = a.transpose(0, 2, 1)
     gram = at @ a + 1e-9 * np.eye(a.shape[2])
-    projection = a @ np.linalg.solve(gram, at)  # (G*B, window, window)
-    projection = projection.reshape(-1, *scatters.shape)  # (G, B, window, window)
-    left = np.trace(scatters, axis1=1, axis2=2).sum() - np.einsum("gbij,bij->g", projection, scatters)
-    pooled = left / (count * len(scatters) * a.shape[1])
-    return np.sqrt(np.maximum(pooled, 0.0))
+    return (a @ np.linalg.solve(gram, at)).astype(np.float32)
+
+
+def misfits(scatters: np.ndarray, projections: np.ndarray, count: int) -> np.ndarray:
+    """RMS left after projecting ``count`` lines on the span of each grid, pooled over windows.
+
+    ``scatters`` (B, window, window) from :func:`scatter`; ``projections`` (G, B, window, window)
+    from :func:`projections` for the same windows. Returns (G,).
+    """
+    g, b, w, _ = projections.shape
+    kept = projections.reshape(g, -1).astype(np.float64) @ scatters.reshape(-1)  # trace(P S) per grid
+    left = np.trace(scatters, axis1=1, axis2=2).sum() - kept
+    return np.sqrt(np.maximum(left / (count * b * w), 0.0))
+
+
+_BATCH = 12  # original lengths whose grids are built together
+
+
+class ProjectionCache:
+    """Projections of upscale grids kept across images, least recently used dropped first.
+
+    A projection depends on the grid alone (axis length, original length, resizer, shift, windows),
+    never on the pixels, and files of one size share all of theirs that do not come from the
+    image's own periodicity: a folder of camera photos or a web crawl, whose sizes repeat, fits
+    most grids once. At most ``max_bytes`` (default 64 MiB) of float32 matrices per process; the
+    first is computed and stored exactly as every later use reads it, so estimates do not depend
+    on what the cache holds.
+    """
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes, self.nbytes, self.hits, self.misses = max_bytes, 0, 0, 0
+        self._kept: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+    def get(self, length: int, originals: list[int], resizer: str, starts: np.ndarray, window: int, shift: float) -> np.ndarray:
+        """Projections (len(originals), len(starts), window, window) of :func:`grids`' matrices."""
+        base = (length, resizer, shift, window, starts.tobytes())
+        missing = [n0 for n0 in originals if base + (n0,) not in self._kept]
+        self.misses += len(missing)
+        for lo in range(0, len(missing), _BATCH):  # similar widths together: padding costs cubic time
+            batch = sorted(missing)[lo : lo + _BATCH]
+            found = projections(grids(length, np.array(batch), resizer, starts, window, shift))
+            for n0, p in zip(batch, found.reshape(len(batch), len(starts), window, window)):
+                self._kept[base + (n0,)] = p
+                self.nbytes += p.nbytes
+        self.hits += len(originals) - len(missing)
+        out = np.stack([self._kept[base + (n0,)] for n0 in originals])
+        for n0 in originals:
+            self._kept.move_to_end(base + (n0,))
+        while self.nbytes > self.max_bytes and len(self._kept) > 1:
+            self.nbytes -= self._kept.popitem(last=False)[1].nbytes
+        return out

@@ -223,3 +223,16 @@ def test_kept_projections_change_no_estimate_and_stay_within_their_budget(monkey
     assert np.array_equal(kept, fresh)
     eigen = np.linalg.eigvalsh(kept.astype(np.float64))  # a projection, softened only where columns are degenerate (ridge)
     assert np.allclose(kept, kept.transpose(0, 1, 3, 2), atol=1e-5) and eigen.min() > -1e-4 and eigen.max() < 1 + 1e-4
+
+
+@pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "lanczos"])
+@pytest.mark.parametrize("factor", [1.6, 2.7])
+def test_an_upscale_cropped_afterwards_is_measured(factor, kernel):
+    """A crop after the upscale moves its grid by a phase no file records; the phase is searched.
+    (A cropped nearest-neighbour upscale is not: a finer grid at a free phase holds its runs of
+    pixels as well as the true one, module doc of microcond.data.phasefit.)"""
+    small = texture(110, 140, seed=4)
+    big = small.resize((round(140 * factor), round(110 * factor)), FILTERS[kernel])
+    e = estimate(encoded(big.crop((5, 3, big.width - 4, big.height - 6)), "PNG"))
+    true = big.height / 110, big.width / 140
+    assert np.all(np.abs(np.log(np.array(e.scale) / true)) <= 0.095), e

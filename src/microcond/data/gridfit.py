@@ -29,6 +29,11 @@ Method (each axis: rows for the width, columns for the height):
    repeats with JPEG's 8-px blocks need more). An upscale of one axis alone needs a gain of
    :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
    also explain the pixels down to the noise (:meth:`_Axis.limit`).
+4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
+   the upscale: the factors of the periodic peaks (:data:`_CROP_LEAST` and up) are tried at every
+   phase, window by window (:mod:`microcond.data.phasefit`), one resizer for both axes, and must
+   beat themselves half an original pixel away by :data:`_CROP_EACH` on each axis and
+   :data:`_CROP_PAIR` together.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from microcond.data.periodicity import N_FFT, detail, modulation, spectrum, strongest
+from microcond.data.phasefit import PHASE_RESIZERS, phase_misfits
 from microcond.data.resampling import (
     NAMES,
     OVERSHOOT,
@@ -66,6 +73,9 @@ _FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
 _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
 _LIMIT, _LIMIT_JPEG = 0.6, 0.3  # see _Axis.limit
 PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 MiB at most)
+_CROP_LEAST = 1.2  # cropped upscales by less are not looked for (fine grids fit natives by chance)
+_CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis, and their product
+_CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -81,49 +91,11 @@ def ijg_table(quality: int | np.ndarray, table: int) -> np.ndarray:
     return np.clip((_IJG[table] * scale + 50) // 100, 1, 255)
 
 
-def _modulation(y: np.ndarray, jpeg: bool) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Spectra (frequency in cycles/pixel from 0.1 to 0.5, power over its median) of the mean
-    |second difference| and of the mean |first difference| along the lines ``y`` (count, length)
-    (a nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it)."""
-    spectra = []
-    for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
-        d = difference.mean(axis=0) + 1e-3  # (n,)
-        m = d / np.convolve(np.pad(d, 7, mode="reflect"), np.ones(15) / 15, mode="valid") - 1  # relative modulation
-        n = len(m)
-        if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
-            phase = (np.arange(n) + 1) % 8
-            for lo in range(0, n, 64):
-                part = slice(lo, lo + 64)
-                means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
-                m[part] -= means[phase[part]]
-        power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
-        f = np.arange(len(power)) / (4 * n)
-        keep = f >= 0.1
-        if jpeg:
-            keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
-        median = np.median(power[keep]) if keep.sum() >= 2 else 0.0
-        if median > 0:  # a flat image has no modulation at all: no spectrum to read
-            spectra.append((f[keep], power[keep] / median))
-    return spectra
-
-
-def _strongest(f: np.ndarray, power: np.ndarray, apart: float, found: list[float], top: int = 2, least: float = 15.0) -> list[float]:
-    """Frequencies of the ``top`` strongest peaks of ``power`` (over its median) above ``least``,
-    ``apart`` from each other and from those already ``found``."""
-    mine: list[float] = []
-    for i in np.argsort(power)[::-1]:
-        if len(mine) == top or power[i] < least:
-            break
-        if all(abs(f[i] - g) > apart for g in mine + found):
-            mine.append(float(f[i]))
-    return mine
-
-
 def _peaks(ax: _Axis) -> list[float]:
     """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
     found: list[float] = []
     for f, power in ax.spectra:
-        found += _strongest(f, power, 3.0 / ax.lines.shape[1], found)
+        found += strongest(f, power, 3.0 / ax.lines.shape[1], found)
     return found
 
 
@@ -137,7 +109,7 @@ def _shared_peaks(axes: list[_Axis]) -> list[float]:
         return []
     for (f0, p0), (f1, p1) in zip(*both):
         added = np.interp(grid, f0, p0, left=0, right=0) + np.interp(grid, f1, p1, left=0, right=0)
-        found += _strongest(grid, added / 2, 3.0 / min(ax.lines.shape[1] for ax in axes), found, least=_SHARED_LEAST)
+        found += strongest(grid, added / 2, 3.0 / min(ax.lines.shape[1] for ax in axes), found, least=_SHARED_LEAST)
     return found
 
 
@@ -157,8 +129,8 @@ class _Axis:
 
     @functools.cached_property
     def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The lines' periodicity spectra (:func:`_modulation`), for the axis's peaks and the shared ones."""
-        return _modulation(self.lines, self.quality is not None)
+        """The lines' periodicity spectra (:func:`microcond.data.periodicity.modulation`), for the axis's peaks and the shared ones."""
+        return modulation(self.lines, self.quality is not None)
 
     @property
     def whole(self) -> bool:
@@ -329,25 +301,23 @@ def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
     return next(pair for pair in passed if pair[0] is best)
 
 
-_N_FFT = 128  # Welch segment length: 64 frequency bins
+def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
+    """An upscale cropped afterwards (:mod:`microcond.data.phasefit`): factors from the periodicity
+    of either axis or both, ranked by one kernel's gains at the best phases; the best factor is
+    then tried with every kernel, one for both axes. Returns the fits of both axes, or None."""
+    frequencies = [f for ax in axes for f in _peaks(ax)] + _shared_peaks(axes)
+    factors = sorted({round(s, 3) for f in frequencies for s in (1 / (1 - f), 1 / f) if _CROP_LEAST <= s <= _FINEST_ORIGINAL})
+    if not factors:
+        return None
 
+    def tried(s: float, resizers: tuple[str, ...]) -> list[_Fit]:
+        found = [phase_misfits(ax.length, ax.starts, ax.window, ax.scatters, len(ax.lines), s, resizers) for ax in axes]
+        best = min(resizers, key=lambda k: found[0][k][0] + found[1][k][0])
+        return [_Fit(s, _score(*misfit[best]), round(ax.length / s), NAMES.index(best), misfit[best][0]) for ax, misfit in zip(axes, found)]
 
-def _spectrum(y: np.ndarray) -> np.ndarray:
-    """Welch power spectrum of the first difference along the lines ``y`` (whitens f^-2 images). (F,)"""
-    rows = y[np.linspace(0, y.shape[0] - 1, min(128, y.shape[0])).astype(int)]
-    d = np.diff(rows, axis=1)
-    segments = d[:, : d.shape[1] // _N_FFT * _N_FFT].reshape(-1, _N_FFT)
-    segments = (segments - segments.mean(axis=1, keepdims=True)) * np.hanning(_N_FFT)
-    return (np.abs(np.fft.rfft(segments, axis=1)) ** 2).mean(axis=0)[1:] + 1e-9
-
-
-def _detail(power: np.ndarray) -> float:
-    """Share of the low-band level that remains near Nyquist above 8-bit rounding noise, 0..1:
-    how much a native verdict can be trusted (a flat image could hide any upscale)."""
-    f = np.arange(1, len(power) + 1) / _N_FFT
-    rounding = 4 * np.sin(np.pi * f) ** 2 / 12 * float((np.hanning(_N_FFT) ** 2).sum())
-    high = max(float((power - rounding)[f >= 0.35].mean()), 0.0)
-    return min(1.0, high / float(power[(f >= 0.05) & (f <= 0.15)].mean()) / 0.3)
+    factor = max(factors, key=lambda s: math.prod(f.gain for f in tried(s, _CROP_SCREEN)))
+    pair = tried(factor, PHASE_RESIZERS)
+    return pair if min(f.gain for f in pair) >= _CROP_EACH and pair[0].gain * pair[1].gain >= _CROP_PAIR else None
 
 
 def _confidence(fit: _Fit, ax: _Axis | None) -> float:
@@ -355,9 +325,9 @@ def _confidence(fit: _Fit, ax: _Axis | None) -> float:
         return 0.0
     if fit.factor > 1.0:
         return min(1.0, 1.3 - 1.0 / fit.gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
-    if ax.lines.shape[1] <= _N_FFT:
+    if ax.lines.shape[1] <= N_FFT:
         return 0.0
-    return _detail(_spectrum(ax.lines))
+    return detail(spectrum(ax.lines))
 
 
 def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -386,5 +356,7 @@ def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] 
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
+    if not (agree and fits[0].factor > 1.0) and None not in axes and not any(ax.whole for ax in axes):
+        fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
     factors = (fits[0].factor, fits[1].factor)
     return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))

@@ -81,16 +81,22 @@ def window_starts(length: int, window: int, count: int = 3) -> np.ndarray:
     return np.linspace(8, length - window - 8, count).astype(int)
 
 
-def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, window: int, shift: float = 0.0) -> np.ndarray:
+def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, window: int, shift: float | np.ndarray = 0.0,
+          borders: bool = True) -> np.ndarray:
     """Rows ``start:start+window`` of the matrices by which ``resizer`` (a :data:`RESIZERS` key)
     upscales ``originals`` (N,) sample counts to ``length``, for each start, over the originals in
     reach (zero columns pad to a common width).
 
-    ``shift`` moves the grid by that many original pixels (0.5: the worst alignment).
+    ``shift`` moves the grid by that many original pixels (0.5: the worst alignment), one for all
+    or one per original count (N,); ``originals`` need not be whole (a crop of an upscale). Taps
+    outside the originals are dropped as Pillow does at the image's borders, unless ``borders`` is
+    False (a crop: the originals go on past its ends).
     Returns (N * len(starts), window, M).
     """
     kernel, offset, positions = RESIZERS[resizer]
     n0 = np.asarray(originals, np.float64)[:, None, None, None]  # (N, 1, 1, 1)
+    shift = np.broadcast_to(np.asarray(shift, np.float64), (len(n0),))
+    s3, s4 = shift[:, None, None], shift[:, None, None, None]
     at = starts[:, None] + np.arange(window)  # (B, window) output pixels
     reach = SUPPORT[kernel]
     width = int(np.ceil(window * n0.max() / length)) + 2 * reach + 2
@@ -100,9 +106,9 @@ def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, 
         steps[:, 1:] = n0[:, 0, 0, :1] / length
         source = np.floor(np.cumsum(steps, axis=1)[:, at])[..., None]  # (N, B, window, 1)
     elif kernel == NEAREST:  # x / (length / n0) as OpenCV and libvips compute it (ties fall on the original before)
-        source = np.floor((at + 0.5 + offset) * (1 / (length / n0[..., 0])) + shift)[..., None]
+        source = np.floor((at + 0.5 + offset) * (1 / (length / n0[..., 0])) + s3)[..., None]
     else:
-        centre = ((at + 0.5 + offset) * n0[..., 0] / length + shift)[..., None]  # (N, B, window, 1) original pixels
+        centre = ((at + 0.5 + offset) * n0[..., 0] / length + s3)[..., None]  # (N, B, window, 1) original pixels
         if positions:  # the coordinate's fraction rounded to 1 / positions (libvips' interpolators)
             centre = np.floor(centre - 0.5) + 0.5 + np.floor((centre - 0.5) % 1 * positions + 0.5) / positions
         source = np.floor(centre)  # the original under the coordinate (nearest neighbour)
@@ -111,13 +117,14 @@ def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, 
     if kernel == NEAREST:
         weights = (j == source).astype(np.float64)
     elif kernel == AREA:  # the output pixel's footprint over the originals, in OpenCV's arithmetic (resize.cpp)
-        left = np.floor(at[..., None] * (1 / (length / n0)) + shift)  # (N, B, window, 1) the original under its left edge
-        right = (at[..., None] + 1) - (left + 1 - shift) * (length / n0)  # share of the footprint past that original
+        left = np.floor(at[..., None] * (1 / (length / n0)) + s4)  # (N, B, window, 1) the original under its left edge
+        right = (at[..., None] + 1) - (left + 1 - s4) * (length / n0)  # share of the footprint past that original
         right = np.where(right <= 0, 0.0, right - np.floor(right))
         weights = np.where(j == left, 1 - right, 0.0) + np.where(j == left + 1, right, 0.0)
     else:
         weights = KERNELS[kernel][0](j + 0.5 - centre)
-    weights = weights * ((j >= 0) & (j < n0))  # Pillow drops taps outside the image
+    if borders:
+        weights = weights * ((j >= 0) & (j < n0))  # Pillow drops taps outside the image
     weights /= np.maximum(weights.sum(axis=-1, keepdims=True), 1e-12)
     return weights.reshape(-1, window, width).astype(np.float32)
 
@@ -141,16 +148,20 @@ def projections(matrices: np.ndarray) -> np.ndarray:
     return (a @ np.linalg.solve(gram, at)).astype(np.float32)
 
 
-def misfits(scatters: np.ndarray, projections: np.ndarray, count: int) -> np.ndarray:
-    """RMS left after projecting ``count`` lines on the span of each grid, pooled over windows.
+def residuals(scatters: np.ndarray, projections: np.ndarray) -> np.ndarray:
+    """Sums of squares (G, B) left after projecting the lines whose ``scatters`` (B, window, window)
+    are given on the span of each grid, window by window; ``projections`` (G, B, window, window)
+    from :func:`projections` for the same windows."""
+    g, b = projections.shape[:2]
+    kept = np.einsum("gbk,bk->gb", projections.reshape(g, b, -1).astype(np.float64), scatters.reshape(b, -1))  # trace(P S)
+    return np.trace(scatters, axis1=1, axis2=2)[None, :] - kept
 
-    ``scatters`` (B, window, window) from :func:`scatter`; ``projections`` (G, B, window, window)
-    from :func:`projections` for the same windows. Returns (G,).
-    """
+
+def misfits(scatters: np.ndarray, projections: np.ndarray, count: int) -> np.ndarray:
+    """RMS left after projecting ``count`` lines on the span of each grid, pooled over windows
+    (:func:`residuals`). Returns (G,)."""
     g, b, w, _ = projections.shape
-    kept = projections.reshape(g, -1).astype(np.float64) @ scatters.reshape(-1)  # trace(P S) per grid
-    left = np.trace(scatters, axis1=1, axis2=2).sum() - kept
-    return np.sqrt(np.maximum(left / (count * b * w), 0.0))
+    return np.sqrt(np.maximum(residuals(scatters, projections).sum(axis=1) / (count * b * w), 0.0))
 
 
 _BATCH = 12  # original lengths whose grids are built together

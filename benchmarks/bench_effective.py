@@ -60,7 +60,9 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from common import peak_rss_mib, timed  # noqa: E402
 
+from microcond.data import gridfit  # noqa: E402
 from microcond.data.effective import estimate  # noqa: E402
+from microcond.data.resampling import ProjectionCache  # noqa: E402
 
 WALLPAPERS = Path("/usr/share/wallpapers")
 # Photographs in plasma-workspace-wallpapers 5.27 (the others are drawings and renderings).
@@ -240,6 +242,48 @@ def library_lines(folder: Path, libraries: list[str], count: int, defaults: int,
                           "cropped_all": share([r for r in records if r["cropped"]]), **env}), flush=True)
 
 
+def fresh_cache() -> ProjectionCache:
+    """An empty cache of grid projections for this process, as a new scan starts with."""
+    gridfit.PROJECTIONS = ProjectionCache()
+    return gridfit.PROJECTIONS
+
+
+def same_size_line(folder: Path, repeats: int, seed: int, env: dict, count: int = 100, size: tuple[int, int] = (512, 384)) -> None:
+    """Cost where sizes repeat, as in a web crawl or a camera's folder: ``count`` crops of one size
+    (a quarter native, the rest upscaled by 1.25-4 with Pillow's bicubic), JPEG q85. The grids an
+    image's own periodicity does not choose are fitted once for all of them (the kept projections)."""
+    rng = np.random.default_rng([seed, 7])
+    photos, paths = photographs(), []
+    for i in range(count):
+        _, photo = photos[i % len(photos)]
+        left, top = int(rng.integers(0, photo.width - size[0] + 1)), int(rng.integers(0, photo.height - size[1] + 1))
+        image = photo.crop((left, top, left + size[0], top + size[1]))
+        if i % 4:
+            s = float(np.exp(rng.uniform(np.log(UPSCALED), np.log(4))))
+            image = image.resize((round(size[0] / s), round(size[1] / s)), Image.BOX).resize(size, Image.BICUBIC)
+        paths.append(folder / f"same-{i:04d}.jpg")
+        image.save(paths[-1], quality=85)
+    caches = []
+
+    def run_estimates() -> None:
+        caches.append(fresh_cache())
+        for path in paths:
+            estimate(path)
+
+    def run_decodes() -> None:
+        for path in paths:
+            with Image.open(path) as im:
+                im.convert("RGB")
+
+    seconds = {"decode": timed(run_decodes, repeats, clock=time.process_time), "estimate": timed(run_estimates, repeats, clock=time.process_time)}
+    cache = caches[-1]
+    print(json.dumps({"bench": "effective", "case": "cost_same_size", "images": count, "size": list(size),
+                      "estimate_images_per_s": round(count / seconds["estimate"], 1), "decode_images_per_s": round(count / seconds["decode"], 1),
+                      "estimate_vs_decode_time": round(seconds["estimate"] / seconds["decode"], 2),
+                      "kept_grids_reused": round(cache.hits / max(1, cache.hits + cache.misses), 3),
+                      "kept_mib": round(cache.nbytes / 2**20, 1), **env}), flush=True)
+
+
 def full_size_files() -> list[Path]:
     """The largest file of every wallpaper, drawings included: the cost on camera-size files."""
     files = []
@@ -282,6 +326,7 @@ def main() -> None:
                       "build_s": round(time.perf_counter() - start, 1), **env}), flush=True)  # fmt: skip
 
     def run_estimates() -> None:
+        fresh_cache()  # every pass sees the files for the first time: no grid kept from the last one
         for r in records:
             r["estimate"] = estimate(r["path"])
 
@@ -303,7 +348,7 @@ def main() -> None:
     groups = {"accuracy_lossless": [r for r in upscaled if r["quality"] is None],
               "accuracy_jpeg": [r for r in upscaled if r["quality"] is not None and r["quality"] >= 75],
               "accuracy_jpeg_below_75": [r for r in upscaled if r["quality"] is not None and r["quality"] < 75]}
-    goals = {"accuracy_lossless": 0.90, "accuracy_jpeg": 0.75}
+    goals = {"accuracy_lossless": 0.95, "accuracy_jpeg": 0.85}
     for case, group in groups.items():
         kernels, photos = collections.defaultdict(list), collections.defaultdict(list)
         for r in group:
@@ -318,15 +363,15 @@ def main() -> None:
         print(json.dumps(line), flush=True)
     area = auc([r["score"] for r in natives], [r["score"] for r in upscaled])
     print(json.dumps({"bench": "effective", "case": "auc", "natives": len(natives), "upscaled": len(upscaled),
-                      "auc": round(area, 3), "goal": 0.95, "met": area >= 0.95, **env}), flush=True)
+                      "auc": round(area, 3), "goal": 0.98, "met": area >= 0.98, **env}), flush=True)
     false = float(np.mean([max(r["estimate"].scale) >= UPSCALED for r in natives]))
     print(json.dumps({"bench": "effective", "case": "false_upscaled", "natives": len(natives), "rate": round(false, 3),
-                      "goal": 0.05, "met": false <= 0.05, **env}), flush=True)
+                      "goal": 0.02, "met": false <= 0.02, **env}), flush=True)
     ratio = seconds["estimate"] / seconds["decode"]
     print(json.dumps({"bench": "effective", "case": "cost", "images": len(records),
                       "estimate_images_per_s": round(len(records) / seconds["estimate"], 1),
                       "decode_images_per_s": round(len(records) / seconds["decode"], 1),
-                      "estimate_vs_decode_time": round(ratio, 2), "goal": 1.0, "met": ratio <= 1.0,
+                      "estimate_vs_decode_time": round(ratio, 2), "goal": 2.0, "met": ratio <= 2.0,
                       "median_s": {k: round(v, 3) for k, v in seconds.items()}, **env}), flush=True)
     large = full_size_files()
 
@@ -336,6 +381,7 @@ def main() -> None:
                 im.convert("RGB")
 
     def estimate_large() -> None:
+        fresh_cache()
         for path in large:
             estimate(path)
 
@@ -344,7 +390,9 @@ def main() -> None:
                       "megapixels": round(sum(float(np.prod(Image.open(p).size)) for p in large) / 1e6, 1),
                       "estimate_images_per_s": round(len(large) / big["estimate"], 1),
                       "decode_images_per_s": round(len(large) / big["decode"], 1),
-                      "estimate_vs_decode_time": round(big["estimate"] / big["decode"], 2), **env}), flush=True)
+                      "estimate_vs_decode_time": round(big["estimate"] / big["decode"], 2), "goal": 1.0,
+                      "met": big["estimate"] / big["decode"] <= 1.0, **env}), flush=True)
+    same_size_line(folder, args.repeats, args.seed, env)
     library_lines(folder, args.libraries, args.library_images, args.default_images, args.seed, env)
     print(json.dumps({"bench": "effective", "case": "memory", "peak_rss_mib": round(peak_rss_mib(), 1), **env}))
 

@@ -236,3 +236,15 @@ def test_an_upscale_cropped_afterwards_is_measured(factor, kernel):
     e = estimate(encoded(big.crop((5, 3, big.width - 4, big.height - 6)), "PNG"))
     true = big.height / 110, big.width / 140
     assert np.all(np.abs(np.log(np.array(e.scale) / true)) <= 0.095), e
+
+
+@pytest.mark.parametrize("resizer", ["nearest", "nearest-floor", "bilinear", "bicubic-vips", "lanczos", "area"])
+def test_grids_at_many_phases_equal_each_phase_alone(resizer):
+    """The phase search builds all phases at once, with fractional original counts (a crop)."""
+    starts, shifts, n0 = np.array([8, 70]), np.array([0.0, 0.125, 0.5, 0.875]), 300 / 2.37
+    together = grids(300, np.full(4, n0), resizer, starts, 48, shift=shifts, borders=False)
+    for i, shift in enumerate(shifts):
+        alone = grids(300, np.array([n0]), resizer, starts, 48, shift=float(shift), borders=False)
+        part = together[2 * i : 2 * i + 2]
+        width = alone.shape[2]
+        assert np.array_equal(part[..., :width], alone) and not part[..., width:].any()

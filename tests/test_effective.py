@@ -248,3 +248,18 @@ def test_grids_at_many_phases_equal_each_phase_alone(resizer):
         part = together[2 * i : 2 * i + 2]
         width = alone.shape[2]
         assert np.array_equal(part[..., :width], alone) and not part[..., width:].any()
+
+
+@pytest.mark.parametrize("factor", [1.7, 2.5])
+def test_smooth_content_is_measured_by_its_periodicity(factor):
+    """A smooth image upscaled: every grid fits it to the rounding noise, shifted or not, but the
+    resampling's periodic trace stands far above any native's on both axes."""
+    from PIL import ImageFilter
+
+    small = texture(150, 180, seed=6).filter(ImageFilter.GaussianBlur(1.5))
+    big = small.resize((round(180 * factor), round(150 * factor)), Image.BILINEAR)
+    e = estimate(encoded(big, "PNG"))
+    true = big.height / 150, big.width / 180
+    assert np.all(np.abs(np.log(np.array(e.scale) / true)) <= 0.095), e
+    assert e.confidence < 0.9  # a weaker verdict than a grid that fits
+    assert max(estimate(encoded(small, "PNG")).scale) == 1.0  # the smooth native itself

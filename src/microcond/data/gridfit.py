@@ -34,6 +34,9 @@ Method (each axis: rows for the width, columns for the height):
    phase, window by window (:mod:`microcond.data.phasefit`), one resizer for both axes, and must
    beat themselves half an original pixel away by :data:`_CROP_EACH` on each axis and
    :data:`_CROP_PAIR` together.
+5. Periodic. Content so smooth that every grid fits it to the rounding noise (shifted too) gives
+   no gain, yet the periodic trace of the resampling stands out: a peak of :data:`_PERIODIC` on
+   both axes at one frequency is taken for an upscale (:func:`_periodic`).
 """
 
 from __future__ import annotations
@@ -76,6 +79,7 @@ PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 
 _CROP_LEAST = 1.35  # cropped upscales by less are not looked for (finer grids at a free phase fit flat graphics by chance)
 _CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis, and their product
 _CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
+_PERIODIC = 100.0  # a periodic peak this strong on both axes is an upscale (natives' strongest: about 60)
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 # IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
 _IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
@@ -272,22 +276,52 @@ def _grid_fit(ax: _Axis) -> _Fit:
     return _coarsest(fitting)
 
 
+def _pair(axes: list[_Axis], s: float) -> list[_Fit] | None:
+    """Both axes' fits at factor ``s`` (original lengths within a pixel) by the one resizer whose grids
+    fit the two best together; None if an axis has no usable original length."""
+    groups = [[n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for ax in axes]
+    if not all(groups):
+        return None
+    aligned = [ax.aligned(g) for ax, g in zip(axes, groups)]  # (resizers, group) per axis
+    k = int(np.argmin(sum(a.min(axis=1) for a in aligned)))
+    pair = []
+    for ax, g, a in zip(axes, groups, aligned):
+        i = int(np.argmin(a[k]))
+        pair.append(_Fit(ax.length / g[i], _score(float(a[k, i]), float(ax.shifted(g, k).min())), g[i], k, float(a[k, i])))
+    return pair
+
+
+def _power(ax: _Axis, f: float) -> float:
+    """The strongest periodicity of ``ax``'s spectra within a bin or so of ``f`` (over the median)."""
+    near = [power[np.abs(freq - f) <= 1.5 / ax.lines.shape[1]] for freq, power in ax.spectra]
+    return max((float(p.max()) for p in near if p.size), default=0.0)
+
+
+def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
+    """Content so smooth that every grid fits it to the rounding noise, shifted or not, still shows
+    the resampling's periodicity: a peak of :data:`_PERIODIC` on both axes at one frequency, far
+    above any native's, is an upscale at one of its two factors, told apart by the grids' gains
+    (weak: a low confidence says so; where neither shows any, a toss-up between ``s`` and
+    ``s / (s - 1)``)."""
+    found = {f: min(_power(ax, f) for ax in axes) for ax in axes for f in _peaks(ax)}
+    strong = [f for f, power in found.items() if power >= _PERIODIC]
+    if not strong:
+        return None
+    f = max(strong, key=found.get)
+    pairs = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair]
+    return max(pairs, key=lambda pair: pair[0].gain * pair[1].gain, default=None)
+
+
 def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
     """Both axes tested at each factor (an upscale keeps the aspect ratio), which a factor passes if
     the product of the two axes' gains reaches :data:`_GAIN_PAIR`, each at least :data:`_GAIN_EACH`:
     weak evidence on each axis that agrees is evidence. One resizer made both axes: the one whose
     grids fit the two axes best together is tested on both. Returns the factor passed (per axis) or None."""
-    groups = [{s: [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for s in factors} for ax in axes]
     passed = []
     for s in factors:
-        if not all(g[s] for g in groups):
+        pair = _pair(axes, s)
+        if pair is None:
             continue
-        aligned = [ax.aligned(g[s]) for ax, g in zip(axes, groups)]  # (resizers, group) per axis
-        k = int(np.argmin(sum(a.min(axis=1) for a in aligned)))
-        pair = []
-        for ax, g, a in zip(axes, groups, aligned):
-            i = int(np.argmin(a[k]))
-            pair.append(_Fit(ax.length / g[s][i], _score(float(a[k, i]), float(ax.shifted(g[s], k).min())), g[s][i], k, float(a[k, i])))
         # JPEG's 8-px blocks favour grids whose pattern repeats with them (2x, 4x, 8/3x, ...).
         blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
         if min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
@@ -358,5 +392,7 @@ def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] 
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
     if not (agree and fits[0].factor > 1.0) and None not in axes and not any(ax.whole for ax in axes):
         fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
+    if fits[0].factor == fits[1].factor == 1.0 and None not in axes and not any(ax.whole for ax in axes):
+        fits = _periodic(axes) or fits  # no grid tells: the periodicity alone, where it is beyond doubt
     factors = (fits[0].factor, fits[1].factor)
     return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))

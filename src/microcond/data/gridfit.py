@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from microcond.data.periodicity import N_FFT, detail, modulation, spectrum, strongest
+from microcond.data.periodicity import N_FFT, detail, modulation, power_at, spectrum, strongest
 from microcond.data.phasefit import PHASE_RESIZERS, phase_misfits
 from microcond.data.resampling import (
     NAMES,
@@ -291,25 +291,24 @@ def _pair(axes: list[_Axis], s: float) -> list[_Fit] | None:
     return pair
 
 
-def _power(ax: _Axis, f: float) -> float:
-    """The strongest periodicity of ``ax``'s spectra within a bin or so of ``f`` (over the median)."""
-    near = [power[np.abs(freq - f) <= 1.5 / ax.lines.shape[1]] for freq, power in ax.spectra]
-    return max((float(p.max()) for p in near if p.size), default=0.0)
-
-
 def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
     """Content so smooth that every grid fits it to the rounding noise, shifted or not, still shows
     the resampling's periodicity: a peak of :data:`_PERIODIC` on both axes at one frequency, far
-    above any native's, is an upscale at one of its two factors, told apart by the grids' gains
-    (weak: a low confidence says so; where neither shows any, a toss-up between ``s`` and
-    ``s / (s - 1)``)."""
-    found = {f: min(_power(ax, f) for ax in axes) for ax in axes for f in _peaks(ax)}
+    above any native's, is an upscale at one of its two factors, told apart by the gains of one
+    kernel's grids at their best phases (weak: a low confidence says so; where neither shows any,
+    a toss-up between ``s`` and ``s / (s - 1)``)."""
+    found = {f: min(power_at(ax.spectra, f, 1.5 / ax.lines.shape[1]) for ax in axes) for ax in axes for f in _peaks(ax)}
     strong = [f for f, power in found.items() if power >= _PERIODIC]
     if not strong:
         return None
     f = max(strong, key=found.get)
     pairs = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair]
-    return max(pairs, key=lambda pair: pair[0].gain * pair[1].gain, default=None)
+
+    def gains(pair: list[_Fit]) -> float:  # at the best phases: a crop may have moved the grid
+        found = [phase_misfits(ax.length, ax.starts, ax.window, ax.scatters, len(ax.lines), fit.factor, _CROP_SCREEN) for ax, fit in zip(axes, pair)]
+        return math.prod(_score(*misfit[_CROP_SCREEN[0]]) for misfit in found)
+
+    return max(pairs, key=gains, default=None)
 
 
 def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:

@@ -45,6 +45,12 @@ def strongest(f: np.ndarray, power: np.ndarray, apart: float, found: list[float]
     return mine
 
 
+def power_at(spectra: list[tuple[np.ndarray, np.ndarray]], f: float, within: float) -> float:
+    """The strongest power (over the median) of ``spectra`` (:func:`modulation`) within ``within`` of ``f``."""
+    near = [power[np.abs(freq - f) <= within] for freq, power in spectra]
+    return max((float(p.max()) for p in near if p.size), default=0.0)
+
+
 N_FFT = 128  # Welch segment length: 64 frequency bins
 
 

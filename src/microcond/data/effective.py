@@ -6,22 +6,25 @@ upscaled and returns the effective size ``round(file size / s)``, with a confide
 JPEG quality read from the quantization tables (header only).
 
 Method: :mod:`microcond.data.gridfit` (resampling periodicity, then least-squares fits of
-upscale grids, both axes together).
+upscale grids, both axes together, at a searched phase where a crop may have moved the grid).
 
-Measured by ``benchmarks/bench_effective.py`` (400 upscaled photographs, its docstring): 97% of
-lossless and 70% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.96; 2% of the natives
-called upscaled. The default upscale of each library, lossless: Pillow 95%, libvips 93%, OpenCV
-80%, ImageMagick 75% within 10%. On the emoji-like fakes of ``microcond experiment upscaled``
-(bicubic, a third under 48 px; 1,500 of its files): 98% within 10%, 5% of the natives (flat
-graphics) called upscaled.
+Measured by ``benchmarks/bench_effective.py`` (400 upscaled photographs, its docstring): all
+lossless and 78% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.97; 2% of the natives
+called upscaled. The default upscale of each library, lossless: Pillow 97%, libvips 98%, OpenCV
+93%, ImageMagick 82% within 10%; cropped after the upscale (its grid's phase lost, searched here),
+lossless: 38-100% by library, all formats 27-58%. On the emoji-like fakes of ``microcond
+experiment upscaled`` (bicubic, a third under 48 px; 1,500 of its files): 98% within 10%, 5% of
+the natives (flat graphics) called upscaled.
 Misses are smooth photographs (fog, sky, water) under JPEG noise: nothing there shows the
 upscale, and the confidence says so. The spectral fall-off of the whitened luma spectrum was
 measured too and is not used: alone it cannot tell blur from an upscale (half of the native
 photographs flagged). The upscales recognised are those of Pillow, OpenCV, libvips and ImageMagick
 with their common kernels (:data:`microcond.data.resampling.RESIZERS`, each checked against the
-library); another kernel, or an upscale cropped afterwards (its grid's phase lost), may be
-reported native. Cost on one core: about 60 full decodes for small files (0.2 MP, where the grid
-fits dominate); 2.3 for 3-15 MP files.
+library); another kernel, or a cropped nearest-neighbour upscale, may be reported native or at
+another factor. Cost on one core: about 75 full decodes for small files (0.2 MP, where the grid
+fits dominate: 5-8 files a second); 2.1 for 3-15 MP files. Grids are kept across images (64 MiB
+at most per process, :class:`microcond.data.resampling.ProjectionCache`): files of one size share
+those their own periodicity does not choose.
 
 Budget: at most ``max_pixels`` (default :data:`MAX_DECODED_PIXELS`) pixels are decoded. A larger
 baseline or progressive JPEG or non-interlaced PNG is measured on its top rows only, decoded alone

@@ -162,6 +162,10 @@ class _Axis:
         values = misfits(self.scatters, np.concatenate(found), len(self.lines)).reshape(len(resizers), len(originals))
         return {(n0, k): float(values[r, i]) for r, k in enumerate(resizers) for i, n0 in enumerate(originals)}
 
+    def phased(self, factor: float, resizers: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+        """Misfits (best phase, half a pixel from it) of grids of ``factor`` at any phase (:func:`phase_misfits`)."""
+        return phase_misfits(self.length, self.starts, self.window, self.scatters, len(self.lines), factor, resizers)
+
     def aligned(self, originals: list[int]) -> np.ndarray:
         """RMS misfits (resizers, len(originals)) of every resizer's grid as it lays it; once per axis."""
         todo = sorted({n0 for n0 in originals if (n0, 0) not in self.known})
@@ -305,8 +309,7 @@ def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
     pairs = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair]
 
     def gains(pair: list[_Fit]) -> float:  # at the best phases: a crop may have moved the grid
-        found = [phase_misfits(ax.length, ax.starts, ax.window, ax.scatters, len(ax.lines), fit.factor, _CROP_SCREEN) for ax, fit in zip(axes, pair)]
-        return math.prod(_score(*misfit[_CROP_SCREEN[0]]) for misfit in found)
+        return math.prod(_score(*ax.phased(fit.factor, _CROP_SCREEN)[_CROP_SCREEN[0]]) for ax, fit in zip(axes, pair))
 
     return max(pairs, key=gains, default=None)
 
@@ -344,7 +347,7 @@ def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
         return None
 
     def tried(s: float, resizers: tuple[str, ...]) -> list[_Fit]:
-        found = [phase_misfits(ax.length, ax.starts, ax.window, ax.scatters, len(ax.lines), s, resizers) for ax in axes]
+        found = [ax.phased(s, resizers) for ax in axes]
         best = min(resizers, key=lambda k: found[0][k][0] + found[1][k][0])
         return [_Fit(s, _score(*misfit[best]), round(ax.length / s), NAMES.index(best), misfit[best][0]) for ax, misfit in zip(axes, found)]
 
@@ -357,7 +360,7 @@ def _confidence(fit: _Fit, ax: _Axis | None) -> float:
     if ax is None:
         return 0.0
     if fit.factor > 1.0:
-        return min(1.0, 1.3 - 1.0 / fit.gain**2)  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0
+        return min(1.0, max(0.0, 1.3 - 1.0 / fit.gain**2))  # gain 1.2: 0.61, 1.5: 0.86, 1.8: 1.0; a periodic verdict's may be 0
     if ax.lines.shape[1] <= N_FFT:
         return 0.0
     return detail(spectrum(ax.lines))

@@ -5,6 +5,7 @@ imported inside ``run_*`` so that torch-free commands (``scan``, ``report``) sta
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -92,8 +93,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated(signal.Signals(signum).name)
 
 
+def _default_in_child() -> None:
+    """A forked process dies of SIGTERM in the kernel, not in a Python handler: a handler runs only
+    between bytecodes, and a SIGTERM that lands just before a pool's worker blocks on its queue's
+    lock would never run (Pool.terminate then waits on that worker for ever)."""
+    if _COMMAND_PID and signal.getsignal(signal.SIGTERM) is _terminated:
+        with contextlib.suppress(ValueError):  # a fork from a thread that is not the main one
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def unwind_on_sigterm() -> None:
     """Make SIGTERM raise :class:`Terminated` in this process (processes forked later die of it)."""
     global _COMMAND_PID
+    if not _COMMAND_PID:
+        os.register_at_fork(after_in_child=_default_in_child)
     _COMMAND_PID = os.getpid()
     signal.signal(signal.SIGTERM, _terminated)

@@ -295,6 +295,14 @@ def _pair(axes: list[_Axis], s: float) -> list[_Fit] | None:
     return pair
 
 
+def _phased(axes: list[_Axis], factors: tuple[float, ...] | list[float], resizers: tuple[str, ...]) -> list[_Fit]:
+    """Both axes' fits at these factors by the resizer whose grids at their best phases fit the two
+    best together (:meth:`_Axis.phased`)."""
+    found = [ax.phased(s, resizers) for ax, s in zip(axes, factors)]
+    best = min(resizers, key=lambda k: found[0][k][0] + found[1][k][0])
+    return [_Fit(s, _score(*misfit[best]), round(ax.length / s), NAMES.index(best), misfit[best][0]) for ax, s, misfit in zip(axes, factors, found)]
+
+
 def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
     """Content so smooth that every grid fits it to the rounding noise, shifted or not, still shows
     the resampling's periodicity: a peak of :data:`_PERIODIC` on both axes at one frequency, far
@@ -307,11 +315,8 @@ def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
         return None
     f = max(strong, key=found.get)
     pairs = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair]
-
-    def gains(pair: list[_Fit]) -> float:  # at the best phases: a crop may have moved the grid
-        return math.prod(_score(*ax.phased(fit.factor, _CROP_SCREEN)[_CROP_SCREEN[0]]) for ax, fit in zip(axes, pair))
-
-    return max(pairs, key=gains, default=None)
+    # Gains at the best phases: a crop may have moved the grid.
+    return max(pairs, key=lambda pair: math.prod(f.gain for f in _phased(axes, [f.factor for f in pair], _CROP_SCREEN)), default=None)
 
 
 def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
@@ -345,14 +350,8 @@ def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
     factors = sorted({round(s, 3) for f in frequencies for s in (1 / (1 - f), 1 / f) if _CROP_LEAST <= s <= _FINEST_ORIGINAL})
     if not factors:
         return None
-
-    def tried(s: float, resizers: tuple[str, ...]) -> list[_Fit]:
-        found = [ax.phased(s, resizers) for ax in axes]
-        best = min(resizers, key=lambda k: found[0][k][0] + found[1][k][0])
-        return [_Fit(s, _score(*misfit[best]), round(ax.length / s), NAMES.index(best), misfit[best][0]) for ax, misfit in zip(axes, found)]
-
-    factor = max(factors, key=lambda s: math.prod(f.gain for f in tried(s, _CROP_SCREEN)))
-    pair = tried(factor, PHASE_RESIZERS)
+    factor = max(factors, key=lambda s: math.prod(f.gain for f in _phased(axes, (s, s), _CROP_SCREEN)))
+    pair = _phased(axes, (factor, factor), PHASE_RESIZERS)
     return pair if min(f.gain for f in pair) >= _CROP_EACH and pair[0].gain * pair[1].gain >= _CROP_PAIR else None
 
 
@@ -392,9 +391,10 @@ def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] 
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
-    if not (agree and fits[0].factor > 1.0) and None not in axes and not any(ax.whole for ax in axes):
+    windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
+    if windowed and not (agree and fits[0].factor > 1.0):
         fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
-    if fits[0].factor == fits[1].factor == 1.0 and None not in axes and not any(ax.whole for ax in axes):
+    if windowed and fits[0].factor == fits[1].factor == 1.0:
         fits = _periodic(axes) or fits  # no grid tells: the periodicity alone, where it is beyond doubt
     factors = (fits[0].factor, fits[1].factor)
     return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))

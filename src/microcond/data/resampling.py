@@ -185,10 +185,10 @@ class ProjectionCache:
     def get(self, length: int, originals: list[int], resizer: str, starts: np.ndarray, window: int, shift: float) -> np.ndarray:
         """Projections (len(originals), len(starts), window, window) of :func:`grids`' matrices."""
         base = (length, resizer, shift, window, starts.tobytes())
-        missing = [n0 for n0 in originals if base + (n0,) not in self._kept]
+        missing = sorted({n0 for n0 in originals if base + (n0,) not in self._kept})
         self.misses += len(missing)
         for lo in range(0, len(missing), _BATCH):  # similar widths together: padding costs cubic time
-            batch = sorted(missing)[lo : lo + _BATCH]
+            batch = missing[lo : lo + _BATCH]
             found = projections(grids(length, np.array(batch), resizer, starts, window, shift))
             for n0, p in zip(batch, found.reshape(len(batch), len(starts), window, window)):
                 self._kept[base + (n0,)] = p

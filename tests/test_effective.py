@@ -9,9 +9,9 @@ import zlib
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
-from microcond.data import effective
+from microcond.data import codecs, effective
 from microcond.data.effective import MAX_DECODED_PIXELS, estimate, jpeg_quality
 from microcond.data.resampling import grids
 
@@ -64,6 +64,48 @@ def test_known_upscale_is_recovered_on_both_axes(factor, kernel, fmt):
 def test_native_images_are_not_flagged(seed, fmt):
     e = estimate(encoded(texture(240, 320, seed), fmt, quality=90))
     assert max(e.scale) < 1.25 and (e.height, e.width) == (240, 320), e
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_lossy_webp_blocks_are_not_an_upscale(seed):
+    """Smooth content as lossy WebP: its 4x4 blocks fit a 4/3x grid aligned with them (all four
+    were called 4/3x upscales before the codec was read)."""
+    e = estimate(encoded(texture(384, 512, seed).filter(ImageFilter.GaussianBlur(1.2)), "WEBP", quality=80))
+    assert max(e.scale) < 1.25, e
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+@pytest.mark.parametrize("factor", [4 / 3, 1.6, 8 / 3])
+def test_an_upscale_whose_period_is_the_codecs_blocks_is_measured(factor, fmt):
+    """Its periodicity falls on the blocks' own frequencies, which are ignored: tried anyway."""
+    e = estimate(encoded(upscaled(texture(384, 512), factor, "bicubic"), fmt, quality=90))
+    assert np.all(np.abs(np.log(np.array(e.scale) / factor)) <= 0.095), e
+
+
+def _webp_animation(lossless: bool) -> bytes:
+    out = io.BytesIO()
+    frames = [texture(64, 64, seed) for seed in range(2)]
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], lossless=lossless, quality=80)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("data, expected", [
+    (lambda: encoded(texture(64, 64), "JPEG", quality=70), codecs.jpeg(70)),
+    (lambda: encoded(texture(64, 64), "PNG"), codecs.LOSSLESS),
+    (lambda: encoded(texture(64, 64), "WEBP", quality=80), codecs.WEBP_LOSSY),
+    (lambda: encoded(texture(64, 64), "WEBP", lossless=True), codecs.LOSSLESS),
+    (lambda: encoded(texture(64, 64), "WEBP", quality=80, icc_profile=b"\0" * 999), codecs.WEBP_LOSSY),  # VP8X, an odd chunk first
+    (lambda: _webp_animation(lossless=False), codecs.WEBP_LOSSY),
+    (lambda: _webp_animation(lossless=True), codecs.LOSSLESS),
+])  # fmt: skip
+def test_the_codec_is_read_from_the_header(data, expected):
+    with Image.open(io.BytesIO(data())) as image:
+        assert codecs.codec(image, jpeg_quality(image)) == expected
+
+
+def test_the_factors_a_codecs_blocks_hide():
+    assert codecs.jpeg(90).hidden == pytest.approx((4 / 3, 1.6, 2, 8 / 3, 4, 8))
+    assert codecs.LOSSLESS.hidden == () and all(codecs.WEBP_LOSSY.aligned_with_blocks(s) for s in codecs.WEBP_LOSSY.hidden)
 
 
 def test_an_upscale_on_one_axis_is_measured_on_that_axis():

@@ -50,9 +50,10 @@ from typing import BinaryIO, Iterator
 import numpy as np
 from PIL import Image
 
-from microcond.data.gridfit import ijg_table, measure
+from microcond.data.codecs import Codec, codec, jpeg_quality
+from microcond.data.gridfit import measure
 
-ESTIMATOR_VERSION = "8"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "9"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MAX_PROGRESSIVE_PIXELS = 1 << 24  # a progressive JPEG is decoded whole (every coefficient kept): 16 MP, <= 96 MiB
@@ -155,8 +156,8 @@ def _luma(image: Image.Image) -> np.ndarray:
     return np.asarray(image if image.mode == "L" else image.convert("L"), np.float32)
 
 
-def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], int, int | None]:
-    """(luma band, file size (h, w) before orientation, EXIF orientation, JPEG quality)."""
+def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndarray, tuple[int, int], int, int | None, Codec]:
+    """(luma band, file size (h, w) before orientation, EXIF orientation, JPEG quality, codec)."""
     name = _name(source)
     try:
         with warnings.catch_warnings():
@@ -174,6 +175,7 @@ def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndar
             if image.format == "JPEG":
                 _check_jpeg(image, _file_bytes(source))
             quality = jpeg_quality(image)
+            compression = codec(image, quality)
             orientation = _orientation(image)
             partial = (image.format in ("JPEG", "PNG") and len(image.tile) == 1 and not image.info.get("interlace")
                        and image.mode != "CMYK")
@@ -191,7 +193,7 @@ def _decode(source: str | os.PathLike | bytes, max_pixels: int) -> tuple[np.ndar
             raise ValueError(f"{name}: {err}") from None
         except (OSError, SyntaxError, EOFError, IndexError, KeyError, TypeError, struct.error) as err:
             raise ValueError(f"{name}: cannot decode ({type(err).__name__}: {err})") from None
-    return luma, (height, width), orientation if orientation in range(1, 9) else 1, quality
+    return luma, (height, width), orientation if orientation in range(1, 9) else 1, quality, compression
 
 
 def _file_bytes(source: str | os.PathLike | bytes) -> int:
@@ -212,21 +214,6 @@ def _check_jpeg(image: Image.Image, size: int) -> None:
                          "its 8x8 blocks need at the least: its image data is missing (truncated), and a decoder would fill it grey")
 
 
-def jpeg_quality(image: Image.Image) -> int | None:
-    """The IJG quality (1-100) whose scaled standard tables are nearest to this JPEG's; header only."""
-    tables = getattr(image, "quantization", None) if image.format == "JPEG" else None
-    if not tables:
-        return None
-    found = [np.asarray(tables[i], np.float64) for i in sorted(tables)[:2]]
-    qualities = np.arange(1, 101)
-    error = np.zeros(len(qualities))
-    for i, table in enumerate(found):
-        scaled = ijg_table(qualities[:, None], i)  # (100, 64)
-        error += np.abs(np.log(scaled / np.maximum(table[None, :], 1))).mean(axis=1)
-    return int(qualities[np.argmin(error)])
-
-
-
 def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Effective:
     """Effective size, confidence and JPEG quality of one image file (path or bytes).
 
@@ -234,8 +221,8 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
-    luma, (height, width), orientation, quality = _decode(source, max_pixels)
-    (scale_h, scale_w), (confidence_h, confidence_w) = measure(luma, quality, (height, width))
+    luma, (height, width), orientation, quality, compression = _decode(source, max_pixels)
+    (scale_h, scale_w), (confidence_h, confidence_w) = measure(luma, compression, (height, width))
     if orientation in _SWAP:
         height, width, scale_h, scale_w = width, height, scale_w, scale_h
     return Effective(

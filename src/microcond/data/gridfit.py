@@ -8,11 +8,12 @@ Method (each axis: rows for the width, columns for the height):
    ``s`` pixels, on every row alike, so the row-average of ``|second difference|`` (and of
    ``|first difference|``: nearest neighbour near 2x) is periodic and its spectrum peaks at ``1/s``
    folded into [0, 1/2] (Gallagher 2005; Kirchner 2008). A peak at ``f`` gives the pair
-   ``1/(1-f)``, ``1/f``. JPEG's 8-px block pattern is removed first (per-phase means over 64-px
-   windows) and its frequencies k/8 are ignored.
+   ``1/(1-f)``, ``1/f``. A lossy codec's block pattern (JPEG's 8 px, WebP's 16) is removed first
+   (per-phase means over windows of 8 blocks) and its frequencies are ignored.
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
-   and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; on an axis
-   of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow, OpenCV, libvips and
+   and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; the factors
+   whose periodicity a codec's blocks hide, such as 4/3 in a JPEG, tested on both axes together
+   only; on an axis of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow, OpenCV, libvips and
    ImageMagick (kernel and phase convention, :data:`microcond.data.resampling.RESIZERS`), the
    lines are projected on the span of the upscale matrix by
    least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
@@ -26,7 +27,7 @@ Method (each axis: rows for the width, columns for the height):
    factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, with
    the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
    counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
-   repeats with JPEG's 8-px blocks need more). An upscale of one axis alone needs a gain of
+   repeats with a codec's blocks need more). An upscale of one axis alone needs a gain of
    :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
    also explain the pixels down to the noise (:meth:`_Axis.limit`).
 4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
@@ -47,7 +48,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from microcond.data.periodicity import N_FFT, detail, modulation, power_at, spectrum, strongest
+from microcond.data.codecs import LOSSLESS, Codec
+from microcond.data.periodicity import (
+    N_FFT,
+    detail,
+    modulation,
+    power_at,
+    spectrum,
+    strongest,
+)
 from microcond.data.phasefit import PHASE_RESIZERS, phase_misfits
 from microcond.data.resampling import (
     NAMES,
@@ -66,7 +75,6 @@ _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
 _GAIN_EACH, _GAIN_PAIR = 1.03, 1.2  # the same for one factor on both axes: each, and their product
-_BLOCKS = 0.1  # a grid whose pattern repeats within this many pixels of every 8 px is "block-aligned"
 _GAIN_CLEAR = 3.0  # a grid this much better than its shifted self needs not explain a short axis to the noise
 _GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
 _AGREE = 0.095  # factors within 10% agree
@@ -74,27 +82,13 @@ _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is pr
 _WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
 _FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
 _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
-_LIMIT, _LIMIT_JPEG = 0.6, 0.3  # see _Axis.limit
+_LIMIT, _LIMIT_LOSSY = 0.6, 0.3  # see _Axis.limit
 PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 MiB at most)
 _CROP_LEAST = 1.35  # cropped upscales by less are not looked for (finer grids at a free phase fit flat graphics by chance)
 _CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis, and their product
 _CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
 _PERIODIC = 100.0  # a periodic peak this strong on both axes is an upscale (natives' strongest: about 60)
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
-# IJG (libjpeg) base tables at quality 50, natural order (ITU-T T.81 Annex K).
-_IJG = (np.array([16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-                  14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-                  49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99]),
-        np.array([17, 18, 24, 47] + [99] * 4 + [18, 21, 26, 66] + [99] * 4 + [24, 26, 56] + [99] * 5 + [47, 66]
-                 + [99] * 38))  # fmt: skip
-
-
-def ijg_table(quality: int | np.ndarray, table: int) -> np.ndarray:
-    """libjpeg's quantization table (0: luma, 1: chroma) at ``quality``, as jcparam.c scales it."""
-    scale = np.where(quality < 50, 5000 // quality, 200 - 2 * quality)
-    return np.clip((_IJG[table] * scale + 50) // 100, 1, 255)
-
-
 def _peaks(ax: _Axis) -> list[float]:
     """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
     found: list[float] = []
@@ -125,7 +119,7 @@ class _Axis:
 
     lines: np.ndarray
     length: int
-    quality: int | None  # JPEG quality, None for lossless files
+    codec: Codec  # the file's compression (:mod:`microcond.data.codecs`)
     starts: np.ndarray
     window: int
     scatters: np.ndarray
@@ -134,7 +128,7 @@ class _Axis:
     @functools.cached_property
     def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The lines' periodicity spectra (:func:`microcond.data.periodicity.modulation`), for the axis's peaks and the shared ones."""
-        return modulation(self.lines, self.quality is not None)
+        return modulation(self.lines, self.codec.block)
 
     @property
     def whole(self) -> bool:
@@ -143,11 +137,9 @@ class _Axis:
     @property
     def limit(self) -> float:
         """Largest misfit an upscale may leave on a short axis (RMS grey levels): :data:`_LIMIT`
-        (8-bit rounding, and overshoot clipped at black and white), or more for a JPEG, a share of
-        the RMS quantization error of its luma table."""
-        if self.quality is None:
-            return _LIMIT
-        return max(_LIMIT, _LIMIT_JPEG * float(np.sqrt((ijg_table(self.quality, 0) ** 2).mean() / 12)))
+        (8-bit rounding, and overshoot clipped at black and white), or more for a lossy file, a
+        share of its quantization noise."""
+        return max(_LIMIT, _LIMIT_LOSSY * self.codec.noise) if self.codec.lossy else _LIMIT
 
     def usable(self, n0: int) -> bool:
         """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
@@ -188,7 +180,7 @@ class _Fit:
     misfit: float = 0.0  # RMS grey levels left by the grid found
 
 
-def _axis(luma: np.ndarray, axis: int, quality: int | None, length: int) -> _Axis | None:
+def _axis(luma: np.ndarray, axis: int, codec: Codec, length: int) -> _Axis | None:
     if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
         return None
     y = np.moveaxis(luma, axis, 1)
@@ -201,7 +193,7 @@ def _axis(luma: np.ndarray, axis: int, quality: int | None, length: int) -> _Axi
     else:
         window = min(_WINDOW, measured - 16)
         starts = window_starts(measured, window, int(np.clip((measured - 16) // window, 2, _WINDOWS)))
-    return _Axis(y, length, quality, starts, window, scatter(y, starts, window))
+    return _Axis(y, length, codec, starts, window, scatter(y, starts, window))
 
 
 def _score(fit: float, shifted: float) -> float:
@@ -214,7 +206,9 @@ def _candidates(ax: _Axis) -> dict[int, float]:
     if ax.whole:  # a short axis: every original length
         families = {n0: _GAIN_ALL for n0 in range(max(4, -(-length // _FINEST_ORIGINAL)), length)}
     else:  # a periodic peak gives two factors, each an original length n0 known within about a pixel
-        families = {round(length / s): _GAIN_FIXED for s in (2.0, 3.0, 4.0)}
+        codec = ax.codec  # no periodicity at 2x (symmetric phases) nor where a codec's blocks hide it
+        families = {round(length / s): math.inf for s in codec.hidden}  # blocks fit these: one resizer on both axes only
+        families.update({round(length / s): max(_GAIN_FIXED, codec.block_gain if codec.aligned_with_blocks(s) else 0) for s in (2.0, 3.0, 4.0)})
         families.update({round(length / s): _GAIN for f in _peaks(ax) for s in (1 / (1 - f), 1 / f)})
     return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
 
@@ -246,7 +240,7 @@ def _explains(ax: _Axis, fit: _Fit) -> bool:
     allows them): a grid must also explain the lines down to the noise, or, where more is left
     than the noise model says (overshoot clipped at black or white; JPEG noise, which grows with
     the detail), beat its shifted self by far."""
-    noisier = ax.quality is not None or NAMES[fit.kernel] in OVERSHOOT
+    noisier = ax.codec.lossy or NAMES[fit.kernel] in OVERSHOOT
     return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
 
 
@@ -329,9 +323,9 @@ def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
         pair = _pair(axes, s)
         if pair is None:
             continue
-        # JPEG's 8-px blocks favour grids whose pattern repeats with them (2x, 4x, 8/3x, ...).
-        blocks = axes[0].quality is not None and abs(8 / s - round(8 / s)) * s < _BLOCKS
-        if min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < (_GAIN_FIXED if blocks else _GAIN_PAIR):
+        # A codec's blocks favour grids whose pattern repeats with them (JPEG's 8 px: 2x, 4x, 8/3x, ...).
+        need = axes[0].codec.block_gain if axes[0].codec.aligned_with_blocks(s) else _GAIN_PAIR
+        if min(f.gain for f in pair) < _GAIN_EACH or pair[0].gain * pair[1].gain < need:
             continue
         if not all(_explains(ax, f) for ax, f in zip(axes, pair)):
             continue
@@ -365,18 +359,19 @@ def _confidence(fit: _Fit, ax: _Axis | None) -> float:
     return detail(spectrum(ax.lines))
 
 
-def measure(luma: np.ndarray, quality: int | None = None, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
+def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
     """Upscaling factors (height, width), each >= 1, and their confidences (0..1) of a luma array
     (H, W). Each axis is measured alone (the height down the columns, the width along the rows);
     unless both found the same factor, every factor either suggests is then tested on both, since
     upscales keep the aspect ratio.
 
     Args:
+        codec: the file's compression (its block pattern and noise, :mod:`microcond.data.codecs`).
         size: the image's (height, width) when ``luma`` is its top-left part (a decoded band):
             upscale grids are laid over the whole image, as the resizer did.
     """
     size = size or luma.shape
-    axes = [_axis(luma, a, quality, size[a]) for a in (0, 1)]
+    axes = [_axis(luma, a, codec, size[a]) for a in (0, 1)]
     fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
     agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
     if not (agree and fits[0].factor > 1.0) and None not in axes:

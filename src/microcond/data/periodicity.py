@@ -7,26 +7,28 @@ from __future__ import annotations
 import numpy as np
 
 
-def modulation(y: np.ndarray, jpeg: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+def modulation(y: np.ndarray, block: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """Spectra (frequency in cycles/pixel from 0.1 to 0.5, power over its median) of the mean
     |second difference| and of the mean |first difference| along the lines ``y`` (count, length)
-    (a nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it)."""
+    (a nearest-neighbour upscale near 2x repeats pixel pairs: only the first difference sees it).
+    ``block``: the period of a codec's block pattern (0: none), removed window by window (its
+    strength follows the content), its frequencies ignored."""
     spectra = []
     for difference in (np.abs(y[:, :-2] - 2 * y[:, 1:-1] + y[:, 2:]), np.abs(np.diff(y, axis=1))):
         d = difference.mean(axis=0) + 1e-3  # (n,)
         m = d / np.convolve(np.pad(d, 7, mode="reflect"), np.ones(15) / 15, mode="valid") - 1  # relative modulation
         n = len(m)
-        if jpeg:  # remove the 8-px block pattern, window by window (its strength follows the content)
-            phase = (np.arange(n) + 1) % 8
-            for lo in range(0, n, 64):
-                part = slice(lo, lo + 64)
-                means = np.bincount(phase[part], m[part], 8) / np.maximum(np.bincount(phase[part], None, 8), 1)
+        if block:
+            phase = (np.arange(n) + 1) % block
+            for lo in range(0, n, 8 * block):
+                part = slice(lo, lo + 8 * block)
+                means = np.bincount(phase[part], m[part], block) / np.maximum(np.bincount(phase[part], None, block), 1)
                 m[part] -= means[phase[part]]
         power = np.abs(np.fft.rfft(m * np.hanning(n), 4 * n)) ** 2
         f = np.arange(len(power)) / (4 * n)
         keep = f >= 0.1
-        if jpeg:
-            keep &= np.min(np.abs(f[:, None] - np.arange(1, 5) / 8), axis=1) > 2.0 / n
+        if block:
+            keep &= np.min(np.abs(f[:, None] - np.arange(1, block // 2 + 1) / block), axis=1) > 2.0 / n
         median = np.median(power[keep]) if keep.sum() >= 2 else 0.0
         if median > 0:  # a flat image has no modulation at all: no spectrum to read
             spectra.append((f[keep], power[keep] / median))

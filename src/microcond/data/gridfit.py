@@ -13,10 +13,10 @@ Method (each axis: rows for the width, columns for the height):
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
    and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; the factors
    whose periodicity a codec's blocks hide, such as 4/3 in a JPEG, tested on both axes together
-   only; on an axis of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow, OpenCV, libvips and
-   ImageMagick (kernel and phase convention, :data:`microcond.data.resampling.RESIZERS`), the
-   lines are projected on the span of the upscale matrix by
-   least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
+   only; on an axis of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow,
+   OpenCV, libvips and ImageMagick (kernel and phase convention,
+   :data:`microcond.data.resampling.RESIZERS`), the lines are projected on the span of the upscale
+   matrix by least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
    windows' scatter matrices. An upscaled line lies in that span up to rounding and compression
    noise, and the same grids shifted by half an original pixel fit worse; a native line fits both
    alike. Both sides are the best of the same grids (the resizer that fits best, ``n0`` +-1), so a
@@ -89,6 +89,8 @@ _CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis,
 _CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
 _PERIODIC = 100.0  # a periodic peak this strong on both axes is an upscale (natives' strongest: about 60)
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
+
+
 def _peaks(ax: _Axis) -> list[float]:
     """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
     found: list[float] = []
@@ -238,8 +240,8 @@ def _tested(ax: _Axis, groups: dict) -> dict:
 def _explains(ax: _Axis, fit: _Fit) -> bool:
     """On a short axis flat graphics fit some grid by chance (edges that happen to fall where it
     allows them): a grid must also explain the lines down to the noise, or, where more is left
-    than the noise model says (overshoot clipped at black or white; JPEG noise, which grows with
-    the detail), beat its shifted self by far."""
+    than the noise model says (overshoot clipped at black or white; a lossy codec's noise, which
+    grows with the detail), beat its shifted self by far."""
     noisier = ax.codec.lossy or NAMES[fit.kernel] in OVERSHOOT
     return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
 

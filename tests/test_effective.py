@@ -114,6 +114,20 @@ def test_an_upscale_on_one_axis_is_measured_on_that_axis():
     assert e.scale[0] < 1.1 and abs(e.scale[1] - 2) < 0.1 and (e.height, e.width) == (240, 160)
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_an_upscale_whose_lines_hold_nothing_across_one_axis_is_measured_on_both(fmt):
+    """Horizontal bands (a horizon, ripples): the height shows the upscale, the width holds only a
+    smooth gradient that any grid explains. That is no evidence against an upscale that kept the
+    aspect ratio: both axes take the factor (the height alone was reported before)."""
+    rng = np.random.default_rng(3)
+    column = np.cumsum(rng.normal(0, 6, 160)) + 40 * (np.arange(160) % 37 < 12)  # edges and 1/f^2 texture down the columns
+    gradient = 25 * np.sin(np.linspace(0, np.pi, 200))  # smooth across the rows
+    small = Image.fromarray(np.clip(column[:, None] - column.mean() + 128 + gradient[None, :], 0, 255).astype(np.uint8)).convert("RGB")
+    big = small.resize((300, 240), Image.BICUBIC)
+    e = estimate(encoded(big, fmt, **({"quality": 92} if fmt == "JPEG" else {})))
+    assert e.scale == pytest.approx((1.5, 1.5), rel=0.05), e
+
+
 @pytest.mark.parametrize("quality", [50, 75, 95])
 def test_jpeg_quality_is_read_from_the_tables(quality):
     data = encoded(texture(64, 64), "JPEG", quality=quality)

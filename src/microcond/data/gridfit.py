@@ -28,7 +28,8 @@ Method (each axis: rows for the width, columns for the height):
    the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
    counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
    repeats with a codec's blocks need more). An upscale of one axis alone needs a gain of
-   :data:`_GAIN_ALONE`. On short axes flat graphics fit some grid by chance, so there a fit must
+   :data:`_GAIN_ALONE`; if the other axis holds nothing a grid can tell (horizontal bands: the
+   found grid explains it to the noise), both take the factor (:func:`_featureless`). On short axes flat graphics fit some grid by chance, so there a fit must
    also explain the pixels down to the noise (:meth:`_Axis.limit`).
 4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
    the upscale: the factors of the periodic peaks (:data:`_CROP_LEAST` and up) are tried at every
@@ -338,6 +339,24 @@ def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
     return next(pair for pair in passed if pair[0] is best)
 
 
+def _featureless(axes: list[_Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
+    """One axis upscaled beyond doubt, the other showing nothing: the other axis's lines (ripples,
+    a horizon) may hold no detail across them that a grid could tell. If the found resizer's grid
+    of the same factor explains them down to the noise (:meth:`_Axis.limit`), they are no evidence
+    against the aspect-kept upscale: both axes take the factor. Returns the fits and whether they agree."""
+    found = 0 if fits[0].factor > 1.0 else 1
+    fit, ax = fits[found], axes[1 - found]
+    group = [n0 for n0 in (round(ax.length / fit.factor) + d for d in (-1, 0, 1)) if ax.usable(n0)]
+    if not group:
+        return fits, False
+    aligned = ax.aligned(group)[fit.kernel]
+    i = int(np.argmin(aligned))
+    if aligned[i] > ax.limit:
+        return fits, False
+    other = _Fit(ax.length / group[i], _score(float(aligned[i]), float(ax.shifted(group, fit.kernel).min())), group[i], fit.kernel, float(aligned[i]))
+    return ([fit, other] if found == 0 else [other, fit]), True
+
+
 def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
     """An upscale cropped afterwards (:mod:`microcond.data.phasefit`): factors from the periodicity
     of either axis or both, ranked by one kernel's gains at the best phases; the best factor is
@@ -388,6 +407,8 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
+    if not agree and None not in axes and (fits[0].factor == 1.0) != (fits[1].factor == 1.0):
+        fits, agree = _featureless(axes, fits)
     windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
     if windowed and not (agree and fits[0].factor > 1.0):
         fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-from microcond.data import codecs, effective
+from microcond.data import codecs, effective, nearest
 from microcond.data.effective import MAX_DECODED_PIXELS, estimate, jpeg_quality
 from microcond.data.resampling import grids
 
@@ -284,14 +284,33 @@ def test_kept_projections_change_no_estimate_and_stay_within_their_budget(monkey
 @pytest.mark.parametrize("kernel", ["bilinear", "bicubic", "lanczos"])
 @pytest.mark.parametrize("factor", [1.6, 2.7])
 def test_an_upscale_cropped_afterwards_is_measured(factor, kernel):
-    """A crop after the upscale moves its grid by a phase no file records; the phase is searched.
-    (A cropped nearest-neighbour upscale is not: a finer grid at a free phase holds its runs of
-    pixels as well as the true one, module doc of microcond.data.phasefit.)"""
+    """A crop after the upscale moves its grid by a phase no file records; the phase is searched."""
     small = texture(110, 140, seed=4)
     big = small.resize((round(140 * factor), round(110 * factor)), FILTERS[kernel])
     e = estimate(encoded(big.crop((5, 3, big.width - 4, big.height - 6)), "PNG"))
     true = big.height / 110, big.width / 140
     assert np.all(np.abs(np.log(np.array(e.scale) / true)) <= 0.095), e
+
+
+@pytest.mark.parametrize("factor", [1.63, 2.24, 3.0])
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_a_cropped_nearest_neighbour_upscale_is_read_off_its_runs(factor, fmt):
+    """Its runs of repeated pixels fit a finer grid at a free phase as well as the true one (2.24x
+    was measured at 1.8x), but their spacing is the factor, whatever the phase."""
+    small = texture(110, 140, seed=5)
+    big = small.resize((round(140 * factor), round(110 * factor)), Image.NEAREST)
+    e = estimate(encoded(big.crop((5, 3, big.width - 4, big.height - 6)), fmt, **({"lossless": True} if fmt == "WEBP" else {})))
+    assert e.scale == pytest.approx((big.height / 110, big.width / 140), rel=0.02) and e.confidence == 1.0, e
+
+
+def test_repeated_pixels_off_one_grid_are_no_upscale():
+    """Flat content rounds to repeated pixels here and there (runs of 1 and 2, as a 1.5x upscale's),
+    but their starts wander off any one grid; a native has almost none."""
+    runs = np.random.default_rng(0).choice([1, 2], 200)  # runs of 1 and 2 pixels in no order
+    assert nearest.run_factor(np.broadcast_to(np.repeat(np.arange(200.0), runs), (64, runs.sum()))) is None
+    assert nearest.run_factor(np.asarray(texture(120, 160, seed=2).convert("L"), np.float64)) is None
+    grid = np.floor(np.arange(300) / 2.24 + 0.3)  # a nearest upscale's pattern, for contrast
+    assert nearest.run_factor(np.broadcast_to(grid, (64, 300))) == pytest.approx(2.24, rel=0.01)
 
 
 @pytest.mark.parametrize("resizer", ["nearest", "nearest-floor", "bilinear", "bicubic-vips", "lanczos", "area"])

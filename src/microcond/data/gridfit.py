@@ -4,6 +4,8 @@ found by fitting the resampling grids of common resizers (:mod:`microcond.data.r
 
 Method (each axis: rows for the width, columns for the height):
 
+0. Runs. A lossless file whose lines repeat pixels in runs on one grid along both axes is a
+   nearest-neighbour upscale, cropped or not; their spacing is the factor (:mod:`microcond.data.nearest`).
 1. Resampling periodicity. Resizing by ``s`` places output pixels at a phase that repeats every
    ``s`` pixels, on every row alike, so the row-average of ``|second difference|`` (and of
    ``|first difference|``: nearest neighbour near 2x) is periodic and its spectrum peaks at ``1/s``
@@ -58,6 +60,7 @@ from microcond.data.periodicity import (
     spectrum,
     strongest,
 )
+from microcond.data.nearest import run_factor
 from microcond.data.phasefit import PHASE_RESIZERS, phase_misfits
 from microcond.data.resampling import (
     NAMES,
@@ -393,6 +396,10 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
     """
     size = size or luma.shape
     axes = [_axis(luma, a, codec, size[a]) for a in (0, 1)]
+    if None not in axes and not codec.lossy:  # a nearest-neighbour upscale, cropped or not, from its runs
+        runs = [run_factor(ax.lines) for ax in axes]
+        if None not in runs and abs(math.log(runs[0] / runs[1])) <= _AGREE:
+            return (axes[0].length / round(axes[0].length / runs[0]), axes[1].length / round(axes[1].length / runs[1])), (1.0, 1.0)
     fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
     agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
     if not (agree and fits[0].factor > 1.0) and None not in axes:

@@ -9,10 +9,11 @@ a tenth of a pixel across a few hundred pixels, so one phase for the whole axis 
 Each window keeps its best phase; the same grid half an original pixel away is its shifted self.
 :mod:`microcond.data.gridfit` decides from these misfits, as for aligned grids.
 
-Not solved: a cropped nearest-neighbour upscale. Its runs of repeated pixels fit a finer grid at
-a free phase as well as the true grid (runs of 2 and 3 pixels are runs of 1 and 2 put together),
-and the true grid fits exactly only at a phase finer than these steps: it is measured at a smaller
-factor, or not at all.
+A cropped nearest-neighbour upscale is not measured here: its runs of repeated pixels fit a finer
+grid at a free phase as well as the true grid (runs of 2 and 3 pixels are runs of 1 and 2 put
+together), and the true grid fits exactly only at a phase finer than these steps. In a lossless
+file it is read off its runs before any grid is fitted (:mod:`microcond.data.nearest`); in a lossy
+one it is measured at a smaller factor, or not at all.
 """
 
 from __future__ import annotations

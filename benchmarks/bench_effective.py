@@ -62,7 +62,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 from common import peak_rss_mib, timed  # noqa: E402
 
-from microcond.data import gridfit  # noqa: E402
+from microcond.data import gridaxis  # noqa: E402
 from microcond.data.effective import estimate  # noqa: E402
 from microcond.data.resampling import ProjectionCache  # noqa: E402
 
@@ -257,8 +257,8 @@ def natives_as_webp(folder: Path, natives: list[dict], seed: int) -> list[bool]:
 
 def fresh_cache() -> ProjectionCache:
     """An empty cache of grid projections for this process, as a new scan starts with."""
-    gridfit.PROJECTIONS = ProjectionCache()
-    return gridfit.PROJECTIONS
+    gridaxis.PROJECTIONS = ProjectionCache()
+    return gridaxis.PROJECTIONS
 
 
 def same_size_line(folder: Path, repeats: int, seed: int, env: dict, count: int = 100, size: tuple[int, int] = (512, 384)) -> None:

@@ -260,17 +260,17 @@ def test_flat_graphics_are_not_called_upscaled(size):
 def test_kept_projections_change_no_estimate_and_stay_within_their_budget(monkeypatch):
     """Projections are kept across images (files of one size share their grids); an estimate is
     the same from an empty cache or a full one, and the cache holds no more than its budget."""
-    from microcond.data import gridfit
+    from microcond.data import gridaxis
     from microcond.data.resampling import ProjectionCache, grids, projections
 
     files = [encoded(upscaled(texture(150, 170, seed=s), 2.3, "bicubic"), "PNG") for s in range(2)] + [encoded(texture(150, 170, seed=5), "PNG")]
-    monkeypatch.setattr(gridfit, "PROJECTIONS", ProjectionCache())
+    monkeypatch.setattr(gridaxis, "PROJECTIONS", ProjectionCache())
     first = [estimate(f) for f in files]
-    misses = gridfit.PROJECTIONS.misses
-    assert [estimate(f) for f in files] == first and gridfit.PROJECTIONS.misses == misses  # all kept: no grid built again
-    assert gridfit.PROJECTIONS.hits > misses > 0
+    misses = gridaxis.PROJECTIONS.misses
+    assert [estimate(f) for f in files] == first and gridaxis.PROJECTIONS.misses == misses  # all kept: no grid built again
+    assert gridaxis.PROJECTIONS.hits > misses > 0
     small = ProjectionCache(max_bytes=200_000)
-    monkeypatch.setattr(gridfit, "PROJECTIONS", small)
+    monkeypatch.setattr(gridaxis, "PROJECTIONS", small)
     assert [estimate(f) for f in files] == first
     assert 0 < small.nbytes <= small.max_bytes
     starts = np.array([8, 60])

@@ -15,8 +15,8 @@ Method (each axis: rows for the width, columns for the height):
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
    and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; the factors
    whose periodicity a codec's blocks hide, such as 4/3 in a JPEG, tested on both axes together
-   only; on an axis of at most :data:`_WHOLE` pixels every ``n0``) and each resizer of Pillow,
-   OpenCV, libvips and ImageMagick (kernel and phase convention,
+   only; on a short axis, fitted whole (:mod:`microcond.data.gridaxis`), every ``n0``) and each
+   resizer of Pillow, OpenCV, libvips and ImageMagick (kernel and phase convention,
    :data:`microcond.data.resampling.RESIZERS`), the lines are projected on the span of the upscale
    matrix by least squares, in up to 4 windows of 48 px (short axes whole), all lines at once through the
    windows' scatter matrices. An upscaled line lies in that span up to rounding and compression
@@ -32,7 +32,7 @@ Method (each axis: rows for the width, columns for the height):
    repeats with a codec's blocks need more). An upscale of one axis alone needs a gain of
    :data:`_GAIN_ALONE`; if the other axis holds nothing a grid can tell (horizontal bands: the
    found grid explains it to the noise), both take the factor (:func:`_featureless`). On short axes flat graphics fit some grid by chance, so there a fit must
-   also explain the pixels down to the noise (:meth:`_Axis.limit`).
+   also explain the pixels down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`).
 4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
    the upscale: the factors of the periodic peaks (:data:`_CROP_LEAST` and up) are tried at every
    phase, window by window (:mod:`microcond.data.phasefit`), one resizer for both axes, and must
@@ -45,36 +45,18 @@ Method (each axis: rows for the width, columns for the height):
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from microcond.data.codecs import LOSSLESS, Codec
-from microcond.data.periodicity import (
-    N_FFT,
-    detail,
-    modulation,
-    power_at,
-    spectrum,
-    strongest,
-)
+from microcond.data.gridaxis import Axis, prepare
 from microcond.data.nearest import run_factor
-from microcond.data.phasefit import PHASE_RESIZERS, phase_misfits
-from microcond.data.resampling import (
-    NAMES,
-    OVERSHOOT,
-    ProjectionCache,
-    misfits,
-    scatter,
-    window_starts,
-)
+from microcond.data.periodicity import N_FFT, detail, power_at, spectrum, strongest
+from microcond.data.phasefit import PHASE_RESIZERS
+from microcond.data.resampling import NAMES, OVERSHOOT
 
-MIN_SIDE = 24  # shorter axes are not measured (factor 1, confidence 0)
-_LINES = 512  # lines analysed per axis at most (evenly spaced in the decoded band)
-_WHOLE = 96  # axes up to this long are fitted whole, every original length tried
-_WINDOW, _WINDOWS = 48, 4  # re-interpolation: window length in pixels, windows at most
 _GAIN = 1.2  # aligned fit this much better than the shifted one: upscaled
 _GAIN_FIXED = 1.5  # the same for factors 2, 3, 4 tried without a periodic peak (symmetric phases)
 _GAIN_ALL = 1.3  # the same on a short axis, where every original length is tried
@@ -86,8 +68,6 @@ _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is pr
 _WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
 _FINEST_ORIGINAL = 8  # upscales by more than 8x are not looked for
 _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, worth testing
-_LIMIT, _LIMIT_LOSSY = 0.6, 0.3  # see _Axis.limit
-PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 MiB at most)
 _CROP_LEAST = 1.35  # cropped upscales by less are not looked for (finer grids at a free phase fit flat graphics by chance)
 _CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis, and their product
 _CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
@@ -95,7 +75,7 @@ _PERIODIC = 100.0  # a periodic peak this strong on both axes is an upscale (nat
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 
 
-def _peaks(ax: _Axis) -> list[float]:
+def _peaks(ax: Axis) -> list[float]:
     """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
     found: list[float] = []
     for f, power in ax.spectra:
@@ -103,7 +83,7 @@ def _peaks(ax: _Axis) -> list[float]:
     return found
 
 
-def _shared_peaks(axes: list[_Axis]) -> list[float]:
+def _shared_peaks(axes: list[Axis]) -> list[float]:
     """Peaks of the two axes' spectra added: an upscale that keeps the aspect ratio repeats with the
     same period along both, so a pattern too weak on either axis alone can stand out."""
     grid = np.linspace(0.1, 0.5, 4001)
@@ -118,66 +98,6 @@ def _shared_peaks(axes: list[_Axis]) -> list[float]:
 
 
 @dataclass(frozen=True)
-class _Axis:
-    """One axis prepared for grid fits: its lines (count, measured), mean removed, the windows
-    tested and their scatter matrices. ``length``: the axis's size in the file (a decoded band
-    measures only the first ``measured`` pixels of it)."""
-
-    lines: np.ndarray
-    length: int
-    codec: Codec  # the file's compression (:mod:`microcond.data.codecs`)
-    starts: np.ndarray
-    window: int
-    scatters: np.ndarray
-    known: dict = field(default_factory=dict, compare=False, repr=False)  # (n0, resizer) -> misfit; (n0, -1 - resizer): shifted
-
-    @functools.cached_property
-    def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The lines' periodicity spectra (:func:`microcond.data.periodicity.modulation`), for the axis's peaks and the shared ones."""
-        return modulation(self.lines, self.codec.block)
-
-    @property
-    def whole(self) -> bool:
-        return self.window == self.length
-
-    @property
-    def limit(self) -> float:
-        """Largest misfit an upscale may leave on a short axis (RMS grey levels): :data:`_LIMIT`
-        (8-bit rounding, and overshoot clipped at black and white), or more for a lossy file, a
-        share of its quantization noise."""
-        return max(_LIMIT, _LIMIT_LOSSY * self.codec.noise) if self.codec.lossy else _LIMIT
-
-    def usable(self, n0: int) -> bool:
-        """Too fine a grid leaves too few degrees of freedom to tell fits apart: not tested."""
-        return 4 <= n0 and n0 * self.window < (self.window - 8) * self.length
-
-    def _misfits(self, originals: list[int], resizers: tuple[int, ...], shift: float) -> dict[tuple[int, int], float]:
-        """RMS misfits of the grids of ``resizers`` (indices into NAMES) from each original length,
-        moved by ``shift`` original pixels."""
-        if not originals:
-            return {}
-        found = [PROJECTIONS.get(self.length, originals, NAMES[k], self.starts, self.window, shift) for k in resizers]
-        values = misfits(self.scatters, np.concatenate(found), len(self.lines)).reshape(len(resizers), len(originals))
-        return {(n0, k): float(values[r, i]) for r, k in enumerate(resizers) for i, n0 in enumerate(originals)}
-
-    def phased(self, factor: float, resizers: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-        """Misfits (best phase, half a pixel from it) of grids of ``factor`` at any phase (:func:`phase_misfits`)."""
-        return phase_misfits(self.length, self.starts, self.window, self.scatters, len(self.lines), factor, resizers)
-
-    def aligned(self, originals: list[int]) -> np.ndarray:
-        """RMS misfits (resizers, len(originals)) of every resizer's grid as it lays it; once per axis."""
-        todo = sorted({n0 for n0 in originals if (n0, 0) not in self.known})
-        self.known.update(self._misfits(todo, tuple(range(len(NAMES))), 0.0))
-        return np.array([[self.known[n0, k] for n0 in originals] for k in range(len(NAMES))])
-
-    def shifted(self, originals: list[int], resizer: int) -> np.ndarray:
-        """RMS misfits (len(originals),) of one resizer's grids shifted by half an original pixel."""
-        todo = sorted({n0 for n0 in originals if (n0, -1 - resizer) not in self.known})
-        self.known.update(((n0, -1 - resizer), v) for (n0, _), v in self._misfits(todo, (resizer,), 0.5).items())
-        return np.array([self.known[n0, -1 - resizer] for n0 in originals])
-
-
-@dataclass(frozen=True)
 class _Fit:
     factor: float  # 1.0: no grid fits
     gain: float  # shifted misfit over aligned misfit of the grid found (or the best one tried)
@@ -186,27 +106,11 @@ class _Fit:
     misfit: float = 0.0  # RMS grey levels left by the grid found
 
 
-def _axis(luma: np.ndarray, axis: int, codec: Codec, length: int) -> _Axis | None:
-    if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
-        return None
-    y = np.moveaxis(luma, axis, 1)
-    if len(y) > _LINES:  # evenly spaced lines: the work per axis is bounded
-        y = y[np.linspace(0, len(y) - 1, _LINES).astype(int)]
-    y = y - y.mean(axis=1, keepdims=True)
-    measured = y.shape[1]
-    if measured == length <= _WHOLE:
-        starts, window = np.array([0]), length
-    else:
-        window = min(_WINDOW, measured - 16)
-        starts = window_starts(measured, window, int(np.clip((measured - 16) // window, 2, _WINDOWS)))
-    return _Axis(y, length, codec, starts, window, scatter(y, starts, window))
-
-
 def _score(fit: float, shifted: float) -> float:
     return (shifted + _NOISE) / (fit + _NOISE)
 
 
-def _candidates(ax: _Axis) -> dict[int, float]:
+def _candidates(ax: Axis) -> dict[int, float]:
     """Original lengths worth testing on ``ax``, each with the gain its grid must reach."""
     length = ax.length
     if ax.whole:  # a short axis: every original length
@@ -219,7 +123,7 @@ def _candidates(ax: _Axis) -> dict[int, float]:
     return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
 
 
-def _tested(ax: _Axis, groups: dict) -> dict:
+def _tested(ax: Axis, groups: dict) -> dict:
     """For each group of original lengths: (misfit, kernel, n0) of its best aligned grid, and the gain
     of that resizer's grids over themselves shifted half an original pixel (best of the group on both
     sides: a native line scores about 1). Not over other resizers' grids: one may be this one's moved
@@ -241,7 +145,7 @@ def _tested(ax: _Axis, groups: dict) -> dict:
     return {key: _Fit(ax.length / n0, _score(fit, float(ax.shifted(groups[key], k).min())), n0, k, fit) for key, (n0, k, fit) in fits.items()}
 
 
-def _explains(ax: _Axis, fit: _Fit) -> bool:
+def _explains(ax: Axis, fit: _Fit) -> bool:
     """On a short axis flat graphics fit some grid by chance (edges that happen to fall where it
     allows them): a grid must also explain the lines down to the noise, or, where more is left
     than the noise model says (overshoot clipped at black or white; a lossy codec's noise, which
@@ -250,7 +154,7 @@ def _explains(ax: _Axis, fit: _Fit) -> bool:
     return not ax.whole or fit.misfit <= ax.limit or (noisier and fit.gain >= _GAIN_CLEAR)
 
 
-def _per_dof(ax: _Axis, fit: _Fit) -> float:
+def _per_dof(ax: Axis, fit: _Fit) -> float:
     """Misfit per degree of freedom left: comparable across grids of different coarseness."""
     return (fit.misfit + _NOISE) / (1 - fit.n0 / ax.length) ** 0.5
 
@@ -266,7 +170,7 @@ def _coarsest(fits: list[tuple[_Fit, float, float]]) -> _Fit:
     return max((f for f, dof in fits if dof <= _NESTED * least), key=lambda f: f.factor)
 
 
-def _grid_fit(ax: _Axis) -> _Fit:
+def _grid_fit(ax: Axis) -> _Fit:
     """The upscale grid that fits the lines of ``ax``, or factor 1.0 if none does."""
     families = _candidates(ax)
     # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
@@ -280,7 +184,7 @@ def _grid_fit(ax: _Axis) -> _Fit:
     return _coarsest(fitting)
 
 
-def _pair(axes: list[_Axis], s: float) -> list[_Fit] | None:
+def _pair(axes: list[Axis], s: float) -> list[_Fit] | None:
     """Both axes' fits at factor ``s`` (original lengths within a pixel) by the one resizer whose grids
     fit the two best together; None if an axis has no usable original length."""
     groups = [[n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for ax in axes]
@@ -295,15 +199,15 @@ def _pair(axes: list[_Axis], s: float) -> list[_Fit] | None:
     return pair
 
 
-def _phased(axes: list[_Axis], factors: tuple[float, ...] | list[float], resizers: tuple[str, ...]) -> list[_Fit]:
+def _phased(axes: list[Axis], factors: tuple[float, ...] | list[float], resizers: tuple[str, ...]) -> list[_Fit]:
     """Both axes' fits at these factors by the resizer whose grids at their best phases fit the two
-    best together (:meth:`_Axis.phased`)."""
+    best together (:meth:`microcond.data.gridaxis.Axis.phased`)."""
     found = [ax.phased(s, resizers) for ax, s in zip(axes, factors)]
     best = min(resizers, key=lambda k: found[0][k][0] + found[1][k][0])
     return [_Fit(s, _score(*misfit[best]), round(ax.length / s), NAMES.index(best), misfit[best][0]) for ax, s, misfit in zip(axes, factors, found)]
 
 
-def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
+def _periodic(axes: list[Axis]) -> list[_Fit] | None:
     """Content so smooth that every grid fits it to the rounding noise, shifted or not, still shows
     the resampling's periodicity: a peak of :data:`_PERIODIC` on both axes at one frequency, far
     above any native's, is an upscale at one of its two factors, told apart by the gains of one
@@ -319,7 +223,7 @@ def _periodic(axes: list[_Axis]) -> list[_Fit] | None:
     return max(pairs, key=lambda pair: math.prod(f.gain for f in _phased(axes, [f.factor for f in pair], _CROP_SCREEN)), default=None)
 
 
-def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
+def _same_factor(axes: list[Axis], factors: list[float]) -> _Fit | None:
     """Both axes tested at each factor (an upscale keeps the aspect ratio), which a factor passes if
     the product of the two axes' gains reaches :data:`_GAIN_PAIR`, each at least :data:`_GAIN_EACH`:
     weak evidence on each axis that agrees is evidence. One resizer made both axes: the one whose
@@ -342,10 +246,10 @@ def _same_factor(axes: list[_Axis], factors: list[float]) -> _Fit | None:
     return next(pair for pair in passed if pair[0] is best)
 
 
-def _featureless(axes: list[_Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
+def _featureless(axes: list[Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
     """One axis upscaled beyond doubt, the other showing nothing: the other axis's lines (ripples,
     a horizon) may hold no detail across them that a grid could tell. If the found resizer's grid
-    of the same factor explains them down to the noise (:meth:`_Axis.limit`), they are no evidence
+    of the same factor explains them down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`), they are no evidence
     against the aspect-kept upscale: both axes take the factor. Returns the fits and whether they agree."""
     found = 0 if fits[0].factor > 1.0 else 1
     fit, ax = fits[found], axes[1 - found]
@@ -360,7 +264,7 @@ def _featureless(axes: list[_Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]
     return ([fit, other] if found == 0 else [other, fit]), True
 
 
-def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
+def _cropped(axes: list[Axis]) -> list[_Fit] | None:
     """An upscale cropped afterwards (:mod:`microcond.data.phasefit`): factors from the periodicity
     of either axis or both, ranked by one kernel's gains at the best phases; the best factor is
     then tried with every kernel, one for both axes. Returns the fits of both axes, or None."""
@@ -373,7 +277,7 @@ def _cropped(axes: list[_Axis]) -> list[_Fit] | None:
     return pair if min(f.gain for f in pair) >= _CROP_EACH and pair[0].gain * pair[1].gain >= _CROP_PAIR else None
 
 
-def _confidence(fit: _Fit, ax: _Axis | None) -> float:
+def _confidence(fit: _Fit, ax: Axis | None) -> float:
     if ax is None:
         return 0.0
     if fit.factor > 1.0:
@@ -395,7 +299,7 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
             upscale grids are laid over the whole image, as the resizer did.
     """
     size = size or luma.shape
-    axes = [_axis(luma, a, codec, size[a]) for a in (0, 1)]
+    axes = [prepare(luma, a, codec, size[a]) for a in (0, 1)]
     if None not in axes and not codec.lossy:  # a nearest-neighbour upscale, cropped or not, from its runs
         runs = [run_factor(ax.lines) for ax in axes]
         if None not in runs and abs(math.log(runs[0] / runs[1])) <= _AGREE:

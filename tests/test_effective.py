@@ -66,6 +66,17 @@ def test_native_images_are_not_flagged(seed, fmt):
     assert max(e.scale) < 1.25 and (e.height, e.width) == (240, 320), e
 
 
+@pytest.mark.parametrize("quality", [40, 50])
+@pytest.mark.parametrize("seed", [0, 2, 3])
+def test_coarse_jpeg_blocks_are_not_an_upscale(seed, quality):
+    """At low quality the 8x8 blocks of smooth content fit grids that repeat with them (4/3 lays
+    3 originals on 4 pixels: twice per block) better than those grids shifted: the gain they must
+    reach grows with the quantization noise (all were called 4/3x with a fixed gain)."""
+    image = texture(300, 360, seed=seed).filter(ImageFilter.GaussianBlur(1.0))
+    assert max(estimate(encoded(image, "JPEG", quality=quality)).scale) < 1.25
+    assert codecs.jpeg(quality).block_gain > codecs.jpeg(75).block_gain == codecs.jpeg(95).block_gain
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_lossy_webp_blocks_are_not_an_upscale(seed):
     """Smooth content as lossy WebP: its 4x4 blocks fit a 4/3x grid aligned with them (all four

@@ -28,11 +28,12 @@ Method (each axis: rows for the width, columns for the height):
 3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
    factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, with
    the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
-   counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern
-   repeats with a codec's blocks need more). An upscale of one axis alone needs a gain of
-   :data:`_GAIN_ALONE`; if the other axis holds nothing a grid can tell (horizontal bands: the
-   found grid explains it to the noise), both take the factor (:func:`_featureless`). On short axes flat graphics fit some grid by chance, so there a fit must
-   also explain the pixels down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`).
+   counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern repeats with a codec's
+   blocks need more). An upscale of one axis alone needs a gain of :data:`_GAIN_ALONE`; if the
+   other axis holds nothing a grid can tell (horizontal bands: the found grid explains it to the
+   noise), a gain of :data:`_GAIN_UNOPPOSED`, and both take the factor (:func:`_featureless`).
+   On short axes flat graphics fit some grid by chance, so there a fit must also explain the
+   pixels down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`).
 4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
    the upscale: the factors of the periodic peaks (:data:`_CROP_LEAST` and up) are tried at every
    phase, window by window (:mod:`microcond.data.phasefit`), one resizer for both axes, and must
@@ -63,6 +64,7 @@ _GAIN_ALL = 1.3  # the same on a short axis, where every original length is trie
 _GAIN_EACH, _GAIN_PAIR = 1.03, 1.2  # the same for one factor on both axes: each, and their product
 _GAIN_CLEAR = 3.0  # a grid this much better than its shifted self needs not explain a short axis to the noise
 _GAIN_ALONE = 2.0  # the same for an upscale of one axis that the other contradicts
+_GAIN_UNOPPOSED = 1.5  # ... and that the other holds nothing against (see _featureless)
 _AGREE = 0.095  # factors within 10% agree
 _NESTED = 1.3  # a coarser grid fitting within this factor of the best one is preferred
 _WEAKER = 0.5  # ... unless its log gain is below this share of the best grid's
@@ -247,12 +249,15 @@ def _same_factor(axes: list[Axis], factors: list[float]) -> _Fit | None:
 
 
 def _featureless(axes: list[Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
-    """One axis upscaled beyond doubt, the other showing nothing: the other axis's lines (ripples,
-    a horizon) may hold no detail across them that a grid could tell. If the found resizer's grid
-    of the same factor explains them down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`), they are no evidence
-    against the aspect-kept upscale: both axes take the factor. Returns the fits and whether they agree."""
+    """One axis upscaled (a gain of :data:`_GAIN_UNOPPOSED`), the other showing nothing: the other
+    axis's lines (ripples, a horizon) may hold no detail across them that a grid could tell. If
+    the found resizer's grid of the same factor explains them down to the noise
+    (:meth:`microcond.data.gridaxis.Axis.limit`), they are no evidence against an upscale that
+    kept the aspect ratio: both axes take the factor. Returns the fits and whether they agree."""
     found = 0 if fits[0].factor > 1.0 else 1
     fit, ax = fits[found], axes[1 - found]
+    if fit.gain < max(_GAIN_UNOPPOSED, ax.codec.block_gain if ax.codec.aligned_with_blocks(fit.factor) else 0.0):
+        return fits, False
     group = [n0 for n0 in (round(ax.length / fit.factor) + d for d in (-1, 0, 1)) if ax.usable(n0)]
     if not group:
         return fits, False
@@ -317,9 +322,9 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
             fits, agree = pair, True
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
-    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
     if not agree and None not in axes and (fits[0].factor == 1.0) != (fits[1].factor == 1.0):
         fits, agree = _featureless(axes, fits)
+    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
     windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
     if windowed and not (agree and fits[0].factor > 1.0):
         fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved

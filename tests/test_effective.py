@@ -324,6 +324,23 @@ def test_repeated_pixels_off_one_grid_are_no_upscale():
     assert nearest.run_factor(np.broadcast_to(grid, (64, 300))) == pytest.approx(2.24, rel=0.01)
 
 
+def test_an_area_upscale_is_not_read_as_nearest_neighbour():
+    """An area upscale (each output pixel the mean of the originals under its footprint, as OpenCV's
+    INTER_AREA) repeats pixels in runs with a blend between them: read as a nearest-neighbour upscale,
+    it came out at half its factor (1.47 for 3.1). The blends are told apart; the grids measure it."""
+    n0, n = 90, 279  # 3.1x
+    weights = np.zeros((n, n0))
+    for x in range(n):
+        a, b = x * n0 / n, (x + 1) * n0 / n
+        for j in range(int(a), min(int(np.ceil(b)), n0)):
+            weights[x, j] = (min(b, j + 1) - max(a, j)) * n / n0
+    small = np.asarray(texture(90, 120, seed=7).convert("L"), np.float64)
+    lines = np.round(weights @ small).T  # (120 lines, 279): upscaled along the lines
+    assert nearest.run_factor(lines) is None
+    nearest_lines = np.round(small[np.floor(np.arange(n) * n0 / n).astype(int)]).T
+    assert nearest.run_factor(nearest_lines) == pytest.approx(3.1, rel=0.01)
+
+
 @pytest.mark.parametrize("resizer", ["nearest", "nearest-floor", "bilinear", "bicubic-vips", "lanczos", "area"])
 def test_grids_at_many_phases_equal_each_phase_alone(resizer):
     """The phase search builds all phases at once, with fractional original counts (a crop)."""

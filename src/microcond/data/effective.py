@@ -55,7 +55,7 @@ from PIL import Image
 from microcond.data.codecs import Codec, codec, jpeg_quality
 from microcond.data.gridfit import measure
 
-ESTIMATOR_VERSION = "12"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "13"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MAX_PROGRESSIVE_PIXELS = 1 << 24  # a progressive JPEG is decoded whole (every coefficient kept): 16 MP, <= 96 MiB

@@ -55,9 +55,10 @@ class Axis:
 
     @property
     def limit(self) -> float:
-        """Largest misfit an upscale may leave on a short axis (RMS grey levels): :data:`_LIMIT`
-        (8-bit rounding, and overshoot clipped at black and white), or more for a lossy file, a
-        share of its quantization noise."""
+        """Largest misfit an upscale may leave on this axis (RMS grey levels) where nothing else
+        tells (a short axis; an axis without detail across its lines): :data:`_LIMIT` (8-bit
+        rounding, and overshoot clipped at black and white), or more for a lossy file, a share of
+        its quantization noise."""
         return max(_LIMIT, _LIMIT_LOSSY * self.codec.noise) if self.codec.lossy else _LIMIT
 
     def usable(self, n0: int) -> bool:

@@ -9,22 +9,26 @@ Method: :mod:`microcond.data.gridfit` (resampling periodicity, then least-square
 upscale grids, both axes together, at a searched phase where a crop may have moved the grid).
 
 Measured by ``benchmarks/bench_effective.py`` (400 upscaled photographs, its docstring): all
-lossless and 82% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.98; 2% of the natives
-called upscaled, 4% of them saved again as lossy WebP. The default upscale of each library,
-lossless: Pillow 97%, libvips 98%, OpenCV 93%, ImageMagick 82% within 10%; cropped after the
-upscale (its grid's phase lost, searched here), lossless: 38-100% by library, all formats 27-58%.
-On the emoji-like fakes of ``microcond experiment upscaled`` (bicubic, a third under 48 px; 1,500
-of its files): 98% within 10%, 5% of the natives (flat graphics) called upscaled. The codec is read
-from the header (:mod:`microcond.data.codecs`): a JPEG's or lossy WebP's blocks repeat like an
-upscale's grid and are allowed for.
+lossless and 84% of JPEG (q >= 75) images within 10%; AUC native/upscaled 0.98; 2% of the natives
+called upscaled, 4% of them saved again as lossy WebP, 6% as JPEG at quality 40-74. The default
+upscale of each library, lossless: Pillow 97%, libvips 98%, OpenCV 93%, ImageMagick 82% within
+10%; cropped after the upscale (its grid's phase lost, searched here), lossless: 75-100% by
+library, all formats 33-64%. On the emoji-like fakes of ``microcond experiment upscaled`` (bicubic,
+a third under 48 px; 1,500 of its files): 99% within 10%, 6% of the natives (flat graphics) called
+upscaled. The codec is read from the header (:mod:`microcond.data.codecs`): a JPEG's or lossy
+WebP's blocks repeat like an upscale's grid and are allowed for, the more so the coarser a JPEG's
+quantization.
 Misses are smooth photographs (fog, sky, water) under JPEG noise: nothing there shows the
-upscale, and the confidence says so. The spectral fall-off of the whitened luma spectrum was
-measured too and is not used: alone it cannot tell blur from an upscale (half of the native
-photographs flagged). The upscales recognised are those of Pillow, OpenCV, libvips and ImageMagick
-with their common kernels (:data:`microcond.data.resampling.RESIZERS`, each checked against the
-library); another kernel, or a cropped nearest-neighbour upscale, may be reported native or at
-another factor. Cost on one core: about 85 full decodes for small files (0.2 MP, where the grid
-fits dominate: 4-8 files a second); 2.6 for 3-15 MP files. Grids are kept across images (64 MiB
+upscale, and the confidence says so; where only the periodicity shows it, an upscale by ``s`` and
+one by ``s / (s - 1)`` leave the same trace and may be confused. The spectral fall-off of the
+whitened luma spectrum was measured too and is not used: alone it cannot tell blur from an
+upscale (half of the native photographs flagged). The upscales recognised are those of Pillow,
+OpenCV, libvips and ImageMagick with their common kernels
+(:data:`microcond.data.resampling.RESIZERS`, each checked against the library); another kernel,
+or a cropped nearest-neighbour upscale in a lossy file, may be reported native or at another
+factor (in a lossless file it is read off its runs of repeated pixels, :mod:`microcond.data.nearest`).
+Cost on one core: about 70 full decodes for small files (0.2 MP, where the grid fits dominate:
+4-8 files a second); 2.8 for 3-15 MP files. Grids are kept across images (64 MiB
 at most per process, :class:`microcond.data.resampling.ProjectionCache`): files of one size share
 those their own periodicity does not choose.
 

@@ -320,10 +320,10 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
         pair = _same_factor(axes, sorted(lengths.values()))
         if pair is not None:
             fits, agree = pair, True
+    if not agree and None not in axes and (fits[0].factor == 1.0) != (fits[1].factor == 1.0):
+        fits, agree = _featureless(axes, fits)  # the other axis may hold nothing a grid can tell
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
-    if not agree and None not in axes and (fits[0].factor == 1.0) != (fits[1].factor == 1.0):
-        fits, agree = _featureless(axes, fits)
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
     windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
     if windowed and not (agree and fits[0].factor > 1.0):

@@ -248,7 +248,7 @@ def library_lines(folder: Path, libraries: list[str], count: int, defaults: int,
 def natives_saved_again(folder: Path, natives: list[dict], seed: int, fmt: str, qualities: tuple[int, int]) -> list[bool]:
     """Whether each native, saved again as ``fmt`` ("webp" or "jpg") at a quality drawn from
     ``qualities`` (both ends included), is called upscaled."""
-    rng, flagged = np.random.default_rng([seed, 3, fmt == "jpg"]), []
+    rng, flagged = np.random.default_rng([seed, 3] + ([1] if fmt == "jpg" else [])), []  # WebP: the draws of earlier runs
     for r in natives:
         path = folder / f"native-{Path(r['path']).stem}-again.{fmt}"
         with Image.open(r["path"]) as im:

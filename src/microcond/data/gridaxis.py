@@ -92,6 +92,8 @@ class Axis:
 
 
 def prepare(luma: np.ndarray, axis: int, codec: Codec, length: int) -> Axis | None:
+    """Axis ``axis`` (0: the height, down the columns) of ``luma``, whose size in the file is
+    ``length``; None where it is too short to measure (:data:`MIN_SIDE`)."""
     if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
         return None
     y = np.moveaxis(luma, axis, 1)

@@ -186,19 +186,26 @@ def _grid_fit(ax: Axis) -> _Fit:
     return _coarsest(fitting)
 
 
+def _near(ax: Axis, s: float) -> list[int]:
+    """The usable original lengths of an upscale of ``ax`` by ``s``, within a pixel."""
+    return [n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)]
+
+
+def _fit_of(ax: Axis, group: list[int], k: int) -> _Fit:
+    """The fit of resizer ``k``'s best grid among the original lengths ``group``."""
+    aligned = ax.aligned(group)[k]
+    i = int(np.argmin(aligned))
+    return _Fit(ax.length / group[i], _score(float(aligned[i]), float(ax.shifted(group, k).min())), group[i], k, float(aligned[i]))
+
+
 def _pair(axes: list[Axis], s: float) -> list[_Fit] | None:
     """Both axes' fits at factor ``s`` (original lengths within a pixel) by the one resizer whose grids
     fit the two best together; None if an axis has no usable original length."""
-    groups = [[n0 for n0 in (round(ax.length / s) + d for d in (-1, 0, 1)) if ax.usable(n0)] for ax in axes]
+    groups = [_near(ax, s) for ax in axes]
     if not all(groups):
         return None
-    aligned = [ax.aligned(g) for ax, g in zip(axes, groups)]  # (resizers, group) per axis
-    k = int(np.argmin(sum(a.min(axis=1) for a in aligned)))
-    pair = []
-    for ax, g, a in zip(axes, groups, aligned):
-        i = int(np.argmin(a[k]))
-        pair.append(_Fit(ax.length / g[i], _score(float(a[k, i]), float(ax.shifted(g, k).min())), g[i], k, float(a[k, i])))
-    return pair
+    k = int(np.argmin(sum(ax.aligned(g).min(axis=1) for ax, g in zip(axes, groups))))  # (resizers,) per axis, added
+    return [_fit_of(ax, g, k) for ax, g in zip(axes, groups)]
 
 
 def _phased(axes: list[Axis], factors: tuple[float, ...] | list[float], resizers: tuple[str, ...]) -> list[_Fit]:
@@ -258,14 +265,10 @@ def _featureless(axes: list[Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
     fit, ax = fits[found], axes[1 - found]
     if fit.gain < max(_GAIN_UNOPPOSED, ax.codec.block_gain if ax.codec.aligned_with_blocks(fit.factor) else 0.0):
         return fits, False
-    group = [n0 for n0 in (round(ax.length / fit.factor) + d for d in (-1, 0, 1)) if ax.usable(n0)]
-    if not group:
+    group = _near(ax, fit.factor)
+    if not group or ax.aligned(group)[fit.kernel].min() > ax.limit:
         return fits, False
-    aligned = ax.aligned(group)[fit.kernel]
-    i = int(np.argmin(aligned))
-    if aligned[i] > ax.limit:
-        return fits, False
-    other = _Fit(ax.length / group[i], _score(float(aligned[i]), float(ax.shifted(group, fit.kernel).min())), group[i], fit.kernel, float(aligned[i]))
+    other = _fit_of(ax, group, fit.kernel)
     return ([fit, other] if found == 0 else [other, fit]), True
 
 

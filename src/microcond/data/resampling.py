@@ -90,7 +90,8 @@ def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, 
     ``shift`` moves the grid by that many original pixels (0.5: the worst alignment), one for all
     or one per original count (N,); ``originals`` need not be whole (a crop of an upscale). Taps
     outside the originals are dropped as Pillow does at the image's borders, unless ``borders`` is
-    False (a crop: the originals go on past its ends).
+    False (a crop: the originals go on past its ends). The kernel is evaluated on the taps in
+    reach of each output only, then laid into the matrix.
     Returns (N * len(starts), window, M).
     """
     kernel, offset, positions = RESIZERS[resizer]
@@ -113,20 +114,24 @@ def grids(length: int, originals: np.ndarray, resizer: str, starts: np.ndarray, 
             centre = np.floor(centre - 0.5) + 0.5 + np.floor((centre - 0.5) % 1 * positions + 0.5) / positions
         source = np.floor(centre)  # the original under the coordinate (nearest neighbour)
     start = source if kernel == NEAREST else centre
-    j = np.floor(start[:, :, :1, :] - 0.5 - reach) + np.arange(width)  # (N, B, 1, M) originals in reach
+    first = np.floor(start[:, :, :1, :] - 0.5 - reach)  # (N, B, 1, 1) the window's first original in reach: column 0
     if kernel == NEAREST:
-        weights = (j == source).astype(np.float64)
+        j, weights = source, np.ones_like(source)
     elif kernel == AREA:  # the output pixel's footprint over the originals, in OpenCV's arithmetic (resize.cpp)
         left = np.floor(at[..., None] * (1 / (length / n0)) + s4)  # (N, B, window, 1) the original under its left edge
         right = (at[..., None] + 1) - (left + 1 - s4) * (length / n0)  # share of the footprint past that original
         right = np.where(right <= 0, 0.0, right - np.floor(right))
-        weights = np.where(j == left, 1 - right, 0.0) + np.where(j == left + 1, right, 0.0)
+        j = left + np.arange(2)
+        weights = np.concatenate([1 - right, right], axis=-1)
     else:
+        j = np.floor(centre - 0.5 - reach) + np.arange(2 * reach + 2)  # (N, B, window, T) every original in reach
         weights = KERNELS[kernel][0](j + 0.5 - centre)
     if borders:
         weights = weights * ((j >= 0) & (j < n0))  # Pillow drops taps outside the image
     weights /= np.maximum(weights.sum(axis=-1, keepdims=True), 1e-12)
-    return weights.reshape(-1, window, width).astype(np.float32)
+    dense = np.zeros(weights.shape[:3] + (width,), np.float32)
+    np.put_along_axis(dense, (j - first).astype(np.intp), weights.astype(np.float32), axis=-1)
+    return dense.reshape(-1, window, width)
 
 
 def scatter(lines: np.ndarray, starts: np.ndarray, window: int) -> np.ndarray:

@@ -366,3 +366,23 @@ def test_smooth_content_is_measured_by_its_periodicity(factor):
     assert np.all(np.abs(np.log(np.array(e.scale) / true)) <= 0.095), e
     assert 0 <= e.confidence < 0.9  # a weaker verdict than a grid that fits
     assert max(estimate(encoded(small, "PNG")).scale) == 1.0  # the smooth native itself
+
+
+def test_the_work_budget_bounds_the_grids_and_keeps_the_verdict_reached():
+    native = encoded(texture(240, 320, seed=1), "PNG")
+    full = estimate(native)
+    assert full.grids > 50  # the measure fits many grids on a photo-like native
+    for budget in (1, 40, full.grids - 1):
+        e = estimate(native, max_grids=budget)
+        assert e.grids <= budget and max(e.scale) < 1.25, (budget, e)
+        assert e.confidence == 0.0  # a native verdict not fully checked is a guess
+    assert estimate(native, max_grids=full.grids) == full  # enough for every step: the same result
+    up = encoded(upscaled(texture(240, 320), 2.0, "bicubic"), "PNG")
+    found = estimate(up)  # both axes' own fits agree: nothing more is fitted
+    assert np.all(np.abs(np.log(np.array(found.scale) / 2.0)) <= 0.095) and found.grids < full.grids
+    assert estimate(up, max_grids=found.grids) == found
+    short = estimate(up, max_grids=found.grids - 1)  # the second axis's fit would pass the budget
+    assert short.grids < found.grids and (short.scale, short.confidence) == ((1.0, 1.0), 0.0)
+    for bad in (0, -3, True, 2.5, "10"):
+        with pytest.raises(ValueError, match="max_grids"):
+            estimate(native, max_grids=bad)

@@ -505,3 +505,18 @@ def test_a_new_estimator_version_measures_every_file_again(tmp_path, monkeypatch
     again = scan([tmp_path], out, workers=1, progress=False, effective=True)
     assert (again.unchanged, again.measured) == (3, 3) and "every file is measured again" in again.effective_note
     assert json.loads(pq.read_schema(out).metadata[b"microcond.scan"])["effective"] == "next"
+
+
+def test_a_work_budget_is_part_of_the_index_settings(tmp_path, capsys):
+    for i in range(2):
+        _save(tmp_path / f"{i}.png", _textured(64, 96, seed=i))
+    out = tmp_path / "index.parquet"
+    scan([tmp_path], out, workers=1, progress=False, effective=True)
+    bounded = scan([tmp_path], out, workers=1, progress=False, effective=True, max_grids=40)
+    assert (bounded.unchanged, bounded.measured) == (2, 2) and "at most 40 grids" in bounded.effective_note
+    assert json.loads(pq.read_schema(out).metadata[b"microcond.scan"])["effective"].endswith(", at most 40 grids")
+    assert scan([tmp_path], out, workers=1, progress=False, effective=True, max_grids=40).measured == 0  # same budget: reused
+    with pytest.raises(ValueError, match="max_grids"):
+        scan([tmp_path], out, workers=1, progress=False, effective=True, max_grids=0)
+    assert main(["scan", str(tmp_path), "--out", str(out), "--max-grids", "40"]) == 2  # a budget without --effective
+    assert "give --effective too" in capsys.readouterr().err

@@ -77,7 +77,8 @@ class Effective:
     ``confidence``: 0 (a guess: flat or tiny image) to 1 (a resampling grid fits exactly).
     ``jpeg_quality``: IJG quality 1-100 whose tables are nearest to the file's; None if not JPEG.
     ``file_size``: the file's (height, width) after orientation; ``decoded_pixels``: pixels decoded
-    to measure, at most the budget for JPEG and PNG.
+    to measure, at most the budget for JPEG and PNG; ``grids``: upscale grids fitted (the work,
+    :class:`microcond.data.gridaxis.Work`; at most ``max_grids``).
     """
 
     height: int
@@ -87,6 +88,7 @@ class Effective:
     scale: tuple[float, float]
     file_size: tuple[int, int]
     decoded_pixels: int
+    grids: int = 0
 
 
 
@@ -220,15 +222,28 @@ def _check_jpeg(image: Image.Image, size: int) -> None:
                          "its 8x8 blocks need at the least: its image data is missing (truncated), and a decoder would fill it grey")
 
 
-def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED_PIXELS) -> Effective:
+def estimator_id(max_grids: int | None = None) -> str:
+    """What a scan's index records of the estimator, so that a change of either measures again:
+    :data:`ESTIMATOR_VERSION`, and the work budget when there is one."""
+    return ESTIMATOR_VERSION if max_grids is None else f"{ESTIMATOR_VERSION}, at most {max_grids} grids"
+
+
+def check_max_grids(max_grids: int | None) -> None:
+    if max_grids is not None and (isinstance(max_grids, bool) or not isinstance(max_grids, int) or max_grids < 1):
+        raise ValueError(f"max_grids must be a positive integer or None, got {max_grids!r}")
+
+
+def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED_PIXELS, max_grids: int | None = None) -> Effective:
     """Effective size, confidence and JPEG quality of one image file (path or bytes).
 
+    ``max_grids`` bounds the work per image (module doc, "Budget"; None: no limit).
     Raises ``ValueError`` with one line naming the file for anything unreadable or undecodable.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1:
         raise ValueError(f"max_pixels must be a positive integer, got {max_pixels!r}")
+    check_max_grids(max_grids)
     luma, (height, width), orientation, quality, compression = _decode(source, max_pixels)
-    (scale_h, scale_w), (confidence_h, confidence_w) = measure(luma, compression, (height, width))
+    (scale_h, scale_w), (confidence_h, confidence_w), grids = measure(luma, compression, (height, width), max_grids)
     if orientation in _SWAP:
         height, width, scale_h, scale_w = width, height, scale_w, scale_h
     return Effective(
@@ -239,4 +254,5 @@ def estimate(source: str | os.PathLike | bytes, *, max_pixels: int = MAX_DECODED
         scale=(round(float(scale_h), 4), round(float(scale_w), 4)),
         file_size=(height, width),
         decoded_pixels=int(luma.size),
+        grids=grids,
     )

@@ -2,7 +2,7 @@
 (at most :data:`_LINES`, mean removed), the windows tested (up to :data:`_WINDOWS` of
 :data:`_WINDOW` pixels; an axis of at most :data:`_WHOLE` pixels whole) and their scatter matrices,
 and the misfits of upscale grids over them, each computed once per image (grids' projections are
-kept across images in :data:`PROJECTIONS`)."""
+kept across images in :data:`PROJECTIONS`), counted against the image's :class:`Work` budget."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from microcond.data.codecs import Codec
 from microcond.data.periodicity import modulation
-from microcond.data.phasefit import phase_misfits
+from microcond.data.phasefit import PHASES, phase_misfits
 from microcond.data.resampling import (
     NAMES,
     ProjectionCache,
@@ -30,6 +30,26 @@ _LIMIT, _LIMIT_LOSSY = 0.6, 0.3  # see Axis.limit
 PROJECTIONS = ProjectionCache()  # this process's grids, kept across images (64 MiB at most)
 
 
+class Spent(Exception):
+    """An image's work budget (:class:`Work`) would be exceeded by the next grids."""
+
+
+@dataclass
+class Work:
+    """Grids fitted for one image so far, both axes, and the most it may fit (None: no limit). One
+    grid is one resizer's upscale from one original length at one shift or phase, over the axis's
+    windows: about 0.3 ms on one core (a 48 px window's projection is built per grid)."""
+
+    limit: int | None = None
+    done: int = 0
+
+    def spend(self, grids: int) -> None:
+        """Count ``grids`` more, or raise :class:`Spent` (counting nothing) past the limit."""
+        if self.limit is not None and self.done + grids > self.limit:
+            raise Spent
+        self.done += grids
+
+
 @dataclass(frozen=True)
 class Axis:
     """One axis prepared for grid fits: its lines (count, measured), mean removed, the windows
@@ -42,6 +62,7 @@ class Axis:
     starts: np.ndarray
     window: int
     scatters: np.ndarray
+    work: Work = field(default_factory=Work, compare=False)  # the image's budget, shared by both axes
     known: dict = field(default_factory=dict, compare=False, repr=False)  # (n0, resizer) -> misfit; (n0, -1 - resizer): shifted
 
     @functools.cached_property
@@ -70,12 +91,14 @@ class Axis:
         moved by ``shift`` original pixels."""
         if not originals:
             return {}
+        self.work.spend(len(originals) * len(resizers))
         found = [PROJECTIONS.get(self.length, originals, NAMES[k], self.starts, self.window, shift) for k in resizers]
         values = misfits(self.scatters, np.concatenate(found), len(self.lines)).reshape(len(resizers), len(originals))
         return {(n0, k): float(values[r, i]) for r, k in enumerate(resizers) for i, n0 in enumerate(originals)}
 
     def phased(self, factor: float, resizers: tuple[str, ...]) -> dict[str, tuple[float, float]]:
         """Misfits (best phase, half a pixel from it) of grids of ``factor`` at any phase (:func:`phase_misfits`)."""
+        self.work.spend(PHASES * len(resizers))
         return phase_misfits(self.length, self.starts, self.window, self.scatters, len(self.lines), factor, resizers)
 
     def aligned(self, originals: list[int]) -> np.ndarray:
@@ -91,9 +114,10 @@ class Axis:
         return np.array([self.known[n0, -1 - resizer] for n0 in originals])
 
 
-def prepare(luma: np.ndarray, axis: int, codec: Codec, length: int) -> Axis | None:
+def prepare(luma: np.ndarray, axis: int, codec: Codec, length: int, work: Work | None = None) -> Axis | None:
     """Axis ``axis`` (0: the height, down the columns) of ``luma``, whose size in the file is
-    ``length``; None where it is too short to measure (:data:`MIN_SIDE`)."""
+    ``length``, its grids counted in ``work`` (default: a new, unlimited count); None where it is
+    too short to measure (:data:`MIN_SIDE`)."""
     if luma.shape[axis] < MIN_SIDE or luma.shape[1 - axis] < 4:
         return None
     y = np.moveaxis(luma, axis, 1)
@@ -106,4 +130,4 @@ def prepare(luma: np.ndarray, axis: int, codec: Codec, length: int) -> Axis | No
     else:
         window = min(_WINDOW, measured - 16)
         starts = window_starts(measured, window, int(np.clip((measured - 16) // window, 2, _WINDOWS)))
-    return Axis(y, length, codec, starts, window, scatter(y, starts, window))
+    return Axis(y, length, codec, starts, window, scatter(y, starts, window), Work() if work is None else work)

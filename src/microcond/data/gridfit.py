@@ -52,7 +52,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from microcond.data.codecs import LOSSLESS, Codec
-from microcond.data.gridaxis import Axis, prepare
+from microcond.data.gridaxis import Axis, Spent, Work, prepare
 from microcond.data.nearest import run_factor
 from microcond.data.periodicity import N_FFT, detail, power_at, spectrum, strongest
 from microcond.data.phasefit import PHASE_RESIZERS
@@ -295,27 +295,61 @@ def _confidence(fit: _Fit, ax: Axis | None) -> float:
     return detail(spectrum(ax.lines))
 
 
-def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | None = None) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Upscaling factors (height, width), each >= 1, and their confidences (0..1) of a luma array
-    (H, W). Each axis is measured alone (the height down the columns, the width along the rows);
-    unless both found the same factor, every factor either suggests is then tested on both, since
-    upscales keep the aspect ratio.
+def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | None = None,
+            budget: int | None = None) -> tuple[tuple[float, float], tuple[float, float], int]:
+    """Upscaling factors (height, width), each >= 1, their confidences (0..1), and the grids fitted
+    (:class:`microcond.data.gridaxis.Work`) of a luma array (H, W). Each axis is measured alone
+    (the height down the columns, the width along the rows); unless both found the same factor,
+    every factor either suggests is then tested on both, since upscales keep the aspect ratio.
 
     Args:
         codec: the file's compression (its block pattern and noise, :mod:`microcond.data.codecs`).
         size: the image's (height, width) when ``luma`` is its top-left part (a decoded band):
             upscale grids are laid over the whole image, as the resizer did.
+        budget: the most grids to fit (None: no limit). The steps run in the order of the module
+            doc; where the next would exceed the budget, the verdict of those done stands (an
+            upscale of one axis alone still needs :data:`_GAIN_ALONE`), and an axis then called
+            native has confidence 0 (not all was checked). Spent before each axis had its own fit:
+            factor 1, confidence 0.
     """
     size = size or luma.shape
-    axes = [prepare(luma, a, codec, size[a]) for a in (0, 1)]
+    work = Work(budget)
+    axes = [prepare(luma, a, codec, size[a], work) for a in (0, 1)]
     if None not in axes and not codec.lossy:  # a nearest-neighbour upscale, cropped or not, from its runs
         runs = [run_factor(ax.lines) for ax in axes]
         if None not in runs and abs(math.log(runs[0] / runs[1])) <= _AGREE:
-            return (axes[0].length / round(axes[0].length / runs[0]), axes[1].length / round(axes[1].length / runs[1])), (1.0, 1.0)
-    fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
+            return (axes[0].length / round(axes[0].length / runs[0]), axes[1].length / round(axes[1].length / runs[1])), (1.0, 1.0), 0
+    try:
+        fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
+    except Spent:
+        return (1.0, 1.0), (0.0, 0.0), work.done
     agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
+    complete = True
+    try:
+        fits, agree = _both_axes(axes, fits, agree)
+    except Spent:
+        complete = False
+    # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
+    # evidence: flat graphics fit some grid on one axis by chance.
+    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
+    windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
+    try:
+        if complete and windowed and not (agree and fits[0].factor > 1.0):
+            fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
+        if complete and windowed and fits[0].factor == fits[1].factor == 1.0:
+            fits = _periodic(axes) or fits  # no grid tells: the periodicity alone, where it is beyond doubt
+    except Spent:
+        complete = False
+    factors = (fits[0].factor, fits[1].factor)
+    confidences = tuple(_confidence(f, ax) if complete or f.factor > 1.0 else 0.0 for f, ax in zip(fits, axes))
+    return factors, confidences, work.done
+
+
+def _both_axes(axes: list[Axis | None], fits: list[_Fit], agree: bool) -> tuple[list[_Fit], bool]:
+    """Unless both axes found the same factor: the factors either axis suggests, tested on both (an
+    upscale keeps the aspect ratio), then an axis that may hold nothing a grid can tell
+    (:func:`_featureless`). Returns the fits and whether they agree."""
     if not (agree and fits[0].factor > 1.0) and None not in axes:
-        # The factors either axis suggests, tested on both: an upscale keeps the aspect ratio.
         factors = {f.factor for f in fits if f.factor > 1.0}
         factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
         factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
@@ -324,14 +358,5 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
         if pair is not None:
             fits, agree = pair, True
     if not agree and None not in axes and (fits[0].factor == 1.0) != (fits[1].factor == 1.0):
-        fits, agree = _featureless(axes, fits)  # the other axis may hold nothing a grid can tell
-    # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
-    # evidence: flat graphics fit some grid on one axis by chance.
-    fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
-    windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
-    if windowed and not (agree and fits[0].factor > 1.0):
-        fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
-    if windowed and fits[0].factor == fits[1].factor == 1.0:
-        fits = _periodic(axes) or fits  # no grid tells: the periodicity alone, where it is beyond doubt
-    factors = (fits[0].factor, fits[1].factor)
-    return factors, (_confidence(fits[0], axes[0]), _confidence(fits[1], axes[1]))
+        fits, agree = _featureless(axes, fits)
+    return fits, agree

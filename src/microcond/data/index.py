@@ -29,7 +29,7 @@ PARSER_VERSION = "2"  # bump when a parser changes what it records: rescans then
 
 
 def index_schema(max_pixels: int, effective: str | None = None) -> Any:
-    """The index's Arrow schema; ``effective``: the estimator version when the scan measures
+    """The index's Arrow schema; ``effective``: the estimator (its version and budget) when the scan measures
     effective sizes (adds :data:`EFFECTIVE_COLUMNS`), else None."""
     import pyarrow as pa
 
@@ -61,13 +61,14 @@ def index_settings(path: Path) -> dict:
     return json.loads(meta.get(b"microcond.scan", b"{}"))
 
 
-def effective_columns(path: str, height: int, width: int) -> tuple:
-    """The :data:`EFFECTIVE_COLUMNS` of one usable file whose header gave (height, width); a failure
-    is a reason in the last column, never an exception (a scan worker calls it)."""
+def effective_columns(path: str, height: int, width: int, max_grids: int | None = None) -> tuple:
+    """The :data:`EFFECTIVE_COLUMNS` of one usable file whose header gave (height, width), measured
+    fitting at most ``max_grids`` grids; a failure is a reason in the last column, never an
+    exception (a scan worker calls it)."""
     from microcond.data.effective import estimate
 
     try:
-        e = estimate(path)
+        e = estimate(path, max_grids=max_grids)
     except ValueError as err:
         return (None, None, None, None, str(err).removeprefix(f"{path}: "))
     except Exception as err:  # an estimator bug must not stop the scan: recorded, listed

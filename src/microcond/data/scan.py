@@ -69,7 +69,7 @@ _NOT_MEASURED = (None,) * len(EFFECTIVE_COLUMNS)
 Item = tuple[str, int, int, "tuple[int, int] | None"]  # path, old bytes, old mtime_ns (-1: none), size to measure
 
 
-def _probe_many(items: list[Item], max_pixels: int, effective: bool) -> list[tuple[int | None, int | None, Probe | None, tuple | None]]:
+def _probe_many(items: list[Item], max_pixels: int, effective: bool, max_grids: int | None = None) -> list[tuple[int | None, int | None, Probe | None, tuple | None]]:
     """Worker task: items -> (bytes, mtime_ns, probe, effective columns); probe None when bytes and
     mtime are unchanged, effective columns None when not measured. Never raises for one bad file."""
     out = []
@@ -81,10 +81,10 @@ def _probe_many(items: list[Item], max_pixels: int, effective: bool) -> list[tup
                 except OSError:
                     st = None  # the probe records why
                 if st is not None and st.st_size == old_bytes and st.st_mtime_ns == old_mtime:
-                    out.append((old_bytes, old_mtime, None, effective_columns(path, *old_size) if old_size else None))
+                    out.append((old_bytes, old_mtime, None, effective_columns(path, *old_size, max_grids) if old_size else None))
                     continue
             nbytes, mtime, probe = _probe_file(path, max_pixels)
-            measured = effective_columns(path, probe.height, probe.width) if effective and probe.status == "ok" else None
+            measured = effective_columns(path, probe.height, probe.width, max_grids) if effective and probe.status == "ok" else None
             out.append((nbytes, mtime, probe, measured))
         except Exception as err:  # a parser bug must not stop the scan: recorded, listed
             out.append((None, None, Probe(None, None, None, "error", f"{type(err).__name__}: {err}"), None))
@@ -138,10 +138,10 @@ def _import_pyarrow() -> None:
 class _Pool:
     """Worker processes probing chunks of files; a crashing file is isolated and recorded."""
 
-    def __init__(self, workers: int, max_pixels: int, effective: bool):
+    def __init__(self, workers: int, max_pixels: int, effective: bool, max_grids: int | None = None):
         import multiprocessing
 
-        self.workers, self.max_pixels, self.effective = workers, max_pixels, effective
+        self.workers, self.max_pixels, self.effective, self.max_grids = workers, max_pixels, effective, max_grids
         # fork: workers start in milliseconds and need no `if __name__ == "__main__"` guard in the
         # caller's script. They run only this module's parsers and Pillow, never a library whose
         # threads (pyarrow's, torch's) may have held a lock at fork time.
@@ -155,8 +155,8 @@ class _Pool:
 
     def submit(self, items: list[Item]) -> Future | list:
         if self.executor is None or not items:
-            return _probe_many(items, self.max_pixels, self.effective)
-        return self.executor.submit(_probe_many, items, self.max_pixels, self.effective)
+            return _probe_many(items, self.max_pixels, self.effective, self.max_grids)
+        return self.executor.submit(_probe_many, items, self.max_pixels, self.effective, self.max_grids)
 
     def result(self, job: Future | list, items: list[Item]) -> list:
         from concurrent.futures.process import BrokenProcessPool
@@ -170,7 +170,7 @@ class _Pool:
             for item in items:
                 self._restart_if_broken()
                 try:
-                    out.extend(self.executor.submit(_probe_many, [item], self.max_pixels, self.effective).result())
+                    out.extend(self.executor.submit(_probe_many, [item], self.max_pixels, self.effective, self.max_grids).result())
                 except BrokenProcessPool:
                     out.append((None, None, Probe(None, None, None, "error", "the scanner process crashed reading this file"), None))
             return out
@@ -210,11 +210,12 @@ class _IndexWriter:
     """The new index: rows buffered into row groups, written under a temporary name (per process,
     so concurrent rescans never share it) and renamed over ``out`` only when complete."""
 
-    def __init__(self, out: Path, max_pixels: int, effective: bool, importer: threading.Thread):
-        self.out, self.max_pixels, self.effective, self.importer = out, max_pixels, effective, importer
+    def __init__(self, out: Path, max_pixels: int, estimator: str | None, importer: threading.Thread):
+        """``estimator``: what measures the effective sizes (:func:`microcond.data.effective.estimator_id`); None: not measured."""
+        self.out, self.max_pixels, self.estimator, self.importer = out, max_pixels, estimator, importer
         self.tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")
         self.writer: Any = None
-        self.columns = COLUMNS + (EFFECTIVE_COLUMNS if effective else ())
+        self.columns = COLUMNS + (EFFECTIVE_COLUMNS if estimator is not None else ())
         self.buffer: dict[str, list] = {c: [] for c in self.columns}
 
     def add(self, row: tuple) -> None:
@@ -228,9 +229,7 @@ class _IndexWriter:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from microcond.data.effective import ESTIMATOR_VERSION
-
-        schema = index_schema(self.max_pixels, ESTIMATOR_VERSION if self.effective else None)
+        schema = index_schema(self.max_pixels, self.estimator)
         if self.writer is None:
             self.writer = pq.ParquetWriter(self.tmp, schema, compression="zstd")
         self.writer.write_table(pa.Table.from_pydict(self.buffer, schema=schema))
@@ -251,11 +250,11 @@ class _IndexWriter:
             self.tmp.unlink()
 
 
-def _prior_index(out: Path, max_pixels: int, effective: bool, importer: threading.Thread, summary: "ScanSummary") -> PriorIndex | None:
+def _prior_index(out: Path, max_pixels: int, estimator: str | None, importer: threading.Thread, summary: "ScanSummary") -> PriorIndex | None:
     """The previous index at ``out`` to reuse rows from, if it was written with the same header
-    settings; its rows carry effective columns when they may be reused too (same estimator)."""
-    from microcond.data.effective import ESTIMATOR_VERSION
-
+    settings; its rows carry effective columns when they may be reused too (same estimator and
+    budget, ``estimator``: :func:`microcond.data.effective.estimator_id`; None: not measured)."""
+    effective = estimator is not None
     if not out.exists():
         return None
     importer.join()
@@ -267,9 +266,9 @@ def _prior_index(out: Path, max_pixels: int, effective: bool, importer: threadin
         return None
     if measured is not None and not effective:
         summary.effective_note = "the index had effective sizes; this scan without --effective leaves them out"
-    elif measured not in (None, ESTIMATOR_VERSION) and effective:
-        summary.effective_note = f"effective sizes came from estimator {measured}, this is {ESTIMATOR_VERSION}: every file is measured again"
-    return PriorIndex(out, effective=effective and measured == ESTIMATOR_VERSION)
+    elif measured not in (None, estimator) and effective:
+        summary.effective_note = f"effective sizes came from estimator {measured}, this is {estimator}: every file is measured again"
+    return PriorIndex(out, effective=effective and measured == estimator)
 
 
 def _plan(chunk: list[Entry], prior: PriorIndex | None, effective: bool) -> tuple[list[tuple[Entry, tuple | None]], list[Item]]:
@@ -317,6 +316,7 @@ def scan(
     progress: bool | None = None,
     list_first: int = 20,
     effective: bool = False,
+    max_grids: int | None = None,
 ) -> ScanSummary:
     """Scan files and folders into the Parquet index ``out``, reusing its unchanged rows.
 
@@ -331,14 +331,21 @@ def scan(
         progress: a tqdm bar on stderr (default: when stderr is a terminal).
         list_first: how many problems to keep in ``ScanSummary.first_problems``.
         effective: also measure each usable image's effective size (decodes a band of it).
+        max_grids: with ``effective``, the most upscale grids fitted per image (the work,
+            :func:`microcond.data.effective.estimate`; default no limit). Part of the index's
+            settings: a rescan with another budget measures every file again.
     """
+    from microcond.data.effective import check_max_grids, estimator_id
+
+    check_max_grids(max_grids)
     start = time.perf_counter()
     paths, out = _scan_targets(roots, out, max_pixels, workers)
-    pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels, effective)
+    pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels, effective, max_grids)
+    estimator = estimator_id(max_grids) if effective else None
     importer = threading.Thread(target=_import_pyarrow, daemon=True)
     importer.start()
     summary = ScanSummary(out, effective=effective)
-    index = _IndexWriter(out, max_pixels, effective, importer)
+    index = _IndexWriter(out, max_pixels, estimator, importer)
     walk = Walk(paths, str(out.parent), all_files, {str(out), str(index.tmp)})
     bar = None
     if progress or (progress is None and sys.stderr.isatty()):
@@ -364,7 +371,7 @@ def scan(
             bar.update(len(plan))
 
     try:
-        prior = _prior_index(out, max_pixels, effective, importer, summary)
+        prior = _prior_index(out, max_pixels, estimator, importer, summary)
         in_flight: collections.deque = collections.deque()
         walked = iter(walk)
         while chunk := list(itertools.islice(walked, _EFFECTIVE_CHUNK if effective else _CHUNK)):

@@ -73,7 +73,9 @@ _SHARED_LEAST = 6.0  # a peak of both axes' spectra added, over its median, wort
 _CROP_LEAST = 1.35  # cropped upscales by less are not looked for (finer grids at a free phase fit flat graphics by chance)
 _CROP_EACH, _CROP_PAIR = 1.25, 2.0  # a phase-searched grid's gain on each axis, and their product
 _CROP_SCREEN = ("bicubic",)  # the kernel that ranks the factors of a cropped upscale before all are tried
+_CROP_SCREEN_LEAST = 1.5  # ... and whose gains (product of both axes) must reach this for them to be tried
 _PERIODIC = 100.0  # a periodic peak this strong on both axes is an upscale (natives' strongest: about 60)
+_QUICK = 3.0  # the product of both axes' gains at the strongest peak's factor that ends the search (each at least _GAIN)
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 
 
@@ -178,6 +180,7 @@ def _grid_fit(ax: Axis) -> _Fit:
     # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
     groups = {c: [n0 for n0 in ((c - 1, c, c + 1) if need == _GAIN else (c,)) if ax.usable(n0)] for c, need in families.items()}
     tested = _tested(ax, groups)
+    ax.gains.update((c, f.gain) for c, f in tested.items())
     if not tested:
         return _Fit(1.0, 1.0)
     fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and _explains(ax, f)]
@@ -255,6 +258,24 @@ def _same_factor(axes: list[Axis], factors: list[float]) -> _Fit | None:
     return next(pair for pair in passed if pair[0] is best)
 
 
+def _quick(axes: list[Axis]) -> list[_Fit] | None:
+    """The factors of the periodic peak that both axes show most strongly, tested on both axes
+    first: an upscale whose grid they fit far better than shifted (:data:`_QUICK`) needs no other
+    test. Returns the fits of both axes, or None."""
+    found = {f: min(power_at(ax.spectra, f, 1.5 / ax.lines.shape[1]) for ax in axes) for ax in axes for f in _peaks(ax)}
+    if not found:
+        return None
+    f = max(found, key=found.get)
+    passed = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair
+              and min(fit.gain for fit in pair) >= _GAIN and pair[0].gain * pair[1].gain >= _QUICK
+              and all(_explains(ax, fit) for ax, fit in zip(axes, pair))
+              and not axes[0].codec.aligned_with_blocks(pair[0].factor)]
+    if not passed:
+        return None
+    best = _coarsest([(pair[0], pair[0].gain * pair[1].gain, sum(_per_dof(ax, f) for ax, f in zip(axes, pair))) for pair in passed])
+    return next(pair for pair in passed if pair[0] is best)
+
+
 def _featureless(axes: list[Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
     """One axis upscaled (a gain of :data:`_GAIN_UNOPPOSED`), the other showing nothing: the other
     axis's lines (ripples, a horizon) may hold no detail across them that a grid could tell. If
@@ -280,7 +301,10 @@ def _cropped(axes: list[Axis]) -> list[_Fit] | None:
     factors = sorted({round(s, 3) for f in frequencies for s in (1 / (1 - f), 1 / f) if _CROP_LEAST <= s <= _FINEST_ORIGINAL})
     if not factors:
         return None
-    factor = max(factors, key=lambda s: math.prod(f.gain for f in _phased(axes, (s, s), _CROP_SCREEN)))
+    screened = {s: math.prod(f.gain for f in _phased(axes, (s, s), _CROP_SCREEN)) for s in factors}
+    factor = max(screened, key=screened.get)
+    if screened[factor] < _CROP_SCREEN_LEAST:
+        return None
     pair = _phased(axes, (factor, factor), PHASE_RESIZERS)
     return pair if min(f.gain for f in pair) >= _CROP_EACH and pair[0].gain * pair[1].gain >= _CROP_PAIR else None
 
@@ -320,6 +344,9 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
         if None not in runs and abs(math.log(runs[0] / runs[1])) <= _AGREE:
             return (axes[0].length / round(axes[0].length / runs[0]), axes[1].length / round(axes[1].length / runs[1])), (1.0, 1.0), 0
     try:
+        quick = _quick(axes) if None not in axes and not any(ax.whole for ax in axes) else None
+        if quick is not None:
+            return (quick[0].factor, quick[1].factor), (_confidence(quick[0], axes[0]), _confidence(quick[1], axes[1])), work.done
         fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
     except Spent:
         return (1.0, 1.0), (0.0, 0.0), work.done
@@ -351,7 +378,8 @@ def _both_axes(axes: list[Axis | None], fits: list[_Fit], agree: bool) -> tuple[
     (:func:`_featureless`). Returns the fits and whether they agree."""
     if not (agree and fits[0].factor > 1.0) and None not in axes:
         factors = {f.factor for f in fits if f.factor > 1.0}
-        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
+        # An axis's own candidate whose grid it fits no better than shifted cannot pass on both.
+        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax) if ax.gains.get(n0, math.inf) >= _GAIN_EACH}
         factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
         lengths = {tuple(round(ax.length / s) for ax in axes): s for s in sorted(factors)}  # one per pair of lengths
         pair = _same_factor(axes, sorted(lengths.values()))

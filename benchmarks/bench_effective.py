@@ -23,9 +23,12 @@ One JSON line per result (medians of ``--repeats`` timed passes; the baseline in
   16x16 macroblocks repeat like an upscale's grid; ``false_upscaled_jpeg_below_75``: saved again
   as JPEG at quality 40-74, whose coarse 8x8 blocks do the same;
 * ``cost``: images/s on one core for :func:`microcond.data.effective.estimate` and for a full
-  Pillow decode (``Image.open(p).convert("RGB")``) of the same files, and their ratio;
+  Pillow decode (``Image.open(p).convert("RGB")``) of the same files, and their ratio; the grids
+  fitted per image, natives and upscaled (the work, whatever the CPU);
   ``cost_full_size``: the same on the largest file of every wallpaper as installed (3-15 MP),
   where the estimate decodes a band of at most 2 MP;
+* ``budget`` (one line per ``--max-grids`` value): the same files measured fitting at most that
+  many grids per image: accuracy, natives called upscaled and the cost as above;
 * ``memory``: peak RSS of this process;
 * ``library`` (one line per resizer library, ``--library-images`` images each, a second set made
   like the first): upscales by Pillow, OpenCV, libvips (pyvips) and ImageMagick (``convert``),
@@ -40,6 +43,7 @@ One JSON line per result (medians of ``--repeats`` timed passes; the baseline in
 
 Usage: python benchmarks/bench_effective.py [--images 400] [--repeats 3] [--seed 0] [--out DIR]
        [--libraries pillow opencv vips magick] [--library-images 120] [--default-images 60] [--only-libraries]
+       [--max-grids 300]
 """
 
 from __future__ import annotations
@@ -299,6 +303,34 @@ def same_size_line(folder: Path, repeats: int, seed: int, env: dict, count: int 
                       "kept_mib": round(cache.nbytes / 2**20, 1), **env}), flush=True)
 
 
+def _grids(natives: list, upscaled: list) -> dict:
+    """Mean grids fitted per image (:class:`microcond.data.effective.Effective`'s ``grids``)."""
+    return {"natives": round(float(np.mean([e.grids for e in natives])), 1), "upscaled": round(float(np.mean([e.grids for e in upscaled])), 1)}
+
+
+def budget_line(records: list[dict], budget: int, decode_s: float, repeats: int, env: dict) -> None:
+    """The main set measured again fitting at most ``budget`` grids per image."""
+    found = {}
+
+    def run_estimates() -> None:
+        fresh_cache()
+        for r in records:
+            found[r["path"]] = estimate(r["path"], max_grids=budget)
+
+    seconds = timed(run_estimates, repeats, clock=time.process_time)
+    ok = {r["path"]: abs(np.log(np.sqrt(np.prod(found[r["path"]].scale)) / np.sqrt(np.prod(r["truth"])))) <= WITHIN for r in records}
+    upscaled = [r for r in records if r["s"] >= UPSCALED]
+    natives = [r for r in records if r["s"] == 1.0]
+    lossless = [ok[r["path"]] for r in upscaled if r["quality"] is None]
+    jpeg = [ok[r["path"]] for r in upscaled if r["quality"] is not None and r["quality"] >= 75]
+    print(json.dumps({"bench": "effective", "case": "budget", "max_grids": budget,
+                      "accuracy_lossless": round(float(np.mean(lossless)), 3), "accuracy_jpeg": round(float(np.mean(jpeg)), 3),
+                      "false_upscaled": round(float(np.mean([max(found[r["path"]].scale) >= UPSCALED for r in natives])), 3),
+                      "estimate_vs_decode_time": round(seconds / decode_s, 2),
+                      "grids_per_image": _grids([found[r["path"]] for r in natives], [found[r["path"]] for r in upscaled]),
+                      **env}), flush=True)
+
+
 def full_size_files() -> list[Path]:
     """The largest file of every wallpaper, drawings included: the cost on camera-size files."""
     files = []
@@ -326,6 +358,7 @@ def main() -> None:
     parser.add_argument("--library-images", type=int, default=120, help="images per library, kernels at random")
     parser.add_argument("--default-images", type=int, default=60, help="images per library by its default kernel, lossless and aligned")
     parser.add_argument("--only-libraries", action="store_true", help="only the library lines (no main set, no cost)")
+    parser.add_argument("--max-grids", type=int, nargs="*", default=[300], help="work budgets of the budget lines")
     args = parser.parse_args()
     folder = args.out or Path(tempfile.mkdtemp(prefix="bench-effective-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -391,7 +424,10 @@ def main() -> None:
                       "estimate_images_per_s": round(len(records) / seconds["estimate"], 1),
                       "decode_images_per_s": round(len(records) / seconds["decode"], 1),
                       "estimate_vs_decode_time": round(ratio, 2), "goal": 2.0, "met": ratio <= 2.0,
+                      "grids_per_image": _grids([r["estimate"] for r in natives], [r["estimate"] for r in upscaled]),
                       "median_s": {k: round(v, 3) for k, v in seconds.items()}, **env}), flush=True)
+    for budget in args.max_grids:
+        budget_line(records, budget, seconds["decode"], args.repeats, env)
     large = full_size_files()
 
     def decode_large() -> None:

@@ -41,6 +41,13 @@ A progressive JPEG is decoded whole (libjpeg keeps every coefficient to output a
 its own size (less than half a bit per 8x8 block: image data missing, which a decoder fills with
 grey that would read as a huge upscale) is refused too, not measured.
 At most 512 evenly spaced lines per axis are analysed. Numpy and Pillow only.
+
+Work: ``max_grids`` bounds the grids fitted per image (:class:`microcond.data.gridaxis.Work`;
+default no limit; the ``grids`` field says how many were). The strongest evidence is tested first;
+where the next test would pass the budget, the verdict reached stands, and an image then called
+native has confidence 0 (not everything was checked). Natives cost the most (every hypothesis
+tested and rejected), so a small budget mostly turns unchecked upscales into natives of confidence 0
+(``benchmarks/bench_effective.py``'s ``budget`` line).
 """
 
 from __future__ import annotations
@@ -59,7 +66,7 @@ from PIL import Image
 from microcond.data.codecs import Codec, codec, jpeg_quality
 from microcond.data.gridfit import measure
 
-ESTIMATOR_VERSION = "13"  # bump when estimates change: scans then measure every file again
+ESTIMATOR_VERSION = "14"  # bump when estimates change: scans then measure every file again
 MAX_DECODED_PIXELS = 1 << 21  # pixels decoded per image at most (JPEG, PNG): 2 MP
 MAX_WHOLE_PIXELS = 1 << 26  # formats decoded whole (WebP, GIF, TIFF, interlaced PNG): 64 MP
 MAX_PROGRESSIVE_PIXELS = 1 << 24  # a progressive JPEG is decoded whole (every coefficient kept): 16 MP, <= 96 MiB

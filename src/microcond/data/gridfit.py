@@ -12,6 +12,9 @@ Method (each axis: rows for the width, columns for the height):
    folded into [0, 1/2] (Gallagher 2005; Kirchner 2008). A peak at ``f`` gives the pair
    ``1/(1-f)``, ``1/f``. A lossy codec's block pattern (JPEG's 8 px, WebP's 16) is removed first
    (per-phase means over windows of 8 blocks) and its frequencies are ignored.
+   First, the two factors of the peak both axes show most strongly are fitted on both axes (as in
+   3.): an upscale that fits one of them far better than shifted (:data:`_QUICK`) needs no other
+   test (:func:`_quick`).
 2. Re-interpolation. For each candidate original length ``n0`` (a peak's, one pixel either side,
    and 2x, 3x, 4x: an exact 2x leaves no periodicity, its phases being mirror images; the factors
    whose periodicity a codec's blocks hide, such as 4/3 in a JPEG, tested on both axes together
@@ -26,7 +29,8 @@ Method (each axis: rows for the width, columns for the height):
    the coarsest that fits about as well per degree of freedom is the original (a finer grid
    contains a coarser one), unless its gain is much weaker.
 3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
-   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, with
+   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both
+   (not those whose grid the axis that suggested them fits no better than shifted), with
    the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
    counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern repeats with a codec's
    blocks need more). An upscale of one axis alone needs a gain of :data:`_GAIN_ALONE`; if the
@@ -36,9 +40,14 @@ Method (each axis: rows for the width, columns for the height):
    pixels down to the noise (:meth:`microcond.data.gridaxis.Axis.limit`).
 4. Cropped. When no aligned grid fits both axes, the grid may have been moved by a crop after
    the upscale: the factors of the periodic peaks (:data:`_CROP_LEAST` and up) are tried at every
-   phase, window by window (:mod:`microcond.data.phasefit`), one resizer for both axes, and must
-   beat themselves half an original pixel away by :data:`_CROP_EACH` on each axis and
+   phase, window by window (:mod:`microcond.data.phasefit`), ranked by one kernel's gains (which
+   must reach :data:`_CROP_SCREEN_LEAST`), then the best with every resizer, one for both axes;
+   it must beat itself half an original pixel away by :data:`_CROP_EACH` on each axis and
    :data:`_CROP_PAIR` together.
+
+Work. Each grid fitted (one resizer's upscale from one original length, at one shift or phase)
+is counted (:class:`microcond.data.gridaxis.Work`, about 0.3 ms on one core): :func:`measure`
+stops where a budget would be passed, with the verdict of the steps done.
 5. Periodic. Content so smooth that every grid fits it to the rounding noise (shifted too) gives
    no gain, yet the periodic trace of the resampling stands out: a peak of :data:`_PERIODIC` on
    both axes at one frequency is taken for an upscale (:func:`_periodic`).

@@ -64,7 +64,6 @@ class Axis:
     scatters: np.ndarray
     work: Work = field(default_factory=Work, compare=False)  # the image's budget, shared by both axes
     known: dict = field(default_factory=dict, compare=False, repr=False)  # (n0, resizer) -> misfit; (n0, -1 - resizer): shifted
-    gains: dict = field(default_factory=dict, compare=False, repr=False)  # original length -> gain of its group's fit (gridfit._grid_fit)
 
     @functools.cached_property
     def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -29,8 +29,7 @@ Method (each axis: rows for the width, columns for the height):
    the coarsest that fits about as well per degree of freedom is the original (a finer grid
    contains a coarser one), unless its gain is much weaker.
 3. Both axes. Upscales keep the aspect ratio, so unless both axes found the same factor, every
-   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both
-   (not those whose grid the axis that suggested them fits no better than shifted), with
+   factor either axis suggests (and the peaks of the two axes' spectra added) is tested on both, with
    the one resizer that fits both axes best (one resizer made both), and weak evidence that agrees
    counts (:data:`_GAIN_EACH`, :data:`_GAIN_PAIR`; factors whose pattern repeats with a codec's
    blocks need more). An upscale of one axis alone needs a gain of :data:`_GAIN_ALONE`; if the
@@ -44,13 +43,13 @@ Method (each axis: rows for the width, columns for the height):
    must reach :data:`_CROP_SCREEN_LEAST`), then the best with every resizer, one for both axes;
    it must beat itself half an original pixel away by :data:`_CROP_EACH` on each axis and
    :data:`_CROP_PAIR` together.
+5. Periodic. Content so smooth that every grid fits it to the rounding noise (shifted too) gives
+   no gain, yet the periodic trace of the resampling stands out: a peak of :data:`_PERIODIC` on
+   both axes at one frequency is taken for an upscale (:func:`_periodic`).
 
 Work. Each grid fitted (one resizer's upscale from one original length, at one shift or phase)
 is counted (:class:`microcond.data.gridaxis.Work`, about 0.3 ms on one core): :func:`measure`
 stops where a budget would be passed, with the verdict of the steps done.
-5. Periodic. Content so smooth that every grid fits it to the rounding noise (shifted too) gives
-   no gain, yet the periodic trace of the resampling stands out: a peak of :data:`_PERIODIC` on
-   both axes at one frequency is taken for an upscale (:func:`_periodic`).
 """
 
 from __future__ import annotations
@@ -189,7 +188,6 @@ def _grid_fit(ax: Axis) -> _Fit:
     # A peak's n0 one original pixel either side too: its frequency is known to about a pixel.
     groups = {c: [n0 for n0 in ((c - 1, c, c + 1) if need == _GAIN else (c,)) if ax.usable(n0)] for c, need in families.items()}
     tested = _tested(ax, groups)
-    ax.gains.update((c, f.gain) for c, f in tested.items())
     if not tested:
         return _Fit(1.0, 1.0)
     fitting = [(f, f.gain, _per_dof(ax, f)) for c, f in tested.items() if f.gain >= families[c] and _explains(ax, f)]
@@ -261,6 +259,11 @@ def _same_factor(axes: list[Axis], factors: list[float]) -> _Fit | None:
         if not all(_explains(ax, f) for ax, f in zip(axes, pair)):
             continue
         passed.append(pair)
+    return _coarsest_pair(axes, passed)
+
+
+def _coarsest_pair(axes: list[Axis], passed: list[list[_Fit]]) -> list[_Fit] | None:
+    """The original among factors that passed on both axes (:func:`_coarsest`), or None if none did."""
     if not passed:
         return None
     best = _coarsest([(pair[0], pair[0].gain * pair[1].gain, sum(_per_dof(ax, f) for ax, f in zip(axes, pair))) for pair in passed])
@@ -275,14 +278,14 @@ def _quick(axes: list[Axis]) -> list[_Fit] | None:
     if not found:
         return None
     f = max(found, key=found.get)
-    passed = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair
-              and min(fit.gain for fit in pair) >= _GAIN and pair[0].gain * pair[1].gain >= _QUICK
-              and all(_explains(ax, fit) for ax, fit in zip(axes, pair))
-              and not axes[0].codec.aligned_with_blocks(pair[0].factor)]
-    if not passed:
-        return None
-    best = _coarsest([(pair[0], pair[0].gain * pair[1].gain, sum(_per_dof(ax, f) for ax, f in zip(axes, pair))) for pair in passed])
-    return next(pair for pair in passed if pair[0] is best)
+    passed = []
+    for s in (1 / (1 - f), 1 / f):
+        pair = _pair(axes, s) if s <= _FINEST_ORIGINAL else None
+        if pair is None or axes[0].codec.aligned_with_blocks(s):  # a codec's blocks fit those too: the full search decides
+            continue
+        if min(fit.gain for fit in pair) >= _GAIN and pair[0].gain * pair[1].gain >= _QUICK and all(_explains(ax, fit) for ax, fit in zip(axes, pair)):
+            passed.append(pair)
+    return _coarsest_pair(axes, passed)
 
 
 def _featureless(axes: list[Axis], fits: list[_Fit]) -> tuple[list[_Fit], bool]:
@@ -387,8 +390,7 @@ def _both_axes(axes: list[Axis | None], fits: list[_Fit], agree: bool) -> tuple[
     (:func:`_featureless`). Returns the fits and whether they agree."""
     if not (agree and fits[0].factor > 1.0) and None not in axes:
         factors = {f.factor for f in fits if f.factor > 1.0}
-        # An axis's own candidate whose grid it fits no better than shifted cannot pass on both.
-        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax) if ax.gains.get(n0, math.inf) >= _GAIN_EACH}
+        factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
         factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
         lengths = {tuple(round(ax.length / s) for ax in axes): s for s in sorted(factors)}  # one per pair of lengths
         pair = _same_factor(axes, sorted(lengths.values()))

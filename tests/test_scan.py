@@ -518,5 +518,7 @@ def test_a_work_budget_is_part_of_the_index_settings(tmp_path, capsys):
     assert scan([tmp_path], out, workers=1, progress=False, effective=True, max_grids=40).measured == 0  # same budget: reused
     with pytest.raises(ValueError, match="max_grids"):
         scan([tmp_path], out, workers=1, progress=False, effective=True, max_grids=0)
+    with pytest.raises(ValueError, match="effective=True"):
+        scan([tmp_path], out, workers=1, progress=False, max_grids=40)
     assert main(["scan", str(tmp_path), "--out", str(out), "--max-grids", "40"]) == 2  # a budget without --effective
     assert "give --effective too" in capsys.readouterr().err

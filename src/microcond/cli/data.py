@@ -73,7 +73,7 @@ def add_scan(sub: argparse._SubParsersAction) -> None:
                    help="also measure effective sizes (before upscaling) and JPEG quality: decodes part of each image")
     p.add_argument("--max-grids", type=integer(1, 10**6, "a number of grids"), default=None,
                    help="with --effective: the most upscale grids fitted per image, about 0.3 ms each on one core (default: no "
-                        "limit, 700-1,100 on a 0.2 MP photo). Bounds the cost; a file whose tests stop there keeps the verdict "
+                        "limit; 400-1,000 on a photograph). Bounds the cost; a file whose tests stop there keeps the verdict "
                         "reached, a native one at confidence 0")
     p.set_defaults(run=run_scan)
 

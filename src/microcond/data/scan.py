@@ -338,6 +338,8 @@ def scan(
     from microcond.data.effective import check_max_grids, estimator_id
 
     check_max_grids(max_grids)
+    if max_grids is not None and not effective:
+        raise ValueError("max_grids bounds the effective-size measure: give effective=True too")
     start = time.perf_counter()
     paths, out = _scan_targets(roots, out, max_pixels, workers)
     pool = _Pool(workers or len(os.sched_getaffinity(0)), max_pixels, effective, max_grids)

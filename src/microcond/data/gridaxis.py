@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from microcond.data.codecs import Codec
-from microcond.data.periodicity import modulation
+from microcond.data.periodicity import modulation, strongest
 from microcond.data.phasefit import PHASES, phase_misfits
 from microcond.data.resampling import (
     NAMES,
@@ -69,6 +69,14 @@ class Axis:
     def spectra(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """The lines' periodicity spectra (:func:`microcond.data.periodicity.modulation`), for the axis's peaks and the shared ones."""
         return modulation(self.lines, self.codec.block)
+
+    @functools.cached_property
+    def peaks(self) -> list[float]:
+        """Frequencies (cycles/pixel) of the strongest periodic peaks of the lines' spectra."""
+        found: list[float] = []
+        for f, power in self.spectra:
+            found += strongest(f, power, 3.0 / self.lines.shape[1], found)
+        return found
 
     @property
     def whole(self) -> bool:

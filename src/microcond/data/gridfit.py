@@ -87,12 +87,14 @@ _QUICK = 3.0  # the product of both axes' gains at the strongest peak's factor t
 _NOISE = 0.3  # grey levels added to both residuals: 8-bit rounding (1/sqrt(12)) and below
 
 
-def _peaks(ax: Axis) -> list[float]:
-    """Frequencies (cycles/pixel) of the strongest periodic peaks of one axis's lines."""
-    found: list[float] = []
-    for f, power in ax.spectra:
-        found += strongest(f, power, 3.0 / ax.lines.shape[1], found)
-    return found
+def _factors(f: float) -> tuple[float, ...]:
+    """The two upscaling factors a periodic peak at ``f`` (cycles/pixel) may come from, up to :data:`_FINEST_ORIGINAL`."""
+    return tuple(s for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL)
+
+
+def _on_both(axes: list[Axis]) -> dict[float, float]:
+    """Each axis's peaks with their power on both axes (the weaker): a pattern both axes show."""
+    return {f: min(power_at(ax.spectra, f, 1.5 / ax.lines.shape[1]) for ax in axes) for ax in axes for f in ax.peaks}
 
 
 def _shared_peaks(axes: list[Axis]) -> list[float]:
@@ -131,7 +133,7 @@ def _candidates(ax: Axis) -> dict[int, float]:
         codec = ax.codec  # no periodicity at 2x (symmetric phases) nor where a codec's blocks hide it
         families = {round(length / s): math.inf for s in codec.hidden}  # blocks fit these: one resizer on both axes only
         families.update({round(length / s): max(_GAIN_FIXED, codec.block_gain if codec.aligned_with_blocks(s) else 0) for s in (2.0, 3.0, 4.0)})
-        families.update({round(length / s): _GAIN for f in _peaks(ax) for s in (1 / (1 - f), 1 / f)})
+        families.update({round(length / s): _GAIN for f in ax.peaks for s in (1 / (1 - f), 1 / f)})
     return {c: g for c, g in sorted(families.items()) if ax.usable(c) and c * _FINEST_ORIGINAL >= length}
 
 
@@ -232,12 +234,12 @@ def _periodic(axes: list[Axis]) -> list[_Fit] | None:
     above any native's, is an upscale at one of its two factors, told apart by the gains of one
     kernel's grids at their best phases (weak: a low confidence says so; where neither shows any,
     a toss-up between ``s`` and ``s / (s - 1)``)."""
-    found = {f: min(power_at(ax.spectra, f, 1.5 / ax.lines.shape[1]) for ax in axes) for ax in axes for f in _peaks(ax)}
+    found = _on_both(axes)
     strong = [f for f, power in found.items() if power >= _PERIODIC]
     if not strong:
         return None
     f = max(strong, key=found.get)
-    pairs = [pair for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL for pair in [_pair(axes, s)] if pair]
+    pairs = [pair for s in _factors(f) for pair in [_pair(axes, s)] if pair]
     # Gains at the best phases: a crop may have moved the grid.
     return max(pairs, key=lambda pair: math.prod(f.gain for f in _phased(axes, [f.factor for f in pair], _CROP_SCREEN)), default=None)
 
@@ -274,13 +276,12 @@ def _quick(axes: list[Axis]) -> list[_Fit] | None:
     """The factors of the periodic peak that both axes show most strongly, tested on both axes
     first: an upscale whose grid they fit far better than shifted (:data:`_QUICK`) needs no other
     test. Returns the fits of both axes, or None."""
-    found = {f: min(power_at(ax.spectra, f, 1.5 / ax.lines.shape[1]) for ax in axes) for ax in axes for f in _peaks(ax)}
+    found = _on_both(axes)
     if not found:
         return None
-    f = max(found, key=found.get)
     passed = []
-    for s in (1 / (1 - f), 1 / f):
-        pair = _pair(axes, s) if s <= _FINEST_ORIGINAL else None
+    for s in _factors(max(found, key=found.get)):
+        pair = _pair(axes, s)
         if pair is None or axes[0].codec.aligned_with_blocks(s):  # a codec's blocks fit those too: the full search decides
             continue
         if min(fit.gain for fit in pair) >= _GAIN and pair[0].gain * pair[1].gain >= _QUICK and all(_explains(ax, fit) for ax, fit in zip(axes, pair)):
@@ -309,8 +310,8 @@ def _cropped(axes: list[Axis]) -> list[_Fit] | None:
     """An upscale cropped afterwards (:mod:`microcond.data.phasefit`): factors from the periodicity
     of either axis or both, ranked by one kernel's gains at the best phases; the best factor is
     then tried with every kernel, one for both axes. Returns the fits of both axes, or None."""
-    frequencies = [f for ax in axes for f in _peaks(ax)] + _shared_peaks(axes)
-    factors = sorted({round(s, 3) for f in frequencies for s in (1 / (1 - f), 1 / f) if _CROP_LEAST <= s <= _FINEST_ORIGINAL})
+    frequencies = [f for ax in axes for f in ax.peaks] + _shared_peaks(axes)
+    factors = sorted({round(s, 3) for f in frequencies for s in _factors(f) if s >= _CROP_LEAST})
     if not factors:
         return None
     screened = {s: math.prod(f.gain for f in _phased(axes, (s, s), _CROP_SCREEN)) for s in factors}
@@ -355,14 +356,13 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
         runs = [run_factor(ax.lines) for ax in axes]
         if None not in runs and abs(math.log(runs[0] / runs[1])) <= _AGREE:
             return (axes[0].length / round(axes[0].length / runs[0]), axes[1].length / round(axes[1].length / runs[1])), (1.0, 1.0), 0
-    try:
-        quick = _quick(axes) if None not in axes and not any(ax.whole for ax in axes) else None
-        if quick is not None:
-            return (quick[0].factor, quick[1].factor), (_confidence(quick[0], axes[0]), _confidence(quick[1], axes[1])), work.done
-        fits = [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
+    windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
+    try:  # the strongest shared peak first; where it settles nothing, each axis's own fit
+        quick = _quick(axes) if windowed else None
+        fits = quick or [_grid_fit(ax) if ax else _Fit(1.0, 1.0) for ax in axes]
     except Spent:
         return (1.0, 1.0), (0.0, 0.0), work.done
-    agree = abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
+    agree = quick is not None or abs(math.log(fits[0].factor / fits[1].factor)) <= _AGREE
     complete = True
     try:
         fits, agree = _both_axes(axes, fits, agree)
@@ -371,7 +371,6 @@ def measure(luma: np.ndarray, codec: Codec = LOSSLESS, size: tuple[int, int] | N
     # An upscale of one axis alone (the other contradicts, or cannot be measured) needs strong
     # evidence: flat graphics fit some grid on one axis by chance.
     fits = [f if f.factor == 1.0 or agree or f.gain >= _GAIN_ALONE else _Fit(1.0, f.gain) for f in fits]
-    windowed = None not in axes and not any(ax.whole for ax in axes)  # short axes are fitted whole, at every n0
     try:
         if complete and windowed and not (agree and fits[0].factor > 1.0):
             fits = _cropped(axes) or fits  # no aligned grid fits both axes: perhaps one whose phase a crop moved
@@ -391,7 +390,7 @@ def _both_axes(axes: list[Axis | None], fits: list[_Fit], agree: bool) -> tuple[
     if not (agree and fits[0].factor > 1.0) and None not in axes:
         factors = {f.factor for f in fits if f.factor > 1.0}
         factors |= {ax.length / n0 for ax in axes for n0 in _candidates(ax)}
-        factors |= {s for f in _shared_peaks(axes) for s in (1 / (1 - f), 1 / f) if s <= _FINEST_ORIGINAL}
+        factors |= {s for f in _shared_peaks(axes) for s in _factors(f)}
         lengths = {tuple(round(ax.length / s) for ax in axes): s for s in sorted(factors)}  # one per pair of lengths
         pair = _same_factor(axes, sorted(lengths.values()))
         if pair is not None:
